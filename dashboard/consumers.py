@@ -1,0 +1,113 @@
+"""The dashboard's WebSocket: one presence entry per open connection.
+
+connect    -> reject anonymous users and cross-origin handshakes before
+              anything is written; accept; track the connection; broadcast
+              the join; start a heartbeat.
+heartbeat  -> every HEARTBEAT_INTERVAL refresh the connection's deadline (and
+              re-track it if Redis lost it, broadcasting a join).
+disconnect -> untrack; broadcast the leave. Kept cheap: daphne kills slow
+              disconnect handlers on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.http.request import validate_host
+
+from livestream import diffs
+from livestream.conf import get_settings
+from livestream.presence import PresenceStore
+
+logger = logging.getLogger(__name__)
+
+
+def handshake_rejection(scope: dict[str, Any]) -> str | None:
+    """Why this handshake must be refused, or None to accept it."""
+    user = scope.get("user")
+    if user is None or not user.is_authenticated:
+        return "not authenticated"
+    headers = {name.lower(): value for name, value in scope.get("headers", [])}
+    origin = headers.get(b"origin", b"").decode("latin-1")
+    host = headers.get(b"host", b"").decode("latin-1")
+    if not origin:
+        return "no Origin header"
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"malformed Origin {origin!r}"
+    if parts.netloc.lower() != host.lower():
+        return f"cross-origin handshake from {origin!r} to host {host!r}"
+    if not validate_host(parts.hostname or "", settings.ALLOWED_HOSTS):
+        return f"Origin {origin!r} is not an allowed host"
+    return None
+
+
+class PresenceConsumer(AsyncWebsocketConsumer):
+    user_id: str | None = None
+    meta: dict[str, Any] | None = None
+    heartbeat: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        reason = handshake_rejection(self.scope)
+        if reason is not None:
+            logger.warning("[PresenceConsumer] rejected handshake: %s", reason)
+            await self.close()
+            return
+        user = self.scope["user"]
+        await self.accept()
+        self.user_id = str(user.pk)
+        self.meta = {"email": user.email, "joined_at": int(time.time()), "ref": uuid.uuid4().hex}
+        self.store = PresenceStore()
+        join = await self.store.track(self.user_id, self.meta)
+        if join is not None:
+            await diffs.broadcast(diffs.presence_diff(joins=[join]))
+        self.heartbeat = asyncio.create_task(self._heartbeat())
+
+    async def disconnect(self, code: int) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
+        if self.user_id is None or self.meta is None:
+            return
+        leave = await self.store.untrack(self.user_id, self.meta["ref"])
+        self.meta = None
+        if leave is not None:
+            await diffs.broadcast(diffs.presence_diff(leaves=[leave]))
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        if size > get_settings().MAX_FRAME_BYTES:
+            logger.warning("[PresenceConsumer] user %s sent a %d-byte frame; closing", self.user_id, size)
+            await self.close(code=1009)
+            return
+        if bytes_data is not None:
+            logger.info("[PresenceConsumer] ignored a binary frame from user %s", self.user_id)
+            return
+        try:
+            message = json.loads(text_data or "")
+        except ValueError:
+            logger.info("[PresenceConsumer] ignored a non-JSON frame from user %s", self.user_id)
+            return
+        if isinstance(message, dict) and message.get("type") == "ping":
+            await self.send(text_data=json.dumps({"type": "pong"}))
+
+    async def _heartbeat(self) -> None:
+        interval = get_settings().HEARTBEAT_INTERVAL
+        while True:
+            await asyncio.sleep(interval)
+            if self.meta is None:
+                return
+            try:
+                join = await self.store.refresh(self.user_id, self.meta)
+                if join is not None:
+                    logger.info("[PresenceConsumer] re-tracked connection of user %s", self.user_id)
+                    await diffs.broadcast(diffs.presence_diff(joins=[join]))
+            except Exception as exc:  # Redis restarting: the next beat tries again
+                logger.warning("[PresenceConsumer] heartbeat of user %s failed: %r", self.user_id, exc)

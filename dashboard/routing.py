@@ -1,0 +1,7 @@
+from django.urls import path
+
+from dashboard.consumers import PresenceConsumer
+
+websocket_urlpatterns = [
+    path("ws/presence/", PresenceConsumer.as_asgi()),
+]

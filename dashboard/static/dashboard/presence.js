@@ -1,0 +1,49 @@
+// Keeps one WebSocket to /ws/presence/ open while the page is, reconnecting
+// with exponential backoff (0.5 s doubling to 15 s, with jitter) if it drops.
+(function () {
+  "use strict";
+  var root = document.getElementById("presence");
+  if (!root) { return; }
+  var stateEl = document.getElementById("connection-state");
+  var dot = document.getElementById("connection-dot");
+  var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+  var url = scheme + window.location.host + root.dataset.wsPath;
+  var delay = 500;
+  var maxDelay = 15000;
+  var socket = null;
+  var closedByPage = false;
+
+  function show(state) {
+    stateEl.textContent = state;
+    root.dataset.state = state;
+    dot.className = "dot " + state;
+  }
+
+  function connect() {
+    show("connecting");
+    socket = new WebSocket(url);
+    socket.onopen = function () {
+      delay = 500;
+      show("connected");
+    };
+    socket.onmessage = function (event) {
+      var message;
+      try { message = JSON.parse(event.data); } catch (e) { return; }
+      document.dispatchEvent(new CustomEvent("streampai:message", { detail: message }));
+    };
+    socket.onclose = function () {
+      if (closedByPage) { return; }
+      var wait = Math.min(delay, maxDelay) * (0.75 + Math.random() / 2);
+      show("reconnecting");
+      window.setTimeout(connect, wait);
+      delay = Math.min(delay * 2, maxDelay);
+    };
+  }
+
+  window.addEventListener("pagehide", function () {
+    closedByPage = true;
+    if (socket) { socket.close(); }
+  });
+  window.streampaiSocket = function () { return socket; };
+  connect();
+})();

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from livestream.components.base import Component
+from livestream.conf import get_settings
+
+logger = logging.getLogger("livestream.console")
+
+
+class ConsoleLogger(Component):
+    """Logs once a second, counting from 1, to show the user's manager is alive."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(user_id)
+        self.count = 0
+
+    async def run(self) -> None:
+        interval = get_settings().CONSOLE_LOG_INTERVAL
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            self.count += 1
+            now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%fZ")
+            logger.info("[UserStreamManager:%s] Console log #%d - %s", self.user_id, self.count, now)
+            # Sleep to the next whole tick, so lateness never accumulates.
+            await asyncio.sleep(max(0.0, started + self.count * interval - loop.time()))
+
+    def status(self) -> dict[str, Any]:
+        return {"count": self.count}

@@ -1,0 +1,74 @@
+"""The livestream app's settings: ``settings.LIVESTREAM`` over these defaults.
+
+This is the one place the defaults live. Override any key in
+``settings.LIVESTREAM``; streampai/settings.py maps the deploy-time ones to
+environment variables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from functools import lru_cache
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+
+@dataclass(frozen=True)
+class LivestreamSettings:
+    # Seconds between a user's last tab closing and their manager stopping.
+    CLEANUP_TIMEOUT: float = 5.0
+    # Dotted paths of the components every UserStreamManager supervises.
+    COMPONENTS: tuple[str, ...] = ("livestream.components.console_logger.ConsoleLogger",)
+    # Seconds between ConsoleLogger lines.
+    CONSOLE_LOG_INTERVAL: float = 1.0
+    # Each open socket refreshes its presence this often (seconds) ...
+    HEARTBEAT_INTERVAL: float = 10.0
+    # ... and a connection not refreshed for this long is expired by the sweeper.
+    PRESENCE_TTL: float = 30.0
+    # How often a worker sweeps expired connections (seconds).
+    SWEEP_INTERVAL: float = 1.0
+    # A manager's ownership lease (seconds); its owner renews it every third of this.
+    # A killed worker's users are taken over within LEASE_TTL + RECONCILE_INTERVAL.
+    LEASE_TTL: float = 3.0
+    # How often a worker compares what runs with what is present (seconds).
+    RECONCILE_INTERVAL: float = 1.0
+    # Component supervision, as OTP: at most MAX_RESTARTS in MAX_RESTARTS_WINDOW
+    # seconds, then the component is marked failed; restarts back off
+    # exponentially from RESTART_BACKOFF up to RESTART_BACKOFF_MAX seconds.
+    MAX_RESTARTS: int = 3
+    MAX_RESTARTS_WINDOW: float = 5.0
+    RESTART_BACKOFF: float = 0.1
+    RESTART_BACKOFF_MAX: float = 2.0
+    # A component still running this long after cancellation is abandoned.
+    SHUTDOWN_TIMEOUT: float = 2.0
+    # Channel-layer names: the presence topic/group and the worker's channel.
+    TOPIC: str = "users_presence"
+    WORKER_CHANNEL: str = "presence-manager"
+    # Prefix of every Redis key the app writes (tests use one per test).
+    KEY_PREFIX: str = "streampai"
+    # Serve Prometheus metrics (see livestream/metrics.py); off by default.
+    METRICS_ENABLED: bool = False
+    # WebSocket frames larger than this close the socket.
+    MAX_FRAME_BYTES: int = 64 * 1024
+
+
+_NAMES = {f.name for f in fields(LivestreamSettings)}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> LivestreamSettings:
+    overrides = dict(getattr(settings, "LIVESTREAM", {}) or {})
+    unknown = set(overrides) - _NAMES
+    if unknown:
+        raise ValueError(f"Unknown LIVESTREAM settings: {', '.join(sorted(unknown))}")
+    if "COMPONENTS" in overrides:
+        overrides["COMPONENTS"] = tuple(overrides["COMPONENTS"])
+    return LivestreamSettings(**overrides)
+
+
+@receiver(setting_changed)
+def _reset(*, setting: str, **kwargs: object) -> None:
+    if setting == "LIVESTREAM":
+        get_settings.cache_clear()

@@ -1,0 +1,50 @@
+"""The asyncio Redis client of this process (one per event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import weakref
+from typing import Any
+
+import redis.asyncio as aioredis
+from django.conf import settings
+from redis.exceptions import NoScriptError
+
+from livestream.conf import get_settings
+from streampai.redisconf import connection_options
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[str, aioredis.Redis]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_redis() -> aioredis.Redis:
+    """A client for settings.REDIS_URL bound to the running loop (clients cannot cross loops)."""
+    loop = asyncio.get_running_loop()
+    url = settings.REDIS_URL
+    cached = _clients.get(loop)
+    if cached is None or cached[0] != url:
+        client = aioredis.Redis.from_url(url, decode_responses=True, **connection_options())
+        _clients[loop] = (url, client)
+        return client
+    return cached[1]
+
+
+def key(*parts: str) -> str:
+    """A Redis key under the configured prefix: key("lease", "42") -> "streampai:lease:42"."""
+    return ":".join((get_settings().KEY_PREFIX, *parts))
+
+
+@functools.lru_cache(maxsize=64)
+def _sha(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()
+
+
+async def run_script(client: aioredis.Redis, source: str, keys: list[str], *args: Any) -> Any:
+    """EVALSHA ``source`` (one round trip); load it first only if Redis forgot it."""
+    try:
+        return await client.evalsha(_sha(source), len(keys), *keys, *args)
+    except NoScriptError:
+        return await client.eval(source, len(keys), *keys, *args)

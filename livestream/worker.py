@@ -1,0 +1,70 @@
+"""A Channels worker that survives what stops the stock one.
+
+Channels' Worker ends ``runworker`` when a message has no ``type`` or when the
+channel layer raises (Redis restarting, redis-py timeouts), and it only creates
+the application when the first message arrives. This one:
+
+  * logs and drops messages without a type;
+  * retries the channel layer with backoff instead of exiting;
+  * creates each channel's application at start and sends it
+    ``{"type": "worker.startup"}``, so the PresenceManager starts managers for
+    users already present without waiting for a message;
+  * on SIGTERM/SIGINT stops listening, sends ``{"type": "worker.shutdown"}``
+    and waits (bounded) for the application to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from channels.worker import Worker as ChannelsWorker
+
+logger = logging.getLogger("livestream.worker")
+
+SHUTDOWN_TIMEOUT = 15.0
+
+
+class Worker(ChannelsWorker):
+    async def handle(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        for channel in self.channels:
+            self._instance(channel).put_nowait({"type": "worker.startup"})
+        listeners = [asyncio.create_task(self.listener(channel)) for channel in self.channels]
+        await stop.wait()
+        logger.info("Worker shutting down")
+        for task in listeners:
+            task.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
+        futures = []
+        for channel in self.channels:
+            self._instance(channel).put_nowait({"type": "worker.shutdown"})
+            futures.append(self.application_instances[channel]["future"])
+        _done, pending = await asyncio.wait(futures, timeout=SHUTDOWN_TIMEOUT)
+        if pending:
+            logger.error("Worker applications did not stop within %ss", SHUTDOWN_TIMEOUT)
+
+    def _instance(self, channel: str) -> asyncio.Queue:
+        return self.get_or_create_application_instance(channel, {"type": "channel", "channel": channel})
+
+    async def listener(self, channel: str) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                message = await self.channel_layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("Receiving on %s failed (%r); retrying in %.1fs", channel, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            if not isinstance(message, dict) or not message.get("type"):
+                logger.warning("Dropped a message without a type on %s: %.200r", channel, message)
+                continue
+            await self._instance(channel).put(message)

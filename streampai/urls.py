@@ -1,0 +1,12 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from dashboard import views as dashboard_views
+
+urlpatterns = [
+    path("", dashboard_views.home),
+    path("dashboard/", include("dashboard.urls")),
+    path("accounts/", include("allauth.urls")),
+    path("hijack/", include("hijack.urls")),
+    path("admin/", admin.site.urls),
+]
