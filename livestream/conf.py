@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from functools import lru_cache
+from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
@@ -27,12 +29,11 @@ class LivestreamSettings:
     HEARTBEAT_INTERVAL: float = 10.0
     # ... and a connection not refreshed for this long is expired by the sweeper.
     PRESENCE_TTL: float = 30.0
-    # How often a worker sweeps expired connections (seconds).
-    SWEEP_INTERVAL: float = 1.0
     # A manager's ownership lease (seconds); its owner renews it every third of this.
     # A killed worker's users are taken over within LEASE_TTL + RECONCILE_INTERVAL.
     LEASE_TTL: float = 3.0
-    # How often a worker compares what runs with what is present (seconds).
+    # How often a worker compares what runs with what is present, sweeps expired
+    # connections and publishes its state (seconds).
     RECONCILE_INTERVAL: float = 1.0
     # Component supervision, as OTP: at most MAX_RESTARTS in MAX_RESTARTS_WINDOW
     # seconds, then the component is marked failed; restarts back off
@@ -54,18 +55,32 @@ class LivestreamSettings:
     MAX_FRAME_BYTES: int = 64 * 1024
 
 
-_NAMES = {f.name for f in fields(LivestreamSettings)}
+_DEFAULTS = {f.name: f.default for f in fields(LivestreamSettings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert an override (often a string from the environment) to the key's type."""
+    default = _DEFAULTS[name]
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else str(value).strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(default, tuple):
+        items = value.split(",") if isinstance(value, str) else value
+        return tuple(item.strip() for item in items if item.strip())
+    try:
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise ImproperlyConfigured(
+            f"LIVESTREAM[{name!r}] must be a {type(default).__name__}, not {value!r}"
+        ) from None
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> LivestreamSettings:
     overrides = dict(getattr(settings, "LIVESTREAM", {}) or {})
-    unknown = set(overrides) - _NAMES
+    unknown = set(overrides) - set(_DEFAULTS)
     if unknown:
-        raise ValueError(f"Unknown LIVESTREAM settings: {', '.join(sorted(unknown))}")
-    if "COMPONENTS" in overrides:
-        overrides["COMPONENTS"] = tuple(overrides["COMPONENTS"])
-    return LivestreamSettings(**overrides)
+        raise ImproperlyConfigured(f"Unknown LIVESTREAM settings: {', '.join(sorted(unknown))}")
+    return LivestreamSettings(**{name: _coerce(name, value) for name, value in overrides.items()})
 
 
 @receiver(setting_changed)

@@ -5,7 +5,8 @@ SQLite under var/ and the embedded Redis that `make run` starts under var/redis/
 Deploy-time values come from the environment:
 
     SECRET_KEY, DEBUG, ALLOWED_HOSTS (comma separated), DATABASE_URL, REDIS_URL,
-    LIVESTREAM_CLEANUP_TIMEOUT, LIVESTREAM_PRESENCE_TTL, LIVESTREAM_METRICS
+    and LIVESTREAM_<KEY> for any key of livestream/conf.py (LIVESTREAM_CLEANUP_TIMEOUT,
+    LIVESTREAM_PRESENCE_TTL, LIVESTREAM_KEY_PREFIX, ...).
 """
 
 from __future__ import annotations
@@ -26,11 +27,6 @@ def env_bool(name: str, default: bool) -> bool:
     if value is None:
         return default
     return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
-def env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return default if value in (None, "") else float(value)
 
 
 DEBUG = env_bool("DEBUG", True)
@@ -129,15 +125,17 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # Redis: the presence store, leases, timers and the channel layer share it.
 # Unset means the embedded redis-server that `make run` starts under var/redis/.
 REDIS_URL = os.environ.get("REDIS_URL") or f"unix://{VAR_DIR / 'redis' / 'redis.sock'}?db=0"
-CHANNEL_LAYERS = channel_layers(REDIS_URL)
 
-# The presence-driven stream manager. Every key and its default is documented
-# in livestream/conf.py; only deploy-time values are read from the environment.
+# The presence-driven stream manager. Every key, its type and its default is
+# documented in livestream/conf.py; LIVESTREAM_<KEY> in the environment
+# overrides it (strings are converted to the key's type there).
 LIVESTREAM = {
-    "CLEANUP_TIMEOUT": env_float("LIVESTREAM_CLEANUP_TIMEOUT", 5.0),
-    "PRESENCE_TTL": env_float("LIVESTREAM_PRESENCE_TTL", 30.0),
-    "METRICS_ENABLED": env_bool("LIVESTREAM_METRICS", False),
+    name.removeprefix("LIVESTREAM_"): value
+    for name, value in os.environ.items()
+    if name.startswith("LIVESTREAM_") and name != "LIVESTREAM_LOG_LEVEL"
 }
+# Several deployments (or test runs) can share one Redis under different prefixes.
+CHANNEL_LAYERS = channel_layers(REDIS_URL, prefix=f"{LIVESTREAM.get('KEY_PREFIX', 'streampai')}:asgi")
 
 LOGGING = {
     "version": 1,

