@@ -21,11 +21,8 @@ logger = logging.getLogger(__name__)
 _manager: PresenceManager | None = None
 
 
-def get_presence_manager() -> PresenceManager:
-    """The process's PresenceManager (one per worker process)."""
-    global _manager
-    if _manager is None:
-        _manager = PresenceManager()
+def get_presence_manager() -> PresenceManager | None:
+    """The PresenceManager this worker process runs (None before worker.startup)."""
     return _manager
 
 
@@ -41,7 +38,10 @@ class PresenceManagerConsumer:
         return app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        manager = get_presence_manager()
+        global _manager
+        if _manager is None:
+            _manager = PresenceManager()
+        manager = _manager
         while True:
             message = await receive()
             try:
@@ -50,6 +50,7 @@ class PresenceManagerConsumer:
                     await manager.start()
                 elif kind == "worker.shutdown":
                     await manager.shutdown()
+                    _manager = None
                     raise StopConsumer
                 else:
                     await manager.handle(message)

@@ -27,11 +27,22 @@ SHUTDOWN_TIMEOUT = 15.0
 
 
 class Worker(ChannelsWorker):
+    def __init__(self, *args, install_signal_handlers: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.install_signal_handlers = install_signal_handlers
+        self._stop: asyncio.Event | None = None
+
+    def request_stop(self) -> None:
+        """What SIGTERM does (tests run the worker in-process and call this)."""
+        if self._stop is not None:
+            self._stop.set()
+
     async def handle(self) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        self._stop = stop = asyncio.Event()
+        if self.install_signal_handlers:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
         for channel in self.channels:
             self._instance(channel).put_nowait({"type": "worker.startup"})
         listeners = [asyncio.create_task(self.listener(channel)) for channel in self.channels]

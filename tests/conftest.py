@@ -8,9 +8,11 @@ keys), so nothing is ever flushed and tests cannot see each other's data.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -36,6 +38,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["REDIS_URL"] = url  # for the daphne / runworker subprocesses
     django_settings.REDIS_URL = url
     django_settings.CHANNEL_LAYERS = channel_layers(url)
+    # Importing the ASGI app runs django.setup() -> logging dictConfig, which
+    # would drop pytest's log capture handlers if it happened inside a test.
+    import streampai.asgi  # noqa: F401
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -90,3 +95,67 @@ def migrated_db_template(tmp_path_factory) -> Path:
     from tests.harness import migrate_template
 
     return migrate_template(tmp_path_factory.mktemp("db"))
+
+
+class InProcessWorker:
+    """livestream.worker.Worker running in the test's event loop (one at a time)."""
+
+    def __init__(self) -> None:
+        from channels.layers import get_channel_layer
+        from channels.routing import get_default_application
+
+        from livestream.conf import get_settings
+        from livestream.worker import Worker
+
+        self.worker = Worker(
+            application=get_default_application(),
+            channels=[get_settings().WORKER_CHANNEL],
+            channel_layer=get_channel_layer(),
+            install_signal_handlers=False,
+        )
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> InProcessWorker:
+        from livestream.consumers import get_presence_manager
+
+        self.task = asyncio.create_task(self.worker.arun())
+        deadline = time.monotonic() + 5
+        while (pm := get_presence_manager()) is None or not pm.inbox:
+            assert time.monotonic() < deadline, "worker did not start"
+            await asyncio.sleep(0.01)
+        self.manager = pm
+        return self
+
+    async def stop(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.worker.request_stop()
+            await asyncio.wait_for(self.task, 20)
+
+
+@pytest.fixture
+async def run_worker():
+    """await run_worker() -> a started InProcessWorker; stopped at teardown."""
+    started: list[InProcessWorker] = []
+
+    async def start() -> InProcessWorker:
+        worker = await InProcessWorker().start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        await worker.stop()
+
+
+async def wait_until(predicate, timeout: float, message: str = "condition", interval: float = 0.01):
+    """Poll an (async or sync) predicate until it is truthy; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
