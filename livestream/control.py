@@ -1,0 +1,85 @@
+"""Staff control of one user's manager: ``manager.stop`` and ``manager.restart``.
+
+The admin debug page sends ``{"type": "manager.stop" | "manager.restart",
+"user_id": ..., "by": <staff user id>}`` to the ``presence-manager`` channel.
+Whichever worker receives it forwards it once to the lease owner's inbox; the
+owner (or, if nobody runs the user, the receiving worker) acts.
+
+Stopping a user who is still present would be undone by the next reconcile tick,
+so the stop also puts a *hold* on the user: their lease key is set to
+``held-by-staff:<staff id>``. A lease nobody renews as a worker is something every
+existing path already respects (a join cannot acquire it, the tick's orphan claim
+skips it), so no other code has to know about holds. The hold ends at the user's
+next join (a new tab, a reload, a reconnect), when their cleanup runs, on a staff
+restart, or after STAFF_STOP_HOLD seconds, whichever comes first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.layers import get_channel_layer
+
+from livestream.conf import get_settings
+from livestream.leases import LeaseStore
+from livestream.redis import run_script
+
+STOP = "manager.stop"
+RESTART = "manager.restart"
+ACTIONS = {"stop": STOP, "restart": RESTART}
+HOLD_PREFIX = "held-by-staff:"
+
+# KEYS: lease. ARGV: me (the worker), hold value, ttl ms, hold prefix.
+# Holds the lease unless another worker owns it; 1 if held.
+_HOLD = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] and string.sub(cur, 1, #ARGV[4]) ~= ARGV[4] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+# KEYS: lease. ARGV: hold prefix. Deletes the lease only if it is a hold; 1 if it was.
+_RELEASE_HOLD = """
+local cur = redis.call('GET', KEYS[1])
+if cur and string.sub(cur, 1, #ARGV[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def held_by(lease_value: str | None) -> str | None:
+    """The staff id holding a user down, if ``lease_value`` is a hold rather than a worker."""
+    if lease_value and lease_value.startswith(HOLD_PREFIX):
+        return lease_value.removeprefix(HOLD_PREFIX)
+    return None
+
+
+async def hold(leases: LeaseStore, user_id: str, by: str) -> bool:
+    """Keep ``user_id``'s manager down; False if another worker owns it meanwhile."""
+    ttl_ms = int(get_settings().STAFF_STOP_HOLD * 1000)
+    keys = [leases.lease_key(user_id)]
+    return bool(
+        await run_script(leases.redis, _HOLD, keys, leases.worker_id, HOLD_PREFIX + by, ttl_ms, HOLD_PREFIX)
+    )
+
+
+async def release_hold(leases: LeaseStore, user_id: str) -> bool:
+    """End a hold (no-op, and False, when the lease is a worker's or absent)."""
+    return bool(await run_script(leases.redis, _RELEASE_HOLD, [leases.lease_key(user_id)], HOLD_PREFIX))
+
+
+def parse(message: dict[str, Any]) -> tuple[str, str]:
+    """``(user_id, by)`` of a stop/restart request; ValueError if malformed."""
+    user_id, by = message.get("user_id"), message.get("by")
+    if not isinstance(user_id, str) or not user_id or len(user_id) > 64:
+        raise ValueError(f"bad user_id {user_id!r}")
+    if isinstance(by, int) and not isinstance(by, bool):
+        by = str(by)
+    if not isinstance(by, str) or not by or len(by) > 64:
+        raise ValueError(f"bad 'by' (staff id) {by!r}")
+    return user_id, by
+
+
+async def request(action: str, user_id: str, by: str) -> None:
+    """Ask the workers to stop or restart ``user_id``'s manager (``action``: stop/restart)."""
+    message = {"type": ACTIONS[action], "user_id": user_id, "by": by}
+    await get_channel_layer().send(get_settings().WORKER_CHANNEL, message)

@@ -1,0 +1,167 @@
+"""Prometheus metrics for the presence-driven managers.
+
+Workers and web servers are separate processes (often on separate hosts), so
+nothing is kept in process memory: the gauges are read from the shared state in
+Redis (livestream/state.py) at scrape time, and the two series only a worker can
+observe are accumulated in Redis by the workers:
+
+  ``<prefix>:metrics:join_to_running``  HASH bucket index -> observations, "sum": from the
+      worker taking up a user's join to every component of the new manager running
+  ``<prefix>:metrics:restarts``         HASH component name -> restarts, ever
+
+Any process can then render the same numbers (views.metrics, gated by
+LIVESTREAM["METRICS_ENABLED"]).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from livestream.redis import get_redis, key
+from livestream.state import Snapshot, read_state
+from livestream.user_stream_manager import UserStreamManager
+
+# Seconds. A join handled promptly starts a manager in milliseconds; the upper
+# buckets catch a worker with a backlog of presence messages.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Give up watching a manager whose components never all run (crash loop, failed).
+WATCH_LIMIT = 30.0
+
+
+def _latency_key() -> str:
+    return key("metrics", "join_to_running")
+
+
+def _restarts_key() -> str:
+    return key("metrics", "restarts")
+
+
+# -- worker side ---------------------------------------------------------------
+
+
+async def record_join_to_running(seconds: float, client: aioredis.Redis | None = None) -> None:
+    bucket = next((i for i, bound in enumerate(BUCKETS) if seconds <= bound), len(BUCKETS))
+    async with (client or get_redis()).pipeline(transaction=True) as pipe:
+        pipe.hincrby(_latency_key(), str(bucket), 1)
+        pipe.hincrbyfloat(_latency_key(), "sum", seconds)
+        await pipe.execute()
+
+
+async def observe_join_to_running(manager: UserStreamManager, since: float) -> None:
+    """Record ``since`` (time.monotonic() when the join was taken up) -> all components running.
+
+    Started right after the manager: its supervisors mark themselves running on
+    their first step, so this usually records on its first look.
+    """
+    while time.monotonic() - since < WATCH_LIMIT and not manager.stopped:
+        if manager.children and all(child.state == "running" for child in manager.children):
+            await record_join_to_running(time.monotonic() - since)
+            return
+        await asyncio.sleep(0.005)
+
+
+class RestartCounter:
+    """Turns the restart counts of running managers into totals that only go up.
+
+    A worker calls ``publish`` with its managers' statuses every reconcile tick;
+    restarts are counted once however many ticks see them.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, float, str], int] = {}
+
+    async def publish(self, statuses: dict[str, dict[str, Any]]) -> None:
+        seen: dict[tuple[str, float, str], int] = {}
+        added: Counter[str] = Counter()
+        for user_id, status in statuses.items():
+            for name, component in status["components"].items():
+                ident = (user_id, status["started_at"], name)
+                seen[ident] = int(component.get("restarts", 0))
+                added[name] += max(0, seen[ident] - self._seen.get(ident, 0))
+        if +added:
+            async with get_redis().pipeline(transaction=True) as pipe:
+                for name, n in (+added).items():
+                    pipe.hincrby(_restarts_key(), name, n)
+                await pipe.execute()
+        self._seen = seen  # only once written: a failed write is retried next tick
+
+
+# -- scrape side ---------------------------------------------------------------
+
+
+class LivestreamCollector(Collector):
+    """One scrape's metrics, from a state snapshot and the workers' accumulated series."""
+
+    def __init__(self, snapshot: Snapshot, latency: dict[str, str], restarts: dict[str, str]) -> None:
+        self.snapshot = snapshot
+        self.latency = latency
+        self.restarts = restarts
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self.snapshot.totals
+        for name, doc in (
+            ("present_users", "Users with at least one open dashboard connection."),
+            ("open_sessions", "Open dashboard connections (presence entries)."),
+            ("running_managers", "UserStreamManagers running on live workers."),
+            ("pending_cleanups", "Scheduled manager cleanups not yet due."),
+            ("live_workers", "Presence-manager workers seen within the lease TTL."),
+            ("held_by_staff", "Present users whose manager a staff member stopped."),
+        ):
+            yield GaugeMetricFamily(f"streampai_{name}", doc, value=totals[name])
+
+        states = GaugeMetricFamily(
+            "streampai_components",
+            "Components of running managers, by component and state.",
+            labels=["component", "state"],
+        )
+        by_state = Counter(
+            (name, c.state) for m in self.snapshot.managers.values() for name, c in m.components.items()
+        )
+        for (name, state), n in sorted(by_state.items()):
+            states.add_metric([name, state], n)
+        yield states
+
+        restarts = CounterMetricFamily(
+            "streampai_component_restarts",
+            "Component restarts by their supervisor, since metrics began.",
+            labels=["component"],
+        )
+        for name, n in sorted(self.restarts.items()):
+            restarts.add_metric([name], int(n))
+        yield restarts
+
+        counts = [int(self.latency.get(str(i), 0)) for i in range(len(BUCKETS) + 1)]
+        cumulative, running = [], 0
+        for bound, n in zip((*map(str, BUCKETS), "+Inf"), counts, strict=True):
+            running += n
+            cumulative.append((bound, running))
+        yield HistogramMetricFamily(
+            "streampai_join_to_running_seconds",
+            "From a worker taking up a user's join to all of the new manager's components running.",
+            buckets=cumulative,
+            sum_value=float(self.latency.get("sum", 0.0)),
+        )
+
+
+async def read_metrics(client: aioredis.Redis | None = None) -> LivestreamCollector:
+    redis = client or get_redis()
+    snapshot = await read_state(redis)
+    latency = await redis.hgetall(_latency_key())
+    restarts = await redis.hgetall(_restarts_key())
+    return LivestreamCollector(snapshot, latency, restarts)
+
+
+def render(collector: LivestreamCollector) -> bytes:
+    """The Prometheus text exposition of one scrape."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry)

@@ -1,0 +1,232 @@
+"""What is going on right now, read from Redis by any process (web, CLI, metrics).
+
+Sources, all written by other modules:
+  presence          PresenceStore.list()                       (livestream/presence.py)
+  running managers  ``<prefix>:managers:<worker_id>`` HASH uid -> status JSON, published by
+                    every worker each reconcile tick (PresenceManager._publish_state)
+  live workers      ``<prefix>:workers`` ZSET, last seen on Redis' clock (livestream/leases.py)
+  pending cleanups  TimerStore.pending() entries named ``cleanup:<uid>`` (livestream/timers.py)
+  staff holds       lease values ``held-by-staff:<id>`` (livestream/control.py)
+
+A worker that stopped beating (killed) is dropped at once, although its last
+published HASH lingers until its TTL: only workers seen within LEASE_TTL count,
+the same horizon the workers use among themselves. Published statuses are at
+most one RECONCILE_INTERVAL old.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from asgiref.sync import async_to_sync
+from django.conf import settings
+
+from livestream import control
+from livestream.conf import get_settings
+from livestream.leases import LeaseStore
+from livestream.presence import Meta, PresenceStore
+from livestream.redis import get_redis, key
+from livestream.timers import TimerStore
+from streampai.redisconf import connection_options
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CLEANUP_PREFIX = "cleanup:"
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    state: str  # starting, running, restarting, failed, stopped
+    restarts: int
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. ConsoleLogger's {"count": n}
+
+
+@dataclass(frozen=True)
+class ManagerStatus:
+    worker: str
+    started_at: datetime
+    components: dict[str, ComponentStatus]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "worker": self.worker,
+            "started_at": self.started_at.isoformat(),
+            "components": {
+                name: {"state": c.state, "restarts": c.restarts} for name, c in self.components.items()
+            },
+        }
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    host: str
+    pid: str
+    seen_ago: float  # seconds since its last reconcile tick
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    presence: dict[str, list[Meta]]
+    managers: dict[str, ManagerStatus]
+    pending_cleanups: dict[str, float]  # user id -> seconds until due
+    workers: dict[str, WorkerStatus]
+    held: dict[str, str]  # present user id -> id of the staff member who stopped them
+    taken_at: datetime
+
+    @property
+    def totals(self) -> dict[str, int]:
+        return {
+            "present_users": len(self.presence),
+            "open_sessions": sum(len(metas) for metas in self.presence.values()),
+            "running_managers": len(self.managers),
+            "pending_cleanups": len(self.pending_cleanups),
+            "live_workers": len(self.workers),
+            "held_by_staff": len(self.held),
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        """The documented ``presence_debug --json`` shape, exactly."""
+        return {
+            "presence": {uid: {"metas": metas} for uid, metas in self.presence.items()},
+            "managers": {uid: m.as_json() for uid, m in self.managers.items()},
+            "pending_cleanups": {uid: {"due_in": due} for uid, due in self.pending_cleanups.items()},
+        }
+
+    def as_detail(self) -> dict[str, Any]:
+        """as_json() plus component extras, workers, holds and totals (the admin's JSON)."""
+        data = self.as_json()
+        for uid, m in self.managers.items():
+            for name, c in m.components.items():
+                data["managers"][uid]["components"][name].update(c.extra)
+        data["workers"] = {
+            wid: {"host": w.host, "pid": w.pid, "seen_ago": w.seen_ago} for wid, w in self.workers.items()
+        }
+        data["held"] = {uid: {"by": by} for uid, by in self.held.items()}
+        data["totals"] = self.totals
+        data["taken_at"] = self.taken_at.isoformat()
+        return data
+
+
+async def read_state(client: aioredis.Redis | None = None) -> Snapshot:
+    """Everything above, in five round trips, as of now."""
+    redis = client or get_redis()
+    conf = get_settings()
+    presence = {uid: entry["metas"] for uid, entry in (await PresenceStore(client=redis).list()).items()}
+    pending = await TimerStore(redis).pending()
+
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.time()
+        pipe.zrange(key("workers"), 0, -1, withscores=True)
+        (seconds, micros), beats = await pipe.execute()
+    now = seconds + micros / 1e6
+    alive = {wid: now - seen for wid, seen in beats if now - seen <= conf.LEASE_TTL}
+
+    async with redis.pipeline(transaction=False) as pipe:
+        for wid in alive:
+            pipe.hgetall(key("managers", wid))
+            pipe.hgetall(key("worker", wid))
+        published = await pipe.execute()
+
+    candidates: dict[str, list[ManagerStatus]] = {}
+    workers: dict[str, WorkerStatus] = {}
+    for i, (wid, seen_ago) in enumerate(alive.items()):
+        statuses, info = published[2 * i], published[2 * i + 1]
+        workers[wid] = WorkerStatus(info.get("host", ""), info.get("pid", ""), round(max(0.0, seen_ago), 3))
+        for uid, raw in statuses.items():
+            status = _parse_manager(wid, uid, raw)
+            if status is not None:
+                candidates.setdefault(uid, []).append(status)
+
+    users = sorted(set(presence) | set(candidates), key=natural)
+    lease_keys = [LeaseStore("", redis).lease_key(u) for u in users]
+    owners = dict(zip(users, await redis.mget(lease_keys), strict=True)) if users else {}
+    held = {uid: by for uid in presence if (by := control.held_by(owners.get(uid))) is not None}
+
+    return Snapshot(
+        presence={uid: presence[uid] for uid in sorted(presence, key=natural)},
+        managers={uid: _pick(candidates[uid], owners.get(uid)) for uid in users if uid in candidates},
+        pending_cleanups={
+            name.removeprefix(CLEANUP_PREFIX): round(max(0.0, due_in), 3)
+            for name, due_in in sorted(pending.items(), key=lambda kv: kv[1])
+            if name.startswith(CLEANUP_PREFIX)
+        },
+        workers=workers,
+        held=held,
+        taken_at=datetime.fromtimestamp(now, UTC),
+    )
+
+
+def run_sync(fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+    """Run ``fn(client)`` from sync code (views, commands) with a client of its own.
+
+    The client lives for this call only: under daphne async_to_sync runs ``fn`` on
+    the server's loop, in a command on a throwaway one, and a client cannot
+    outlive or cross loops.
+    """
+
+    async def call() -> T:
+        client = aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True, **connection_options())
+        try:
+            return await fn(client)
+        finally:
+            await client.aclose()
+
+    return async_to_sync(call)()
+
+
+def read_state_sync() -> Snapshot:
+    return run_sync(read_state)
+
+
+def session_counts_sync() -> dict[str, int]:
+    """Open sessions per present user (the admin's "online" column and filter)."""
+
+    async def counts(client: aioredis.Redis) -> dict[str, int]:
+        return {
+            uid: len(entry["metas"]) for uid, entry in (await PresenceStore(client=client).list()).items()
+        }
+
+    return run_sync(counts)
+
+
+def describe(exc: BaseException) -> str:
+    """An error for people (redis-py 8's repr of a ConnectionError is just "network:ConnectionError")."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def natural(user_id: str) -> tuple[int, int | str]:
+    """Sort numeric user ids numerically, then any others by text."""
+    return (0, int(user_id)) if user_id.isdigit() else (1, user_id)
+
+
+def _parse_manager(worker: str, user_id: str, raw: str) -> ManagerStatus | None:
+    try:
+        data = json.loads(raw)
+        components = {
+            str(name): ComponentStatus(
+                state=str(c["state"]),
+                restarts=int(c.get("restarts", 0)),
+                extra={k: v for k, v in c.items() if k not in ("state", "restarts")},
+            )
+            for name, c in data["components"].items()
+        }
+        return ManagerStatus(worker, datetime.fromtimestamp(float(data["started_at"]), UTC), components)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        logger.warning("[state] ignored malformed status of %s from %s: %r", user_id, worker, exc)
+        return None
+
+
+def _pick(candidates: list[ManagerStatus], owner: str | None) -> ManagerStatus:
+    """During a hand-over two workers may list one user for a tick: trust the lease."""
+    for status in candidates:
+        if status.worker == owner:
+            return status
+    return max(candidates, key=lambda s: s.started_at)

@@ -1,0 +1,10 @@
+from django.urls import path
+
+from livestream import views
+
+app_name = "livestream"
+
+urlpatterns = [
+    # Off (404) unless LIVESTREAM["METRICS_ENABLED"]; staff or a bearer token only.
+    path("metrics", views.metrics, name="metrics"),
+]
