@@ -67,6 +67,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
     "hijack.middleware.HijackUserMiddleware",
+    # Closes a session's dashboard sockets after logout / impersonation switches.
+    "dashboard.sessions.EndedSessionsMiddleware",
 ]
 
 ROOT_URLCONF = "streampai.urls"
@@ -113,6 +115,10 @@ LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "/dashboard/"
 ACCOUNT_LOGOUT_REDIRECT_URL = "/accounts/login/"
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+
+# django-hijack: only superusers impersonate, and never another superuser
+# (dashboard/impersonation.py); the banner is dashboard/templates/hijack/notification.html.
+HIJACK_PERMISSION_CHECK = "dashboard.impersonation.superusers_impersonate_others"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
