@@ -6,25 +6,61 @@ lease, so at most one manager runs per user across all workers; a worker that
 dies stops renewing and its users are claimed by the others.
 
 ``<prefix>:workers`` (ZSET worker_id -> last seen, Redis clock) and
-``<prefix>:worker:<id>`` (HASH: inbox channel, host, pid, started_at) say which
-workers are alive and how to reach each one.
+``<prefix>:worker:<id>`` (HASH: inbox channel, host, pid, proc identity) say
+which workers are alive and how to reach each one. ``<prefix>:workers:dead``
+(SET) names workers whose process a worker on the same machine saw end: their
+leases are free at once rather than after LEASE_TTL (livestream/liveness.py).
+
+``<prefix>:epoch`` tells a restarted-empty Redis from one that kept its data;
+``<prefix>:epoch:hold`` (LEASE_TTL after a loss) grants no new lease while the
+workers take back the leases that vanished with the data (see _EPOCH).
 """
 
 from __future__ import annotations
 
+import secrets
+
 import redis.asyncio as aioredis
 
 from livestream.conf import get_settings
+from livestream.liveness import is_dead
 from livestream.redis import get_redis, key, run_script
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000 "
 
-# KEYS: lease. ARGV: me, ttl ms. 1 if we hold it now.
+# KEYS: lease, dead workers SET, epoch, epoch hold. ARGV: me, ttl ms, the epoch we know.
+# 1 if we hold the lease now. After Redis lost its data, a lease that vanished may
+# still be running on a worker that has not taken it back yet (see check_epoch):
+# no new lease is granted by a worker that has not seen the loss, nor during the hold.
 _ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
-if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
 if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[3] then return 0 end
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+if not cur or redis.call('SISMEMBER', KEYS[2], cur) == 1 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1
+end
 return 0
+"""
+
+# KEYS: epoch, epoch hold. ARGV: a new epoch, the epoch we know ("" if none), hold ms.
+# Returns {epoch, 1 if it is new or changed since we looked}. Redis losing its data
+# loses the epoch; the first worker to look makes a new one. A worker that knew the
+# old one (so knows it is a loss, not a first start) puts a hold on new leases for
+# LEASE_TTL: meanwhile every live worker takes its vanished leases back (renew does),
+# or has fenced itself because it could not.
+_EPOCH = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1])
+  cur = ARGV[1]
+end
+if ARGV[2] ~= '' and cur ~= ARGV[2] then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3], 'NX')
+  return {cur, 1}
+end
+if cur == ARGV[1] then return {cur, 1} end
+return {cur, 0}
 """
 
 # KEYS: leases. ARGV: me, ttl ms. Returns the indexes (1-based) of leases lost to another worker.
@@ -53,14 +89,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
-# KEYS: present users SET. ARGV: me, ttl ms, lease prefix, live workers.
-# Claims this worker's fair share of the present users whom nobody runs.
+# KEYS: present users SET, dead workers SET, epoch hold. ARGV: me, ttl ms, lease prefix,
+# live workers, managers I run. Claims present users nobody runs (no lease, or a dead
+# worker's), at most what brings us up to a fair share of all present users (at least
+# one): after a worker dies, every survivor takes its part in one tick. Nothing during
+# an epoch hold (see _EPOCH).
 _CLAIM_ORPHANS = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return {} end
+local users = redis.call('SMEMBERS', KEYS[1])
 local orphans = {}
-for _, uid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if redis.call('EXISTS', ARGV[3] .. uid) == 0 then table.insert(orphans, uid) end
+for _, uid in ipairs(users) do
+  local owner = redis.call('GET', ARGV[3] .. uid)
+  if not owner or redis.call('SISMEMBER', KEYS[2], owner) == 1 then table.insert(orphans, uid) end
 end
-local share = math.ceil(#orphans / math.max(1, tonumber(ARGV[4])))
+local fair = math.ceil(#users / math.max(1, tonumber(ARGV[4])))
+local share = math.min(#orphans, math.max(1, fair - tonumber(ARGV[5])))
 local claimed = {}
 for i = 1, share do
   redis.call('SET', ARGV[3] .. orphans[i], ARGV[1], 'PX', ARGV[2])
@@ -91,6 +134,10 @@ class LeaseStore:
         self.redis = client or get_redis()
         self.prefix = key("lease", "")
         self.workers_key = key("workers")
+        self.dead_key = key("workers", "dead")
+        self.epoch_key = key("epoch")
+        self.hold_key = key("epoch", "hold")
+        self.epoch = ""  # the Redis epoch this worker knows; "" until check_epoch
 
     @property
     def ttl_ms(self) -> int:
@@ -101,7 +148,14 @@ class LeaseStore:
 
     async def acquire(self, user_id: str) -> bool:
         return bool(
-            await run_script(self.redis, _ACQUIRE, [self.lease_key(user_id)], self.worker_id, self.ttl_ms)
+            await run_script(
+                self.redis,
+                _ACQUIRE,
+                [self.lease_key(user_id), self.dead_key, self.epoch_key, self.hold_key],
+                self.worker_id,
+                self.ttl_ms,
+                self.epoch,
+            )
         )
 
     async def owner(self, user_id: str) -> str | None:
@@ -122,18 +176,33 @@ class LeaseStore:
         keys = [self.lease_key(user_id), presence_hash]
         return bool(await run_script(self.redis, _RELEASE_IF_ABSENT, keys, self.worker_id))
 
-    async def claim_orphans(self, users_key: str, live_workers: int) -> list[str]:
+    async def claim_orphans(self, users_key: str, live_workers: int, running: int = 0) -> list[str]:
+        """Present users to start here (see _CLAIM_ORPHANS); ``running``: managers we run now."""
         return list(
             await run_script(
                 self.redis,
                 _CLAIM_ORPHANS,
-                [users_key],
+                [users_key, self.dead_key, self.hold_key],
                 self.worker_id,
                 self.ttl_ms,
                 self.prefix,
                 live_workers,
+                running,
             )
         )
+
+    async def check_epoch(self) -> bool:
+        """True if Redis is new to us: first look, or it lost its data since the last one."""
+        epoch, changed = await run_script(
+            self.redis,
+            _EPOCH,
+            [self.epoch_key, self.hold_key],
+            secrets.token_hex(8),
+            self.epoch,
+            self.ttl_ms,
+        )
+        self.epoch = epoch
+        return bool(int(changed))
 
     async def beat(self, info: dict[str, str] | None = None) -> int:
         """Mark this worker alive (and publish ``info``); returns the live workers."""
@@ -149,3 +218,28 @@ class LeaseStore:
         """Forget this worker (clean shutdown)."""
         await self.redis.zrem(self.workers_key, self.worker_id)
         await self.redis.delete(key("worker", self.worker_id))
+
+    async def bury_dead_workers(self) -> list[str]:
+        """Find registered workers whose process certainly ended (kill -9 on this machine).
+
+        They leave the registry (so they stop counting as live) for the dead set,
+        whose leases every worker's orphan claim takes at once instead of after
+        LEASE_TTL. livestream/liveness.py says why a live worker is never judged dead.
+        """
+        ids = [w for w in await self.redis.zrange(self.workers_key, 0, -1) if w != self.worker_id]
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id in ids:
+                pipe.hget(key("worker", worker_id), "proc")
+            identities = await pipe.execute()
+        dead = [w for w, ident in zip(ids, identities, strict=True) if ident and is_dead(ident)]
+        if dead:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.workers_key, *dead)
+                pipe.delete(*(key("worker", w) for w in dead))
+                pipe.sadd(self.dead_key, *dead)
+                # Past this, every lease a dead worker held has lapsed anyway.
+                pipe.pexpire(self.dead_key, self.ttl_ms * 2)
+                await pipe.execute()
+        return dead

@@ -4,6 +4,7 @@ Layout, under ``<prefix>:presence:<topic>``:
   ``:users``       SET of user ids with at least one connection
   ``:u:<user_id>`` HASH ref -> meta JSON ``{"email", "joined_at", "ref"}``
   ``:expiry``      ZSET ``<user_id>|<ref>`` -> deadline (Redis clock, seconds)
+  ``:gone:<ref>``  a connection untracked for good (expires after PRESENCE_TTL)
 
 Every operation is one Lua script: atomic, one round trip, and it reports how
 many connections the user has left, so two daphne processes never race on
@@ -26,11 +27,15 @@ Meta = dict[str, Any]
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000 "
 
-# KEYS: users, user hash, expiry. ARGV: user_id, ref, meta json, ttl.
-# Returns {1 if newly added else 0, sessions after}.
+# KEYS: users, user hash, expiry, gone. ARGV: user_id, ref, meta json, ttl.
+# Returns {1 if newly added else 0, sessions after}. A connection untracked for good
+# is never tracked again: a heartbeat's refresh sent just before the disconnect's
+# untrack can reach Redis after it (from another pooled connection), and must not
+# bring the closed connection back as a ghost that only the sweeper would remove.
 _TRACK = (
     _NOW
     + """
+if redis.call('EXISTS', KEYS[4]) == 1 then return {0, redis.call('HLEN', KEYS[2])} end
 local added = redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1] .. '|' .. ARGV[2])
 redis.call('SADD', KEYS[1], ARGV[1])
@@ -38,9 +43,10 @@ return {added, redis.call('HLEN', KEYS[2])}
 """
 )
 
-# KEYS: users, user hash, expiry. ARGV: user_id, ref.
+# KEYS: users, user hash, expiry, gone. ARGV: user_id, ref, gone ttl ms.
 # Returns {sessions left, meta json} or {-1} if the connection was not tracked.
 _UNTRACK = """
+redis.call('SET', KEYS[4], '1', 'PX', ARGV[3])
 local meta = redis.call('HGET', KEYS[2], ARGV[2])
 if not meta then return {-1} end
 redis.call('HDEL', KEYS[2], ARGV[2])
@@ -107,20 +113,28 @@ class PresenceStore:
         self.users_key = f"{base}:users"
         self.user_prefix = f"{base}:u:"
         self.expiry_key = f"{base}:expiry"
+        self.gone_prefix = f"{base}:gone:"
 
-    def _keys(self, user_id: str) -> list[str]:
-        return [self.users_key, self.user_prefix + user_id, self.expiry_key]
+    def _keys(self, user_id: str, ref: str) -> list[str]:
+        return [self.users_key, self.user_prefix + user_id, self.expiry_key, self.gone_prefix + ref]
 
     async def track(self, user_id: str, meta: Meta) -> Change | None:
         """Add one connection. Returns the join, or None if that ref was already tracked."""
         added, sessions = await run_script(
-            self.redis, _TRACK, self._keys(user_id), user_id, meta["ref"], json.dumps(meta), _ttl()
+            self.redis,
+            _TRACK,
+            self._keys(user_id, meta["ref"]),
+            user_id,
+            meta["ref"],
+            json.dumps(meta),
+            _ttl(),
         )
         return Change(user_id, meta, int(sessions)) if added else None
 
     async def untrack(self, user_id: str, ref: str) -> Change | None:
-        """Remove one connection. Returns the leave, or None if it was not tracked."""
-        result = await run_script(self.redis, _UNTRACK, self._keys(user_id), user_id, ref)
+        """Remove one connection for good. Returns the leave, or None if it was not tracked."""
+        gone_ms = max(1000, int(_ttl() * 1000))
+        result = await run_script(self.redis, _UNTRACK, self._keys(user_id, ref), user_id, ref, gone_ms)
         if int(result[0]) < 0:
             return None
         return Change(user_id, json.loads(result[1]), int(result[0]))
@@ -129,7 +143,8 @@ class PresenceStore:
         """Heartbeat: push the connection's deadline back; re-track it if Redis lost it.
 
         Returns the join when the connection had to be tracked again (Redis was
-        restarted, or the sweeper expired it), else None.
+        restarted, or the sweeper expired it), else None. Never revives a
+        connection that was untracked (see _TRACK).
         """
         return await self.track(user_id, meta)
 

@@ -30,6 +30,11 @@ class UserStreamManager:
         for child in self.children:
             child.start()
 
+    def cancel(self) -> None:
+        """Cancel every component now, before any of them runs another step; stop() still waits."""
+        for child in self.children:
+            child.cancel()
+
     async def stop(self) -> None:
         """Stop every component (each bounded by SHUTDOWN_TIMEOUT, in parallel)."""
         self.stopped = True

@@ -10,6 +10,11 @@ from typing import Any
 # still notices a dead connection.
 SOCKET_TIMEOUT = 15.0
 CONNECT_TIMEOUT = 5.0
+# redis-py 8 also caps an asyncio pool at 100 connections by default (7 had no
+# cap) and raises MaxConnectionsError past it instead of waiting: 1,000 sockets
+# connecting at once, or a worker pushing statuses 256 at a time, failed
+# (docs/benchmarks.md). Redis' own maxclients default is 10,000.
+MAX_CONNECTIONS = 10_000
 
 
 def connection_options() -> dict[str, Any]:
@@ -18,6 +23,7 @@ def connection_options() -> dict[str, Any]:
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "health_check_interval": 30,
+        "max_connections": MAX_CONNECTIONS,
     }
 
 
@@ -25,7 +31,9 @@ def channel_layers(redis_url: str, prefix: str = "asgi") -> dict[str, Any]:
     """The CHANNEL_LAYERS setting for a Redis at ``redis_url``."""
     return {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis, whose receive() waits out a Redis restart instead
+            # of ending the consumer (and closing its WebSocket).
+            "BACKEND": "streampai.channel_layer.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [{"address": redis_url, **connection_options()}],
                 "prefix": prefix,
@@ -33,9 +41,15 @@ def channel_layers(redis_url: str, prefix: str = "asgi") -> dict[str, Any]:
                 # periodic reconcile repairs whatever a lost diff would have done.
                 "expiry": 60,
                 # Default capacity (100) suits per-connection channels. The
-                # worker channel takes one diff per connect/disconnect of every
-                # user: 1,000 users opening a tab at once must not raise
-                # ChannelFull, so it gets room for a burst of 20,000.
+                # worker channel takes a message per connect and disconnect of
+                # every dashboard socket (plus re-tracks, expiries, cleanup
+                # timers): with 100, a few hundred tabs reconnecting at once
+                # (a daphne restart) would raise ChannelFull. 20,000 is about
+                # what one worker drains in 40 s (~500 join diffs/s measured on
+                # 2 shared cores), inside the 60 s expiry: a longer queue would
+                # mostly expire unread anyway. When it is full, diffs are
+                # dropped with a warning and the reconcile tick (every
+                # RECONCILE_INTERVAL) does what they would have done.
                 "channel_capacity": {"presence-manager": 20_000},
             },
         }
