@@ -49,10 +49,20 @@ class LivestreamSettings:
     WORKER_CHANNEL: str = "presence-manager"
     # Prefix of every Redis key the app writes (tests use one per test).
     KEY_PREFIX: str = "streampai"
-    # Serve Prometheus metrics (see livestream/metrics.py); off by default.
+    # Serve Prometheus metrics at /metrics (see livestream/metrics.py); off by
+    # default (404). When on, only staff sessions and requests bearing
+    # ``Authorization: Bearer <METRICS_TOKEN>`` (if a token is set) may read them.
     METRICS_ENABLED: bool = False
+    METRICS_TOKEN: str = ""
+    # A staff "stop" of a user who is still present holds their manager down until
+    # their next join (new tab, reload, reconnect), and at most this long (seconds).
+    STAFF_STOP_HOLD: float = 86400.0
     # WebSocket frames larger than this close the socket.
     MAX_FRAME_BYTES: int = 64 * 1024
+    # How often the worker pushes changed manager statuses to their users' open
+    # dashboards (seconds; see livestream/user_status.py). At most one group_send
+    # per running manager per push; 0 leaves only the lifecycle pushes.
+    STATUS_PUSH_INTERVAL: float = 1.0
 
 
 _DEFAULTS = {f.name: f.default for f in fields(LivestreamSettings)}

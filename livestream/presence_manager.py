@@ -11,8 +11,13 @@ repaired within a tick instead of leaking or losing a manager:
   cleanup  -> if the user is still away, the lease owner stops the manager (a
               non-owner forwards the request to the owner's inbox channel).
   tick     -> renew our leases (stop what we lost), expire connections whose
-              heartbeats stopped, claim our share of present users nobody runs,
-              schedule cleanups a lost leave never scheduled, publish state.
+              heartbeats stopped, claim our share of present users nobody runs
+              (or whose worker died on this machine), schedule cleanups a lost
+              leave never scheduled, publish state.
+  fence    -> unable to renew for LEASE_TTL - RECONCILE_INTERVAL (Redis gone, a
+              stuck tick, a frozen process waking up): cancel every manager at
+              once, before another worker may claim them; resume them when the
+              leases are ours again.
 
 All state that matters is in Redis; ``managers`` only holds this process's tasks.
 """
@@ -30,19 +35,25 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
-from livestream import diffs
+from livestream import control, diffs, metrics
 from livestream.conf import get_settings
 from livestream.leases import LeaseStore
+from livestream.liveness import process_identity
 from livestream.presence import PresenceStore
 from livestream.redis import get_redis, key, run_script
 from livestream.timers import TimerPump, TimerStore
+from livestream.user_status import StatusPusher
 from livestream.user_stream_manager import UserStreamManager
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+# Managers whose state _publish_state serialises between two yields to the loop.
+_STATE_CHUNK = 2000
 
 # KEYS: timers ZSET. ARGV: presence hash prefix, user ids...
 # The users among ARGV that have no connection and no pending cleanup timer.
@@ -55,13 +66,6 @@ for i = 2, #ARGV do
   end
 end
 return out
-"""
-
-# KEYS: epoch. Returns 1 if Redis still has our epoch marker, else sets it and returns 0.
-_EPOCH = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
-redis.call('SET', KEYS[1], ARGV[1])
-return 0
 """
 
 
@@ -81,18 +85,23 @@ class PresenceManager:
         self.timers = TimerStore()
         self.leases = LeaseStore(self.worker_id)
         self.pump = TimerPump(self.timers)
+        self.status = StatusPusher(self.managers)  # live dashboards
         self.inbox: str | None = None
         self.live_workers = 1
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._last_renewal = time.monotonic()
+        self._fenced: set[str] = set()  # users stopped by _fence whose lease we may still hold
         self._rebuild_until = 0.0
+        self._restarts = metrics.RestartCounter()
         self._handlers: dict[str, Handler] = {
             "presence_diff": self.on_diff,
             "presence.cleanup": self.on_cleanup,
             "presence.stop": self.on_stop_request,
             "presence.reconcile": self.on_reconcile,
+            control.STOP: self.on_staff_request,
+            control.RESTART: self.on_staff_request,
         }
 
     # -- lifecycle -------------------------------------------------------------
@@ -106,18 +115,28 @@ class PresenceManager:
         self.inbox = await get_channel_layer().new_channel("presence-manager-inbox")
         self._loops = [
             asyncio.create_task(self._tick_loop(), name="reconcile"),
+            asyncio.create_task(self._fence_loop(), name="fence"),
             asyncio.create_task(self.pump.run(), name="timer-pump"),
             asyncio.create_task(self._inbox_loop(), name="inbox"),
+            asyncio.create_task(self.status.run(), name="status-push"),
         ]
         logger.info("[PresenceManager] worker %s started", self.worker_id)
 
     async def shutdown(self) -> None:
         """Stop our managers cleanly and hand their users to the other workers at once."""
+        self.pump.stop()
         for task in self._loops:
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._loops:
+            # Bounded: a cancellation lost inside a client library must not hang shutdown.
+            _, stuck = await asyncio.wait(self._loops, timeout=2.0)
+            if stuck:
+                logger.warning(
+                    "[PresenceManager] loops ignored cancellation: %s", sorted(t.get_name() for t in stuck)
+                )
         users = list(self.managers)
         await asyncio.gather(*(self._stop_local(u, release=True) for u in users))
+        await self.status.flush()
         try:
             await self.leases.leave()
             if users:
@@ -142,10 +161,14 @@ class PresenceManager:
 
     async def on_diff(self, message: dict[str, Any]) -> None:
         joins, leaves = diffs.user_ids(message)
+        received = time.monotonic()
         for user_id in joins:
             logger.info("[PresenceManager] presence join: %s", user_id)
             await self.timers.cancel(cleanup_timer(user_id))
-            await self.ensure_manager(user_id)
+            await control.release_hold(self.leases, user_id)  # a join ends a staff stop
+            if await self.ensure_manager(user_id):
+                self._spawn(metrics.observe_join_to_running(self.managers[user_id], received))
+            self.status.announce(user_id)  # the new tab shows the state at once
         for user_id in leaves:
             sessions = await self.store.sessions(user_id)
             logger.info("[PresenceManager] presence leave: %s (%d sessions left)", user_id, sessions)
@@ -157,6 +180,7 @@ class PresenceManager:
         if await self.store.sessions(user_id) > 0:
             logger.debug("[PresenceManager] %s came back; cleanup skipped", user_id)
             return
+        await control.release_hold(self.leases, user_id)
         if user_id in self.managers:
             self._spawn(self.stop_manager(user_id))
             return
@@ -170,15 +194,33 @@ class PresenceManager:
     async def on_reconcile(self, message: dict[str, Any]) -> None:
         await self.tick()
 
+    async def on_staff_request(self, message: dict[str, Any]) -> None:
+        """manager.stop / manager.restart from the admin: the owner acts (livestream/control.py)."""
+        user_id, by = control.parse(message)
+        kind = message["type"]
+        if user_id not in self.managers:
+            owner = await self.leases.owner(user_id)
+            if owner and owner != self.worker_id and control.held_by(owner) is None:
+                if message.get("forwarded"):
+                    logger.warning("[PresenceManager] %s of %s dropped: owner moved", kind, user_id)
+                else:
+                    await self._forward(owner, {**message, "forwarded": True})
+                return
+        self._spawn(
+            self._staff_stop(user_id, by) if kind == control.STOP else self._staff_restart(user_id, by)
+        )
+
     # -- decisions -------------------------------------------------------------
 
-    async def ensure_manager(self, user_id: str) -> None:
-        """Exactly one manager for ``user_id`` across all workers (idempotent)."""
+    async def ensure_manager(self, user_id: str) -> bool:
+        """Exactly one manager for ``user_id`` across all workers (idempotent); True if started here."""
         async with self._locks[user_id]:
             if user_id in self.managers:
-                return
+                return False
             if await self.leases.acquire(user_id):
                 self._start_local(user_id)
+                return True
+            return False
 
     async def schedule_cleanup(self, user_id: str) -> None:
         delay = get_settings().CLEANUP_TIMEOUT
@@ -197,17 +239,54 @@ class PresenceManager:
             if not released:
                 self._start_local(user_id)
 
+    async def _staff_stop(self, user_id: str, by: str) -> None:
+        """Stop now; a user still present is held down until their next join."""
+        async with self._locks[user_id]:
+            present = await self.store.sessions(user_id) > 0
+            # Hold first: nobody may claim the user while their manager stops.
+            if present and not await control.hold(self.leases, user_id, by):
+                logger.warning("[PresenceManager] staff %s: %s is run by another worker now", by, user_id)
+                return
+            await self._stop_local(user_id, release=not present)
+            logger.info(
+                "[PresenceManager] staff %s stopped the manager of %s%s",
+                by,
+                user_id,
+                "; held until their next join" if present else "",
+            )
+        await self._publish_state(get_settings().LEASE_TTL * 3)
+
+    async def _staff_restart(self, user_id: str, by: str) -> None:
+        """A fresh manager now, for a user who has one, or is present (held or not)."""
+        async with self._locks[user_id]:
+            held = await control.release_hold(self.leases, user_id)
+            if user_id not in self.managers and not held and await self.store.sessions(user_id) == 0:
+                logger.info("[PresenceManager] staff %s: no manager of %s to restart", by, user_id)
+                return
+            await self._stop_local(user_id, release=False)
+            if not await self.leases.acquire(user_id):
+                logger.warning("[PresenceManager] staff %s: %s is run by another worker now", by, user_id)
+                return
+            self._start_local(user_id)
+            logger.info("[PresenceManager] staff %s restarted the manager of %s", by, user_id)
+        await self._publish_state(get_settings().LEASE_TTL * 3)
+
     def _start_local(self, user_id: str) -> None:
+        if not self.managers:  # a lease was just taken: the fence counts from now
+            self._last_renewal = time.monotonic()
         manager = UserStreamManager(user_id)
         self.managers[user_id] = manager
         manager.start()
+        self.status.announce(user_id)
         logger.info("[PresenceManager] UserStreamManager started: %s", user_id)
 
     async def _stop_local(self, user_id: str, *, release: bool) -> None:
         manager = self.managers.pop(user_id, None)
         if manager is None:
             return
+        self.status.announce(user_id, "stopping", manager)
         await manager.stop()
+        self.status.announce(user_id, "stopped", manager)
         logger.info("[PresenceManager] UserStreamManager stopped: %s", user_id)
         if release:
             try:
@@ -220,9 +299,11 @@ class PresenceManager:
     async def tick(self) -> None:
         """One level-triggered pass over everything this worker is responsible for."""
         conf = get_settings()
+        for dead in await self.leases.bury_dead_workers():
+            logger.warning("[PresenceManager] worker %s died; its users are taken over now", dead)
         self.live_workers = await self._register()
         rebuilding = await self._check_epoch()
-        await self._renew_leases()
+        await self._renew_leases(rebuilding)
         stale = await self.store.expire_stale()
         if stale:
             for change in stale:
@@ -230,7 +311,8 @@ class PresenceManager:
                     "[PresenceManager] expired connection %s of %s", change.meta.get("ref"), change.user_id
                 )
             await diffs.broadcast(diffs.presence_diff(leaves=stale))
-        for user_id in await self.leases.claim_orphans(self.store.users_key, self.live_workers):
+        claimed = await self.leases.claim_orphans(self.store.users_key, self.live_workers, len(self.managers))
+        for user_id in claimed:
             async with self._locks[user_id]:
                 if user_id not in self.managers:
                     self._start_local(user_id)
@@ -243,7 +325,7 @@ class PresenceManager:
         await self._publish_state(conf.LEASE_TTL * 3)
 
     async def _tick_loop(self) -> None:
-        while True:
+        while not self.pump.stopped:
             try:
                 await self.tick()
             except Exception as exc:
@@ -251,12 +333,27 @@ class PresenceManager:
                 self._fence()
             await asyncio.sleep(get_settings().RECONCILE_INTERVAL)
 
-    async def _renew_leases(self) -> None:
-        lost = await self.leases.renew(list(self.managers))
-        self._last_renewal = time.monotonic()
-        for user_id in lost:
+    async def _renew_leases(self, rebuilding: bool) -> None:
+        started = time.monotonic()  # the renewed leases run out LEASE_TTL after this, not after the reply
+        fenced = [u for u in self._fenced if u not in self.managers]
+        lost = set(await self.leases.renew([*self.managers, *fenced]))
+        self._last_renewal = started
+        self._fenced.difference_update(fenced)
+        for user_id in lost & set(self.managers):
             logger.warning("[PresenceManager] lease of %s taken by another worker; stopping here", user_id)
             await self._stop_local(user_id, release=False)
+        # Managers we fenced whose lease is ours again (still, or taken back after
+        # Redis lost it): run them again now rather than after someone's claim.
+        for user_id in fenced:
+            if user_id in lost:
+                continue
+            async with self._locks[user_id]:
+                if user_id in self.managers:
+                    continue
+                if rebuilding or await self.store.sessions(user_id) > 0:
+                    self._start_local(user_id)
+                else:
+                    await self.leases.release(user_id)
 
     def _fence(self) -> None:
         """Unable to renew: stop everything before our leases can expire and be claimed."""
@@ -270,45 +367,78 @@ class PresenceManager:
                 time.monotonic() - self._last_renewal,
                 len(self.managers),
             )
-            for user_id in list(self.managers):
+            for user_id, manager in list(self.managers.items()):
+                manager.cancel()  # now: a worker waking from a freeze must not act first
+                self._fenced.add(user_id)
                 self._spawn(self._stop_local(user_id, release=False))
 
+    async def _fence_loop(self) -> None:
+        """Fence on time, not only when a tick fails: a tick stuck on a dead link never fails soon."""
+        while True:
+            # Often: after a freeze (a paused VM, SIGSTOP) this timer should come due first.
+            await asyncio.sleep(get_settings().RECONCILE_INTERVAL / 10)
+            self._fence()
+
     async def _register(self) -> int:
-        info = {"inbox": self.inbox or "", "host": socket.gethostname(), "pid": str(os.getpid())}
+        info = {
+            "inbox": self.inbox or "",
+            "host": socket.gethostname(),
+            "pid": str(os.getpid()),
+            "proc": process_identity(),  # lets workers on this machine see that we died
+        }
         return await self.leases.beat(info)
 
     async def _check_epoch(self) -> bool:
         """True while presence is being rebuilt after Redis lost its data."""
-        if not await run_script(get_redis(), _EPOCH, [key("epoch")], self.worker_id):
-            # Empty Redis (first start, or restarted without its data): until every
-            # open socket's heartbeat has re-tracked it, absence means nothing.
+        if await self.leases.check_epoch():
+            # Empty Redis (first start, or restarted without its data; whichever
+            # worker noticed first): until every open socket's heartbeat has
+            # re-tracked it, absence means nothing.
             grace = get_settings().HEARTBEAT_INTERVAL + 2 * get_settings().RECONCILE_INTERVAL
             self._rebuild_until = time.monotonic() + grace
-            if self.managers:
+            if self.managers or self._fenced:
                 logger.warning("[PresenceManager] Redis lost its data; rebuilding presence for %.0fs", grace)
         return time.monotonic() < self._rebuild_until
 
     async def _publish_state(self, ttl: float) -> None:
         """This worker's managers, for presence_debug and the admin (see livestream/state.py)."""
         state_key = key("managers", self.worker_id)
-        snapshot = {uid: json.dumps(m.status()) for uid, m in self.managers.items()}
+        running = list(self.managers.items())
+        statuses: dict[str, dict[str, Any]] = {}
+        snapshot: dict[str, str] = {}
+        for i, (uid, manager) in enumerate(running, 1):
+            statuses[uid] = manager.status()
+            snapshot[uid] = json.dumps(statuses[uid])
+            if i % _STATE_CHUNK == 0:
+                # 10,000 managers take ~0.1 s of CPU here: let their ticks run in
+                # between instead of all being late together (docs/benchmarks.md).
+                await asyncio.sleep(0)
+        for uid, manager in running:
+            if self.managers.get(uid) is not manager:  # stopped while we yielded
+                del statuses[uid], snapshot[uid]
         async with get_redis().pipeline(transaction=True) as pipe:
             pipe.delete(state_key)
             if snapshot:
                 pipe.hset(state_key, mapping=snapshot)
                 pipe.pexpire(state_key, int(ttl * 1000))
             await pipe.execute()
+        await self._restarts.publish(statuses)  # for livestream/metrics.py
 
     # -- plumbing --------------------------------------------------------------
 
     async def _forward(self, owner: str, message: dict[str, Any]) -> None:
         inbox = (await self.leases.worker_info(owner)).get("inbox")
         if inbox:
-            await get_channel_layer().send(inbox, message)
+            try:
+                await get_channel_layer().send(inbox, message)
+            except ChannelFull:  # a dead owner's inbox fills up; its leases lapse anyway
+                logger.warning(
+                    "[PresenceManager] inbox of %s is full; %s dropped", owner, message.get("type")
+                )
 
     async def _inbox_loop(self) -> None:
         layer = get_channel_layer()
-        while True:
+        while not self.pump.stopped:
             try:
                 message = await layer.receive(self.inbox)
             except asyncio.CancelledError:

@@ -19,6 +19,7 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
 from livestream.redis import get_redis, key, run_script
@@ -113,18 +114,25 @@ class TimerPump:
 
     IDLE_POLL = 0.5  # other processes' timers are noticed at least this often
     RETRY_DELAY = 0.1
+    FULL_RETRY_DELAY = 1.0
     BATCH = 500
 
     def __init__(self, store: TimerStore | None = None) -> None:
         self.store = store or TimerStore()
         self._wake = asyncio.Event()
+        self.stopped = False
 
     def wake(self) -> None:
         """Look again now (a timer was scheduled in this process)."""
         self._wake.set()
 
+    def stop(self) -> None:
+        """End run() at its next turn, even if a cancellation gets lost on the way."""
+        self.stopped = True
+        self._wake.set()
+
     async def run(self) -> None:
-        while True:
+        while not self.stopped:
             self._wake.clear()  # before claiming, so a wake() during the claim is not lost
             try:
                 wait = await self._deliver_due()
@@ -132,8 +140,11 @@ class TimerPump:
                 logger.warning("[timers] delivering due timers failed (%r); retrying in 1s", exc)
                 wait = 1.0
             if wait > 0:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+                # the cancellation that shutdown sends when the wake-up races it.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
 
     async def _deliver_due(self) -> float:
         """Send every due timer; returns how long to sleep before looking again."""
@@ -142,6 +153,11 @@ class TimerPump:
         for name, channel, message in claimed:
             try:
                 await layer.send(channel, message)
+            except ChannelFull:  # the worker channel is backed up: keep the timer, try again later
+                logger.warning(
+                    "[timers] %s is full; %s delivered in %gs", channel, name, self.FULL_RETRY_DELAY
+                )
+                await self.store.schedule(name, channel, message, self.FULL_RETRY_DELAY)
             except Exception:
                 logger.exception("[timers] delivering %s failed; retrying shortly", name)
                 await self.store.schedule(name, channel, message, self.RETRY_DELAY)

@@ -24,6 +24,8 @@ from channels.worker import Worker as ChannelsWorker
 logger = logging.getLogger("livestream.worker")
 
 SHUTDOWN_TIMEOUT = 15.0
+# After shutdown, how long tasks still running get to end once cancelled.
+ABANDON_TIMEOUT = 1.0
 
 
 class Worker(ChannelsWorker):
@@ -31,6 +33,29 @@ class Worker(ChannelsWorker):
         super().__init__(*args, **kwargs)
         self.install_signal_handlers = install_signal_handlers
         self._stop: asyncio.Event | None = None
+
+    def run(self) -> None:
+        """asyncio.run(self.arun()), minus its wait for every last task at exit.
+
+        asyncio.run cancels the tasks still running and waits for all of them: a
+        component that ignores cancellation (abandoned after SHUTDOWN_TIMEOUT by
+        its supervisor) would keep a SIGTERMed worker alive until SIGKILL.
+        """
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(self.arun())
+        leftovers = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            _done, stuck = loop.run_until_complete(asyncio.wait(leftovers, timeout=ABANDON_TIMEOUT))
+            if stuck:
+                logger.error(
+                    "Worker exiting with %d task(s) that ignore cancellation: %s",
+                    len(stuck),
+                    "; ".join(f"{t.get_name()} at {_where(t)}" for t in stuck),
+                )
+        # Not loop.close(): with tasks still pending it would only add warnings. The process ends here.
 
     def request_stop(self) -> None:
         """What SIGTERM does (tests run the worker in-process and call this)."""
@@ -50,21 +75,31 @@ class Worker(ChannelsWorker):
         logger.info("Worker shutting down")
         for task in listeners:
             task.cancel()
-        await asyncio.gather(*listeners, return_exceptions=True)
+        # Bounded: redis-py can lose a cancellation that lands mid-command, and the
+        # listener then checks the stop flag at its next turn instead.
+        await asyncio.wait(listeners, timeout=2.0)
         futures = []
         for channel in self.channels:
             self._instance(channel).put_nowait({"type": "worker.shutdown"})
             futures.append(self.application_instances[channel]["future"])
         _done, pending = await asyncio.wait(futures, timeout=SHUTDOWN_TIMEOUT)
         if pending:
-            logger.error("Worker applications did not stop within %ss", SHUTDOWN_TIMEOUT)
+            stuck = [t for t in asyncio.all_tasks() if not t.done() and t is not asyncio.current_task()]
+            logger.error(
+                "Worker applications did not stop within %ss; still running: %s",
+                SHUTDOWN_TIMEOUT,
+                "; ".join(f"{t.get_name()} at {_where(t)}" for t in stuck),
+            )
+
+    def _stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
 
     def _instance(self, channel: str) -> asyncio.Queue:
         return self.get_or_create_application_instance(channel, {"type": "channel", "channel": channel})
 
     async def listener(self, channel: str) -> None:
         backoff = 0.1
-        while True:
+        while not self._stopping():
             try:
                 message = await self.channel_layer.receive(channel)
             except asyncio.CancelledError:
@@ -75,7 +110,18 @@ class Worker(ChannelsWorker):
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
+            if self._stopping():
+                logger.warning("Worker stopping: message of type %r left undelivered", message.get("type"))
+                return
             if not isinstance(message, dict) or not message.get("type"):
                 logger.warning("Dropped a message without a type on %s: %.200r", channel, message)
                 continue
             await self._instance(channel).put(message)
+
+
+def _where(task: asyncio.Task) -> str:
+    frames = task.get_stack(limit=1)
+    if not frames:
+        return "?"
+    code = frames[-1].f_code
+    return f"{code.co_filename.rsplit('/', 2)[-1]}:{frames[-1].f_lineno} {code.co_name}"

@@ -73,7 +73,9 @@ async def test_leave_keeps_manager_while_a_session_remains(run_worker, caplog, c
     assert count(caplog, r".*cleanup scheduled.*") == 0
 
 
-async def test_last_leave_stops_the_manager_after_the_cleanup_timeout(run_worker, caplog, configure_livestream):
+async def test_last_leave_stops_the_manager_after_the_cleanup_timeout(
+    run_worker, caplog, configure_livestream
+):
     configure_livestream(CLEANUP_TIMEOUT=0.5)
     worker = await run_worker()
     await connect("1", "a")
@@ -87,7 +89,7 @@ async def test_last_leave_stops_the_manager_after_the_cleanup_timeout(run_worker
     elapsed = time.monotonic() - left_at
     assert 0.5 <= elapsed < 1.0, elapsed
     assert worker.manager.managers == {}
-    assert await LeaseStore("x").owner("1") is None
+    await wait_until(lambda: _lease_free("1"), 1, "lease released after the stop")
     assert await TimerStore().pending() == {}
 
 
@@ -116,12 +118,18 @@ async def test_a_cleanup_that_fires_while_the_user_is_back_stops_nothing(run_wor
     await connect("1", "a")
     await wait_log(caplog, r".*UserStreamManager started: 1")
     # A cleanup the join did not cancel (e.g. scheduled by a slower worker after the join).
-    await TimerStore().schedule("cleanup:1", get_settings().WORKER_CHANNEL, {"type": "presence.cleanup", "user_id": "1"}, 0.05)
+    await TimerStore().schedule(
+        "cleanup:1", get_settings().WORKER_CHANNEL, {"type": "presence.cleanup", "user_id": "1"}, 0.05
+    )
     await wait_until(lambda: _no_pending(), 3, "timer delivered")
     await connect("2", "probe")  # a later message proves the cleanup was handled
     await wait_log(caplog, r".*UserStreamManager started: 2")
     assert "1" in worker.manager.managers
     assert count(caplog, r".*UserStreamManager stopped: 1") == 0
+
+
+async def _lease_free(user_id: str) -> bool:
+    return await LeaseStore("x").owner(user_id) is None
 
 
 async def _no_pending() -> bool:
@@ -133,7 +141,9 @@ async def test_worker_start_runs_present_users_and_overdue_cleanups(run_worker, 
     for user_id in ("1", "2"):
         await store.track(user_id, {"email": "x@example.com", "joined_at": 1, "ref": f"r{user_id}"})
     # User 3 left while no worker ran: their cleanup came due, and a dead worker's lease lingers.
-    await TimerStore().schedule("cleanup:3", get_settings().WORKER_CHANNEL, {"type": "presence.cleanup", "user_id": "3"}, 0)
+    await TimerStore().schedule(
+        "cleanup:3", get_settings().WORKER_CHANNEL, {"type": "presence.cleanup", "user_id": "3"}, 0
+    )
     await LeaseStore("dead-worker").acquire("3")
     worker = await run_worker()
     await wait_log(caplog, r".*UserStreamManager started: 1")
@@ -174,7 +184,7 @@ async def test_graceful_stop_stops_managers_and_releases_leases(run_worker, capl
     await wait_log(caplog, r".*UserStreamManager started: 1")
     await worker.stop()
     assert count(caplog, r"\[PresenceManager\] UserStreamManager stopped: 1") == 1
-    assert await LeaseStore("x").owner("1") is None
+    assert await _lease_free("1")
 
 
 async def test_diffs_reach_the_topic_group_too():

@@ -84,10 +84,23 @@ async def test_expire_stale_removes_connections_past_their_deadline(configure_li
     assert await store.expire_stale() == []
 
 
-async def test_refresh_retracks_a_connection_redis_lost():
+async def test_refresh_retracks_a_connection_redis_lost(aredis):
     store = PresenceStore()
     await store.track("1", meta("r1"))
     assert await store.refresh("1", meta("r1")) is None
-    await store.untrack("1", "r1")  # as if Redis restarted empty
+    await aredis.delete(
+        store.users_key, store.user_prefix + "1", store.expiry_key
+    )  # as if Redis restarted empty
     again = await store.refresh("1", meta("r1"))
     assert again is not None and again.sessions == 1
+
+
+async def test_refresh_never_revives_an_untracked_connection():
+    """A heartbeat's refresh that reaches Redis after the disconnect's untrack is refused."""
+    store = PresenceStore()
+    await store.track("1", meta("r1"))
+    await store.track("1", meta("r2"))
+    await store.untrack("1", "r1")
+    assert await store.refresh("1", meta("r1")) is None
+    assert await store.sessions("1") == 1
+    assert [m["ref"] for m in (await store.list())["1"]["metas"]] == ["r2"]

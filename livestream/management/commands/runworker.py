@@ -4,10 +4,24 @@ livestream is listed before channels in INSTALLED_APPS, so this command
 replaces Channels' own, the way daphne replaces runserver.
 """
 
+import gc
+
 from channels.management.commands.runworker import Command as ChannelsRunworker
 
 from livestream.worker import Worker
 
+# Python's default first GC threshold (700) is crossed many times a second by
+# thousands of managers' ticks, which promotes each tick's still-pending sleep
+# to the oldest generation; full collections of ~500,000 objects then ran every
+# ~0.6 s and froze the event loop for 160-450 ms each (10,000 managers,
+# docs/benchmarks.md). A higher first threshold lets those short-lived objects
+# die young; the older generations keep their defaults.
+GC_THRESHOLD0 = 100_000
+
 
 class Command(ChannelsRunworker):
     worker_class = Worker
+
+    def handle(self, *args, **options):
+        gc.set_threshold(GC_THRESHOLD0, *gc.get_threshold()[1:])
+        return super().handle(*args, **options)

@@ -1,0 +1,156 @@
+"""The dashboard WebSocket consumer, through the real ASGI stack (auth middleware, routing)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from dashboard.consumers import FRAME_TOO_BIG
+from livestream.conf import get_settings
+from livestream.presence import PresenceStore
+from streampai.asgi import application
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@database_sync_to_async
+def session_for(email: str) -> tuple[str, str]:
+    user = get_user_model().objects.create_user(
+        username=email.split("@")[0], email=email, password="x-pass-123"
+    )
+    client = Client()
+    client.force_login(user)
+    return str(user.pk), client.cookies["sessionid"].value
+
+
+def communicator(session: str | None, origin: str | None = "http://localhost", host: str = "localhost"):
+    headers = [(b"host", host.encode())]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    if session:
+        headers.append((b"cookie", f"sessionid={session}".encode()))
+    return WebsocketCommunicator(application, "/ws/presence/", headers=headers)
+
+
+async def worker_inbox() -> list[dict]:
+    """Everything waiting on the presence-manager channel."""
+    layer = get_channel_layer()
+    found = []
+    while True:
+        try:
+            found.append(await asyncio.wait_for(layer.receive(get_settings().WORKER_CHANNEL), 0.3))
+        except TimeoutError:
+            return found
+
+
+async def tracked(user_id: str, sessions: int) -> None:
+    async def done() -> bool:
+        return await PresenceStore().sessions(user_id) == sessions
+
+    await wait_until(done, 3, f"{sessions} tracked connections of {user_id}")
+
+
+async def next_output(ws, wanted, timeout: float = 3) -> dict:
+    """The next output matching ``wanted``, skipping the live status pushes."""
+    async with asyncio.timeout(timeout):
+        while True:
+            output = await ws.receive_output(timeout)
+            if wanted(output):
+                return output
+
+
+async def test_anonymous_user_is_rejected_before_anything_is_written(caplog):
+    ws = communicator(session=None)
+    connected, _ = await ws.connect()
+    assert not connected
+    assert await PresenceStore().list() == {}
+    assert await worker_inbox() == []
+    assert "rejected handshake: not authenticated" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "reason"),
+    [
+        (None, "localhost", "no Origin header"),
+        ("http://evil.example", "localhost", "cross-origin handshake"),
+        ("http://localhost:9999", "localhost", "cross-origin handshake"),
+        ("null", "localhost", "malformed Origin"),
+        ("http://evil.example", "evil.example", "is not an allowed host"),
+    ],
+)
+async def test_cross_origin_handshakes_are_rejected(origin, host, reason, caplog):
+    caplog.set_level(logging.INFO, logger="dashboard")
+    _, session = await session_for("a@example.com")
+    connected, _ = await communicator(session, origin=origin, host=host).connect()
+    assert not connected
+    assert await PresenceStore().list() == {}
+    assert reason in caplog.text
+
+
+async def test_each_connection_is_tracked_and_untracked_with_a_diff():
+    user_id, session = await session_for("a@example.com")
+    first, second = communicator(session), communicator(session)
+    assert (await first.connect())[0]
+    assert (await second.connect())[0]
+    await tracked(user_id, 2)  # tracking follows the accept
+    presence = await PresenceStore().list()
+    metas = presence[user_id]["metas"]
+    assert len(metas) == 2
+    assert {m["email"] for m in metas} == {"a@example.com"}
+    assert len({m["ref"] for m in metas}) == 2
+    assert all(isinstance(m["joined_at"], int) for m in metas)
+    joins = await worker_inbox()
+    assert [d["type"] for d in joins] == ["presence_diff", "presence_diff"]
+    assert [list(d["joins"]) for d in joins] == [[user_id], [user_id]]
+    assert {d["joins"][user_id]["metas"][0]["ref"] for d in joins} == {m["ref"] for m in metas}
+
+    await first.disconnect()
+    assert len((await PresenceStore().list())[user_id]["metas"]) == 1
+    await second.disconnect()
+    assert await PresenceStore().list() == {}
+    leaves = await worker_inbox()
+    assert [list(d["leaves"]) for d in leaves] == [[user_id], [user_id]]
+    assert all(d["joins"] == {} for d in leaves)
+
+
+async def test_garbage_frames_are_ignored_and_huge_frames_close_the_socket(caplog):
+    caplog.set_level(logging.INFO, logger="dashboard")
+    _, session = await session_for("a@example.com")
+    ws = communicator(session)
+    assert (await ws.connect())[0]
+    await ws.send_to(text_data="not json {")
+    await ws.send_to(bytes_data=b"\x00\x01binary")
+    await ws.send_json_to({"type": "ping"})
+    assert await next_output(ws, lambda o: o.get("text") == '{"type": "pong"}')
+    await ws.send_to(text_data="x" * (64 * 1024 + 1))
+    closed = await next_output(ws, lambda o: o["type"] == "websocket.close")
+    assert closed == {"type": "websocket.close", "code": FRAME_TOO_BIG}  # 1009 is not allowed to apps
+    assert "ignored a non-JSON frame" in caplog.text
+    assert "ignored a binary frame" in caplog.text
+    assert "65537-byte frame; closing" in caplog.text
+
+
+async def test_heartbeat_retracks_a_connection_that_redis_lost(configure_livestream, aredis, key_prefix):
+    configure_livestream(HEARTBEAT_INTERVAL=0.1)
+    user_id, session = await session_for("a@example.com")
+    ws = communicator(session)
+    assert (await ws.connect())[0]
+    store = PresenceStore()
+    await tracked(user_id, 1)
+    ref = (await store.list())[user_id]["metas"][0]["ref"]
+    # As if Redis restarted empty: every presence key of this test's namespace is gone.
+    lost = [k async for k in aredis.scan_iter(f"{key_prefix}:presence:*")]
+    assert lost and await aredis.delete(*lost)
+    assert await store.sessions(user_id) == 0
+    await tracked(user_id, 1)  # by the next heartbeat
+    assert (await store.list())[user_id]["metas"][0]["ref"] == ref
+    await ws.disconnect()
+    assert await store.sessions(user_id) == 0
