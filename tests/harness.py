@@ -166,12 +166,13 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    def start_daphne(self, name: str = "daphne", **extra_env: str) -> Proc:
-        port = free_port()
+    def start_daphne(self, name: str = "daphne", port: int | None = None, **extra_env: str) -> Proc:
+        """A daphne on ``port`` (a free one by default; pass a dead daphne's port to restart it)."""
+        port = port or free_port()
         args = [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "streampai.asgi:application"]
         proc = self._spawn(name, args, **extra_env)
         proc.port, proc.url = port, f"http://127.0.0.1:{port}"
-        wait_port(port, proc)
+        wait_listening(port, proc)
         return proc
 
     def start_worker(self, name: str = "worker", **extra_env: str) -> Proc:
@@ -199,6 +200,22 @@ class Stack:
 
     def logs(self) -> dict[str, str]:
         return {proc.name: proc.log.text() for proc in self.procs}
+
+
+def wait_listening(port: int, proc: Proc, timeout: float = 30) -> None:
+    """Wait for daphne's "Listening on" line rather than probing the port.
+
+    A probe would be one more connection daphne's shutdown trips over (an entry
+    without an application; see dashboard/shutdown.py) and one more line in its log.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise AssertionError(f"{proc.name} exited:\n{proc.log.text()[-3000:]}")
+        if f"Listening on TCP address 127.0.0.1:{port}" in proc.log.text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{proc.name} did not listen on {port} within {timeout}s")
 
 
 def wait_port(port: int, proc: Proc, timeout: float = 30) -> None:
