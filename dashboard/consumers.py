@@ -27,6 +27,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.http.request import validate_host
 
+from dashboard import shutdown
 from dashboard.live import LiveDashboardMixin
 from livestream import diffs
 from livestream.conf import get_settings
@@ -69,14 +70,16 @@ class PresenceConsumer(LiveDashboardMixin, AsyncWebsocketConsumer):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self._outlive_nothing()
+            await self.end_for_good()
 
-    async def _outlive_nothing(self) -> None:
-        """However the consumer ended (a handler raised, daphne cancelled it), end its presence.
+    async def end_for_good(self) -> None:
+        """However the consumer ended (a handler raised, daphne cancelled it or is
+        stopping, see dashboard/shutdown.py), end its presence.
 
         Channels does not cancel tasks a dead consumer spawned: its heartbeat would
         keep re-tracking a closed socket, and the user would stay present for ever.
         """
+        shutdown.forget(self)
         if self.heartbeat is not None:
             self.heartbeat.cancel()
         await self.leave_live_groups()  # no-op after disconnect(); never raises
@@ -123,6 +126,7 @@ class PresenceConsumer(LiveDashboardMixin, AsyncWebsocketConsumer):
         if join is not None:
             await self.push_sessions(join.sessions)  # this tab is in the group now: it gets it too
         self.heartbeat = asyncio.create_task(self._heartbeat())
+        shutdown.register(self)
 
     async def disconnect(self, code: int) -> None:
         if self.heartbeat is not None:

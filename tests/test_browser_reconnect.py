@@ -46,7 +46,9 @@ async def test_the_page_reconnects_after_daphne_restarts_and_keeps_its_manager(
         await page.wait_for_selector("#presence[data-state=connected]", timeout=10_000)
         await worker.log.wait_for(rf"presence join: {uid}\n", timeout=10, count=2)
         mark = worker.log.mark()
-        await worker.log.wait_for(rf"\[UserStreamManager:{uid}\] Console log #\d+", timeout=10, after=mark, count=6)
+        await worker.log.wait_for(
+            rf"\[UserStreamManager:{uid}\] Console log #\d+", timeout=10, after=mark, count=6
+        )
         assert len(worker.log.findall(rf"UserStreamManager started: {uid}\n")) == 1
         assert not worker.log.findall(rf"UserStreamManager stopped: {uid}\n")
     finally:
