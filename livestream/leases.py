@@ -24,9 +24,7 @@ import redis.asyncio as aioredis
 
 from livestream.conf import get_settings
 from livestream.liveness import is_dead
-from livestream.redis import get_redis, key, run_script
-
-_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000 "
+from livestream.redis import LUA_NOW, get_redis, key, run_script
 
 # KEYS: lease, dead workers SET, epoch, epoch hold. ARGV: me, ttl ms, the epoch we know.
 # 1 if we hold the lease now. After Redis lost its data, a lease that vanished may
@@ -115,7 +113,7 @@ return claimed
 # KEYS: workers ZSET, this worker's HASH. ARGV: me, horizon s, fields...
 # Marks us alive, forgets workers silent for 10 horizons, returns how many are alive.
 _BEAT = (
-    _NOW
+    LUA_NOW
     + """
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 if #ARGV > 2 then redis.call('HSET', KEYS[2], unpack(ARGV, 3)) end

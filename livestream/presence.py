@@ -21,11 +21,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from livestream.conf import get_settings
-from livestream.redis import get_redis, key, run_script
+from livestream.redis import LUA_NOW, get_redis, key, run_script
 
 Meta = dict[str, Any]
 
-_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000 "
 
 # KEYS: users, user hash, expiry, gone. ARGV: user_id, ref, meta json, ttl.
 # Returns {1 if newly added else 0, sessions after}. A connection untracked for good
@@ -33,7 +32,7 @@ _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2])
 # untrack can reach Redis after it (from another pooled connection), and must not
 # bring the closed connection back as a ghost that only the sweeper would remove.
 _TRACK = (
-    _NOW
+    LUA_NOW
     + """
 if redis.call('EXISTS', KEYS[4]) == 1 then return {0, redis.call('HLEN', KEYS[2])} end
 local added = redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
@@ -59,7 +58,7 @@ return {left, meta}
 # KEYS: users, expiry. ARGV: limit, user hash prefix.
 # Removes connections whose deadline passed; returns {user_id, meta, left} triples.
 _EXPIRE = (
-    _NOW
+    LUA_NOW
     + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local out = {}

@@ -374,7 +374,7 @@ class PresenceManager:
 
     async def _fence_loop(self) -> None:
         """Fence on time, not only when a tick fails: a tick stuck on a dead link never fails soon."""
-        while True:
+        while not self.pump.stopped:
             # Often: after a freeze (a paused VM, SIGSTOP) this timer should come due first.
             await asyncio.sleep(get_settings().RECONCILE_INTERVAL / 10)
             self._fence()

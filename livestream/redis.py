@@ -15,6 +15,10 @@ from redis.exceptions import NoScriptError
 from livestream.conf import get_settings
 from streampai.redisconf import connection_options
 
+# Lua prologue: ``now`` is Redis' own clock in seconds, so processes with skewed
+# clocks agree on deadlines, expiries and timers.
+LUA_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000 "
+
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[str, aioredis.Redis]] = (
     weakref.WeakKeyDictionary()
 )

@@ -22,15 +22,14 @@ import redis.asyncio as aioredis
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
-from livestream.redis import get_redis, key, run_script
+from livestream.redis import LUA_NOW, get_redis, key, run_script
 
 logger = logging.getLogger(__name__)
 
-_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000 "
 
 # KEYS: due, payload. ARGV: name, delay, payload json. Returns the due time.
 _SCHEDULE = (
-    _NOW
+    LUA_NOW
     + """
 local due = now + tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], due, ARGV[1])
@@ -46,7 +45,7 @@ return redis.call('ZREM', KEYS[1], ARGV[1])
 
 # KEYS: due, payload. ARGV: limit. Returns {seconds to the next timer or -1, {name, payload, ...}}.
 _CLAIM = (
-    _NOW
+    LUA_NOW
     + """
 local names = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local out = {}
@@ -68,7 +67,7 @@ return {wait, out}
 
 # KEYS: due. Returns {now, {name, due, ...}}.
 _PENDING = (
-    _NOW
+    LUA_NOW
     + """
 return {tostring(now), redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
 """
