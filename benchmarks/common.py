@@ -1,0 +1,354 @@
+"""Plumbing shared by the benchmarks: private Redis, Django set-up, users, stats.
+
+Processes come from tests/harness.py (Stack, LogFile, open_socket); this module
+only adds what a benchmark needs on top: many users with sessions written
+straight into the SQLite file, percentiles, CPU/RSS sampling and log parsing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import resource
+import secrets
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from streampai.embedded_redis import EmbeddedRedis
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var" / "bench"
+
+# The worker's interface log lines (see COMMON.md); parsed, never changed.
+ASCTIME = r"(?P<asctime>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
+CONSOLE_LINE = re.compile(
+    r"\[UserStreamManager:(?P<uid>[^\]]+)\] Console log #(?P<n>\d+) - "
+    r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6})Z"
+)
+
+
+def quick_mode(argv: Sequence[str] = ()) -> bool:
+    return "--quick" in argv or os.environ.get("BENCH_QUICK", "") not in ("", "0")
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard one (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# -- numbers ---------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Linear-interpolated percentile (p in 0..100); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "max": max(values) if values else float("nan"),
+        "mean": statistics.fmean(values) if values else float("nan"),
+    }
+
+
+def load_average() -> str:
+    return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+# -- Redis and Django ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def private_redis(tcp: bool = False) -> Iterator[EmbeddedRedis]:
+    """A redis-server of our own in a temp dir (unix socket; also TCP if asked)."""
+    from tests.harness import free_port
+
+    directory = Path(tempfile.mkdtemp(prefix="streampai-bench-redis-"))
+    server = EmbeddedRedis(directory, port=free_port() if tcp else 0)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def unix_url(server: EmbeddedRedis) -> str:
+    return f"unix://{server.socket_path}?db=0"
+
+
+@contextlib.contextmanager
+def workdir(name: str) -> Iterator[Path]:
+    """A temp dir for one benchmark; its process logs are kept under var/bench/logs/<name>/."""
+    directory = Path(tempfile.mkdtemp(prefix=f"streampai-bench-{name}-"))
+    try:
+        yield directory
+    finally:
+        kept = VAR_DIR / "logs" / name
+        shutil.rmtree(kept, ignore_errors=True)
+        kept.mkdir(parents=True, exist_ok=True)
+        for log in directory.glob("*.log"):
+            shutil.copy(log, kept / log.name)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def migrated_template(tmp: Path) -> Path:
+    """A migrated SQLite file (tests/harness.py's), for Stack to copy."""
+    from tests.harness import migrate_template
+
+    directory = tmp / "template"
+    directory.mkdir(parents=True, exist_ok=True)
+    return migrate_template(directory)
+
+
+def configure_django(redis_url: str, db_path: Path, key_prefix: str, **livestream: Any) -> None:
+    """Point this process (and the processes it starts) at our Redis and database.
+
+    Production-like: DEBUG off. Must run before django.setup(): settings.py reads
+    the environment when it is imported.
+    """
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "streampai.settings",
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": f"sqlite:///{db_path}",
+            "DEBUG": "0",
+            "SECRET_KEY": os.environ.get("BENCH_SECRET_KEY") or secrets.token_urlsafe(40),
+            "LIVESTREAM_KEY_PREFIX": key_prefix,
+            **{f"LIVESTREAM_{k}": str(v) for k, v in livestream.items()},
+        }
+    )
+    os.environ["BENCH_SECRET_KEY"] = os.environ["SECRET_KEY"]
+    import django
+
+    django.setup()
+
+
+def new_prefix() -> str:
+    return f"bench{uuid.uuid4().hex[:8]}"
+
+
+def make_users(count: int, start: int = 0) -> list[tuple[str, str]]:
+    """``count`` users with a logged-in session each, written straight to the DB.
+
+    Returns (user id, session key) pairs. No password hashing: the sessions are
+    what the WebSocket's AuthMiddlewareStack checks.
+    """
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+    from django.contrib.auth.hashers import make_password
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    user_model = get_user_model()
+    unusable = make_password(None)
+    names = [f"bench{i}" for i in range(start, start + count)]
+    user_model.objects.bulk_create(
+        [user_model(username=n, email=f"{n}@example.com", password=unusable) for n in names], batch_size=500
+    )
+    users = list(user_model.objects.filter(username__in=names).order_by("pk"))
+    store = SessionStore()
+    expires = timezone.now() + timezone.timedelta(days=1)
+    sessions = []
+    pairs = []
+    for user in users:
+        session_key = secrets.token_hex(16)
+        data = {
+            SESSION_KEY: str(user.pk),
+            BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend",
+            HASH_SESSION_KEY: user.get_session_auth_hash(),
+        }
+        sessions.append(
+            Session(session_key=session_key, session_data=store.encode(data), expire_date=expires)
+        )
+        pairs.append((str(user.pk), session_key))
+    Session.objects.bulk_create(sessions, batch_size=500)
+    from django.db import connections
+
+    connections.close_all()  # Stack copies a fresh database over the file for the next run
+    return pairs
+
+
+async def amake_users(count: int, start: int = 0) -> list[tuple[str, str]]:
+    """make_users from async code (the ORM refuses to run on the event loop's thread)."""
+    import asyncio
+
+    return await asyncio.to_thread(make_users, count, start)
+
+
+# -- processes -------------------------------------------------------------------------
+
+
+@dataclass
+class CpuSample:
+    wall: float
+    cpu: float
+    rss: int
+
+
+def sample(pid: int) -> CpuSample:
+    proc = psutil.Process(pid)
+    times = proc.cpu_times()
+    return CpuSample(time.monotonic(), times.user + times.system, proc.memory_info().rss)
+
+
+def cpu_percent(before: CpuSample, after: CpuSample) -> float:
+    """CPU used between two samples, in % of one core."""
+    wall = after.wall - before.wall
+    return 100.0 * (after.cpu - before.cpu) / wall if wall > 0 else float("nan")
+
+
+def machine_info() -> dict[str, Any]:
+    import platform
+    import subprocess
+
+    from streampai.embedded_redis import redis_server_binary
+
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    redis_version = subprocess.run(
+        [redis_server_binary(), "--version"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    version = next((w.split("=", 1)[1] for w in redis_version if w.startswith("v=")), "unknown")
+    return {
+        "cores": os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "redis": version,
+        "os": platform.platform(),
+        "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    }
+
+
+# -- log parsing -------------------------------------------------------------------------
+
+
+def asctime_epoch(asctime: str) -> float:
+    """logging's %(asctime)s (local time, millisecond resolution) as epoch seconds."""
+    return datetime.strptime(asctime, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def utc_epoch(stamp: str) -> float:
+    """The ConsoleLogger's ``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC, microseconds) as epoch seconds."""
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+
+
+def event_times(text: str, message: str) -> dict[str, float]:
+    """uid -> epoch of the first ``[PresenceManager] <message>: <uid>`` worker log line."""
+    pattern = re.compile(ASCTIME + r" \S+ \S+ \[PresenceManager\] " + re.escape(message) + r": (?P<uid>\S+)")
+    times: dict[str, float] = {}
+    for match in pattern.finditer(text):
+        times.setdefault(match["uid"], asctime_epoch(match["asctime"]))
+    return times
+
+
+async def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Await ``predicate()`` (sync or async) becoming truthy; RuntimeError on timeout."""
+    import asyncio
+    import inspect
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+# -- real processes and sockets ------------------------------------------------------------
+
+
+def flushall(server: EmbeddedRedis) -> None:
+    """Empty OUR private redis-server between runs (never the machine's shared one)."""
+    import redis
+
+    client = redis.Redis.from_url(unix_url(server))
+    try:
+        client.flushall()
+    finally:
+        client.close()
+
+
+def new_stack(tmp: Path, template: Path, server: EmbeddedRedis, **env: str) -> Any:
+    """A tests.harness.Stack on a fresh copy of the database and our Redis.
+
+    The key prefix is this process's (configure_django), so in-process reads of
+    Redis see what daphne and the worker write.
+    """
+    from django.db import connections
+
+    from tests.harness import Stack
+
+    connections.close_all()  # Stack copies the template over the database file
+    return Stack(
+        tmp, template, os.environ["LIVESTREAM_KEY_PREFIX"], env={"REDIS_URL": unix_url(server), **env}
+    )
+
+
+FAILURES: Counter[str] = Counter()  # why handshakes failed, for the report
+
+
+async def open_all(url: str, sessions: Sequence[str], concurrency: int) -> list[tuple[Any, float] | None]:
+    """Open one socket per session, at most ``concurrency`` handshakes at a time.
+
+    Returns, in the order of ``sessions``, (socket, time.time() its handshake
+    completed), or None where the handshake failed (counted in FAILURES).
+    """
+    import asyncio
+
+    from tests.harness import open_socket
+
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(session: str) -> tuple[Any, float] | None:
+        async with gate:
+            try:
+                ws = await open_socket(url, session, open_timeout=180, close_timeout=30)
+            except Exception as exc:
+                FAILURES[f"{type(exc).__name__}: {str(exc)[:80]}"] += 1
+                return None
+            return ws, time.time()
+
+    return list(await asyncio.gather(*(one(s) for s in sessions)))
+
+
+async def close_all(sockets: Sequence[Any]) -> None:
+    import asyncio
+
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
