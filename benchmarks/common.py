@@ -324,6 +324,13 @@ def new_stack(tmp: Path, template: Path, server: EmbeddedRedis, **env: str) -> A
 FAILURES: Counter[str] = Counter()  # why handshakes failed, for the report
 
 
+def take_failures() -> dict[str, int]:
+    """Why handshakes failed in this run (and forget it for the next)."""
+    failures = dict(FAILURES)
+    FAILURES.clear()
+    return failures
+
+
 async def open_all(url: str, sessions: Sequence[str], concurrency: int) -> list[tuple[Any, float] | None]:
     """Open one socket per session, at most ``concurrency`` handshakes at a time.
 

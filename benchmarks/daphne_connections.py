@@ -20,7 +20,6 @@ import time
 from typing import Any
 
 from benchmarks.common import (
-    FAILURES,
     amake_users,
     close_all,
     configure_django,
@@ -33,6 +32,7 @@ from benchmarks.common import (
     private_redis,
     raise_fd_limit,
     sample,
+    take_failures,
     unix_url,
     workdir,
 )
@@ -72,7 +72,7 @@ async def one_size(tmp: Any, template: Any, server: Any, n: int, hold: float, of
     return {
         "sockets": n,
         "failed_handshakes": sum(o is None for o in opened),
-        "handshake_errors": _take_failures(),
+        "handshake_errors": take_failures(),
         "connect_s": connect_s,
         "connects_per_s": len(sockets) / connect_s,
         "daphne_cpu_connecting_percent": cpu_percent(idle, connected),
@@ -156,13 +156,6 @@ def run(quick: bool) -> dict[str, Any]:
         ],
         "data": {"sizes": results},
     }
-
-
-def _take_failures() -> dict[str, int]:
-    """Why handshakes failed in this run (and forget it for the next)."""
-    failures = dict(FAILURES)
-    FAILURES.clear()
-    return failures
 
 
 if __name__ == "__main__":

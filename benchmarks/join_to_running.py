@@ -24,7 +24,6 @@ from typing import Any
 
 from benchmarks.common import (
     CONSOLE_LINE,
-    FAILURES,
     amake_users,
     close_all,
     configure_django,
@@ -36,6 +35,7 @@ from benchmarks.common import (
     open_all,
     private_redis,
     summary,
+    take_failures,
     unix_url,
     utc_epoch,
     wait_until,
@@ -95,7 +95,7 @@ async def one_size(tmp: Any, template: Any, server: Any, users_count: int, offse
     return {
         "users": users_count,
         "failed_handshakes": sum(o is None for o in opened),
-        "handshake_errors": _take_failures(),
+        "handshake_errors": take_failures(),
         "accept_to_running_s": summary([running[u] - accepted[u] for u in uids if u in accepted]),
         "accept_to_started_log_s": summary([started[u] - accepted[u] for u in uids if u in started]),
         "client_handshake_s": summary([client_done[u] - t0 for u in client_done]),
@@ -163,13 +163,6 @@ def run(quick: bool) -> dict[str, Any]:
         ],
         "data": {"sizes": results},
     }
-
-
-def _take_failures() -> dict[str, int]:
-    """Why handshakes failed in this run (and forget it for the next)."""
-    failures = dict(FAILURES)
-    FAILURES.clear()
-    return failures
 
 
 if __name__ == "__main__":

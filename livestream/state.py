@@ -230,3 +230,13 @@ def _pick(candidates: list[ManagerStatus], owner: str | None) -> ManagerStatus:
         if status.worker == owner:
             return status
     return max(candidates, key=lambda s: s.started_at)
+
+
+def format_duration(seconds: float, sep: str = "") -> str:
+    """A short human duration for the debug surfaces: "42s", "3m07s", "2h05m" (``sep`` between units)."""
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{sep}{minutes:02d}m"
+    return f"{minutes}m{sep}{secs:02d}s" if minutes else f"{secs}s"

@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from livestream import control
 from livestream.conf import get_settings
 from livestream.metrics import read_metrics, render
-from livestream.state import Snapshot, describe, read_state_sync, run_sync
+from livestream.state import Snapshot, describe, format_duration, read_state_sync, run_sync
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def debug_context(request: HttpRequest) -> dict[str, Any]:
             **who(uid),
             "worker": m.worker,
             "started_at": m.started_at,
-            "uptime": _duration(now - m.started_at.timestamp()),
+            "uptime": format_duration(now - m.started_at.timestamp(), sep=" "),
             "components": [
                 {"name": name, "state": c.state, "restarts": c.restarts, "extra": c.extra}
                 for name, c in m.components.items()
@@ -154,18 +154,9 @@ def _meta_row(meta: dict[str, Any], now: float) -> dict[str, Any]:
     row: dict[str, Any] = {"ref": meta.get("ref", ""), "joined_at": None, "joined_ago": ""}
     if isinstance(joined, int | float):
         row["joined_at"] = datetime.fromtimestamp(joined, UTC)
-        row["joined_ago"] = _duration(now - joined)
+        row["joined_ago"] = format_duration(now - joined, sep=" ")
     row["other"] = {k: v for k, v in meta.items() if k not in ("ref", "joined_at")}
     return row
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
 # -- Prometheus ----------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from livestream.conf import get_settings
-from livestream.state import Snapshot, describe, read_state_sync
+from livestream.state import Snapshot, describe, format_duration, read_state_sync
 
 
 class Command(BaseCommand):
@@ -56,7 +56,7 @@ def report(s: Snapshot) -> list[str]:
 
     lines += ["", f"Running managers: {t['running_managers']}"]
     for uid, m in s.managers.items():
-        up = _ago(now - m.started_at.timestamp())
+        up = format_duration(now - m.started_at.timestamp())
         lines.append(f"  user {uid} on {m.worker}, started {m.started_at:%Y-%m-%d %H:%M:%S} UTC (up {up})")
         for name, c in m.components.items():
             extra = "".join(f", {k} {v}" for k, v in c.extra.items())
@@ -96,19 +96,12 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _ago(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
 def _meta(meta: dict[str, Any], now: float) -> str:
     parts = [f"ref {meta.get('ref', '?')}"]
     joined = meta.get("joined_at")
     if isinstance(joined, int | float):
-        parts.append(f"joined {datetime.fromtimestamp(joined, UTC):%H:%M:%S} ({_ago(now - joined)} ago)")
+        parts.append(
+            f"joined {datetime.fromtimestamp(joined, UTC):%H:%M:%S} ({format_duration(now - joined)} ago)"
+        )
     parts += [f"{k}={v}" for k, v in meta.items() if k not in ("ref", "joined_at")]
     return ", ".join(parts)
