@@ -2,10 +2,14 @@
 
     {"type": "presence_diff",
      "joins":  {user_id: {"metas": [meta, ...]}},
-     "leaves": {user_id: {"metas": [meta, ...]}}}
+     "leaves": {user_id: {"metas": [meta, ...]}},
+     "sessions": {user_id: connections left}}       (ours; Phoenix has no such field)
 
-Every track and untrack is broadcast to the channel-layer group ``users_presence``
-(anyone may listen) and sent to the worker channel ``presence-manager``.
+Every track and untrack appends its diff to the presence events LIST in the same
+Lua script (livestream/presence.py). The workers drain that LIST in batches, act
+on them, and publish each batch as one merged diff to the channel-layer group
+``users_presence``, which anyone may listen to. A diff sent to the worker channel
+``presence-manager`` (by hand, or by other code) is handled the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
 from livestream.conf import get_settings
@@ -26,7 +29,9 @@ Diff = dict[str, Any]
 
 
 def presence_diff(joins: Iterable[Change] = (), leaves: Iterable[Change] = ()) -> Diff:
-    return {"type": "presence_diff", "joins": _group(joins), "leaves": _group(leaves)}
+    joins, leaves = list(joins), list(leaves)
+    sessions = {change.user_id: change.sessions for change in [*joins, *leaves]}
+    return {"type": "presence_diff", "joins": _group(joins), "leaves": _group(leaves), "sessions": sessions}
 
 
 def _group(changes: Iterable[Change]) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -36,23 +41,27 @@ def _group(changes: Iterable[Change]) -> dict[str, dict[str, list[dict[str, Any]
     return grouped
 
 
-async def broadcast(diff: Diff) -> None:
-    """Send a diff to the topic group and to the worker channel.
+async def publish_to_topic(diff: Diff) -> None:
+    """Send a diff to the topic group, for anyone listening (Phoenix.PubSub's subscribers).
 
-    ChannelFull is logged, not raised: presence itself is already in Redis and
-    the workers' periodic reconcile acts on it within a second.
+    The workers call this once per batch of presence changes they read; a failure
+    is logged, not raised: presence itself is in Redis.
     """
-    conf = get_settings()
-    layer = get_channel_layer()
-    await layer.group_send(conf.TOPIC, diff)
     try:
-        await layer.send(conf.WORKER_CHANNEL, diff)
-    except ChannelFull:
-        logger.warning(
-            "[presence] %s is full; diff for %s left to the reconcile loop",
-            conf.WORKER_CHANNEL,
-            ", ".join(sorted({*diff["joins"], *diff["leaves"]})),
-        )
+        await get_channel_layer().group_send(get_settings().TOPIC, diff)
+    except Exception as exc:
+        logger.warning("[presence] diff not published to %s: %r", get_settings().TOPIC, exc)
+
+
+def merge(diffs: Iterable[Diff]) -> Diff:
+    """One diff with every join and leave of ``diffs``, in order; the last session count per user."""
+    merged: Diff = {"type": "presence_diff", "joins": {}, "leaves": {}, "sessions": {}}
+    for diff in diffs:
+        for side in ("joins", "leaves"):
+            for user_id, entry in diff[side].items():
+                merged[side].setdefault(user_id, {"metas": []})["metas"].extend(entry["metas"])
+        merged["sessions"].update(diff.get("sessions") or {})
+    return merged
 
 
 def user_ids(diff: Diff) -> tuple[list[str], list[str]]:

@@ -5,16 +5,23 @@ Layout, under ``<prefix>:presence:<topic>``:
   ``:u:<user_id>`` HASH ref -> meta JSON ``{"email", "joined_at", "ref"}``
   ``:expiry``      ZSET ``<user_id>|<ref>`` -> deadline (Redis clock, seconds)
   ``:gone:<ref>``  a connection untracked for good (expires after PRESENCE_TTL)
+  ``:events``      LIST of presence_diff JSON, oldest first, drained by the workers:
+                   {"type": "presence_diff", "joins": {uid: {"metas": [meta]}},
+                    "leaves": {}, "sessions": {uid: connections left},
+                    "cleanup": {uid: seconds}}   (a leave that scheduled the cleanup)
 
-Every operation is one Lua script: atomic, one round trip, and it reports how
-many connections the user has left, so two daphne processes never race on
-"first" or "last" connection. Deadlines use Redis' own clock (TIME), so servers
+Every operation is one Lua script: atomic, one round trip (for one connection or
+a batch), and it reports how many connections the user has left, so two daphne
+processes never race on "first" or "last" connection. The same script announces
+the change (``:events``) and schedules or cancels the user's ``cleanup:<user_id>``
+timer (livestream/timers.py). Deadlines use Redis' own clock (TIME), so servers
 with skewed clocks agree on who expired.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,57 +32,144 @@ from livestream.redis import LUA_NOW, get_redis, key, run_script
 
 Meta = dict[str, Any]
 
+# Timers named ``cleanup:<user_id>`` stop a user's manager once they have been
+# away for CLEANUP_TIMEOUT (scheduled and cancelled by the scripts below).
+CLEANUP_TIMER_PREFIX = "cleanup:"
+# Presence changes the workers have not read yet, at most (see _PROLOGUE).
+EVENTS_CAP = 100_000
 
-# KEYS: users, user hash, expiry, gone. ARGV: user_id, ref, meta json, ttl.
-# Returns {1 if newly added else 0, sessions after}. A connection untracked for good
-# is never tracked again: a heartbeat's refresh sent just before the disconnect's
-# untrack can reach Redis after it (from another pooled connection), and must not
-# bring the closed connection back as a ghost that only the sweeper would remove.
-_TRACK = (
+
+def cleanup_timer(user_id: str) -> str:
+    return CLEANUP_TIMER_PREFIX + user_id
+
+
+# The scripts below share one layout. KEYS: users, expiry, timers, timer payloads,
+# events. ARGV[1..5]: user hash prefix, gone prefix, cleanup timer prefix, worker
+# channel, events cap; their own arguments follow.
+_PROLOGUE = (
     LUA_NOW
     + """
-if redis.call('EXISTS', KEYS[4]) == 1 then return {0, redis.call('HLEN', KEYS[2])} end
-local added = redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1] .. '|' .. ARGV[2])
-redis.call('SADD', KEYS[1], ARGV[1])
-return {added, redis.call('HLEN', KEYS[2])}
+local USER, GONE, TIMER, WORKER_CHANNEL, EVENTS_CAP = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+
+-- Every change appends its presence_diff (Phoenix's shape, plus the user's session
+-- count) to the events LIST the workers drain, in the same script: a change and its
+-- announcement cannot be separated by a crash, and a connect or a disconnect costs
+-- one round trip. The LIST is capped: the workers' reconcile tick repairs whatever
+-- an overflow dropped.
+local function emit(side, uid, meta, left, delay)
+  local u = cjson.encode(uid)
+  local entry = '{' .. u .. ':{"metas":[' .. meta .. ']}}'
+  local joins, leaves, cleanup = '{}', '{}', ''
+  if side == 'j' then joins = entry else leaves = entry end
+  if delay then cleanup = ',"cleanup":{' .. u .. ':' .. cjson.encode(delay) .. '}' end
+  redis.call('RPUSH', KEYS[5], '{"type":"presence_diff","joins":' .. joins .. ',"leaves":' .. leaves
+    .. ',"sessions":{' .. u .. ':' .. left .. '}' .. cleanup .. '}')
+  if redis.call('LLEN', KEYS[5]) > EVENTS_CAP then redis.call('LTRIM', KEYS[5], -EVENTS_CAP, -1) end
+end
+
+-- The user's cleanup timer (livestream/timers.py) is scheduled by the change that
+-- leaves them with no connection and cancelled by the one that brings one back, in
+-- the same script: the cleanup timeout counts from the close itself, however late
+-- a worker reads the leave, and a reconnect can never race a firing cleanup.
+local function schedule_cleanup(uid, delay)
+  local name = TIMER .. uid
+  redis.call('ZADD', KEYS[3], now + delay, name)
+  redis.call('HSET', KEYS[4], name, cjson.encode({channel = WORKER_CHANNEL,
+    message = {type = 'presence.cleanup', user_id = uid}, user = uid}))
+end
+local function cancel_cleanup(uid)
+  redis.call('ZREM', KEYS[3], TIMER .. uid)
+  redis.call('HDEL', KEYS[4], TIMER .. uid)
+end
+
+-- Remove one connection; returns the sessions left, or nil if it was not tracked.
+local function remove(uid, ref, meta, delay)
+  local hash = USER .. uid
+  redis.call('HDEL', hash, ref)
+  redis.call('ZREM', KEYS[2], uid .. '|' .. ref)
+  local left = redis.call('HLEN', hash)
+  if left == 0 then
+    redis.call('SREM', KEYS[1], uid)
+    schedule_cleanup(uid, delay)
+    emit('l', uid, meta, left, delay)
+  else
+    emit('l', uid, meta, left)
+  end
+  return left
+end
 """
 )
 
-# KEYS: users, user hash, expiry, gone. ARGV: user_id, ref, gone ttl ms.
-# Returns {sessions left, meta json} or {-1} if the connection was not tracked.
-_UNTRACK = """
-redis.call('SET', KEYS[4], '1', 'PX', ARGV[3])
-local meta = redis.call('HGET', KEYS[2], ARGV[2])
-if not meta then return {-1} end
-redis.call('HDEL', KEYS[2], ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[1] .. '|' .. ARGV[2])
-local left = redis.call('HLEN', KEYS[2])
-if left == 0 then redis.call('SREM', KEYS[1], ARGV[1]) end
-return {left, meta}
-"""
-
-# KEYS: users, expiry. ARGV: limit, user hash prefix.
-# Removes connections whose deadline passed; returns {user_id, meta, left} triples.
-_EXPIRE = (
-    LUA_NOW
+# ARGV[6]: ttl seconds; then (user_id, ref, meta json) per connection. Returns
+# {added, sessions} per connection. Tracking one already tracked only pushes its
+# deadline back (a heartbeat). A connection untracked for good (``gone``) is never
+# tracked again: a heartbeat sent just before the disconnect's untrack can reach
+# Redis after it and must not bring the closed connection back as a ghost.
+_TRACK = (
+    _PROLOGUE
     + """
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local out = {}
+local ttl = tonumber(ARGV[6])
+for i = 7, #ARGV, 3 do
+  local uid, ref, meta = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local hash = USER .. uid
+  local added = 0
+  if redis.call('EXISTS', GONE .. ref) == 0 then
+    added = redis.call('HSET', hash, ref, meta)
+    redis.call('ZADD', KEYS[2], now + ttl, uid .. '|' .. ref)
+    if added == 1 then
+      redis.call('SADD', KEYS[1], uid)
+      cancel_cleanup(uid)
+      emit('j', uid, meta, redis.call('HLEN', hash))
+    end
+  end
+  table.insert(out, added)
+  table.insert(out, redis.call('HLEN', hash))
+end
+return out
+"""
+)
+
+# ARGV[6]: gone ttl ms, ARGV[7]: cleanup delay seconds; then (user_id, ref) per
+# connection. Returns {sessions left, meta json} per connection, {-1, ''} for one
+# that was not tracked. The connection is marked gone either way.
+_UNTRACK = (
+    _PROLOGUE
+    + """
+local out = {}
+for i = 8, #ARGV, 2 do
+  local uid, ref = ARGV[i], ARGV[i + 1]
+  redis.call('SET', GONE .. ref, '1', 'PX', ARGV[6])
+  local meta = redis.call('HGET', USER .. uid, ref)
+  if meta then
+    table.insert(out, remove(uid, ref, meta, tonumber(ARGV[7])))
+    table.insert(out, meta)
+  else
+    table.insert(out, -1)
+    table.insert(out, '')
+  end
+end
+return out
+"""
+)
+
+# ARGV[6]: limit, ARGV[7]: cleanup delay seconds. Removes connections whose deadline
+# passed (their daphne died), each as an untrack would; returns {user_id, meta, left}.
+_EXPIRE = (
+    _PROLOGUE
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
 local out = {}
 for _, member in ipairs(due) do
   local sep = string.find(member, '|[^|]*$')
   local uid = string.sub(member, 1, sep - 1)
   local ref = string.sub(member, sep + 1)
-  local hash = ARGV[2] .. uid
-  local meta = redis.call('HGET', hash, ref)
+  local meta = redis.call('HGET', USER .. uid, ref)
   redis.call('ZREM', KEYS[2], member)
   if meta then
-    redis.call('HDEL', hash, ref)
-    local left = redis.call('HLEN', hash)
-    if left == 0 then redis.call('SREM', KEYS[1], uid) end
     table.insert(out, uid)
     table.insert(out, meta)
-    table.insert(out, left)
+    table.insert(out, remove(uid, ref, meta, tonumber(ARGV[7])))
   end
 end
 return out
@@ -113,46 +207,69 @@ class PresenceStore:
         self.user_prefix = f"{base}:u:"
         self.expiry_key = f"{base}:expiry"
         self.gone_prefix = f"{base}:gone:"
+        self.events_key = f"{base}:events"
 
-    def _keys(self, user_id: str, ref: str) -> list[str]:
-        return [self.users_key, self.user_prefix + user_id, self.expiry_key, self.gone_prefix + ref]
+    async def _run(self, script: str, *args: Any) -> Any:
+        conf = get_settings()
+        keys = [self.users_key, self.expiry_key, key("timers"), key("timers", "payload"), self.events_key]
+        common = (self.user_prefix, self.gone_prefix, CLEANUP_TIMER_PREFIX, conf.WORKER_CHANNEL, EVENTS_CAP)
+        return await run_script(self.redis, script, keys, *common, *args)
 
     async def track(self, user_id: str, meta: Meta) -> Change | None:
         """Add one connection. Returns the join, or None if that ref was already tracked."""
-        added, sessions = await run_script(
-            self.redis,
-            _TRACK,
-            self._keys(user_id, meta["ref"]),
-            user_id,
-            meta["ref"],
-            json.dumps(meta),
-            _ttl(),
-        )
-        return Change(user_id, meta, int(sessions)) if added else None
+        return (await self.track_many([(user_id, meta)]))[0]
 
-    async def untrack(self, user_id: str, ref: str) -> Change | None:
-        """Remove one connection for good. Returns the leave, or None if it was not tracked."""
-        gone_ms = max(1000, int(_ttl() * 1000))
-        result = await run_script(self.redis, _UNTRACK, self._keys(user_id, ref), user_id, ref, gone_ms)
-        if int(result[0]) < 0:
-            return None
-        return Change(user_id, json.loads(result[1]), int(result[0]))
+    async def track_many(self, connections: Sequence[tuple[str, Meta]]) -> list[Change | None]:
+        """Track (or, for one tracked already, refresh) each connection, in one round trip.
+
+        Returns, per connection, its join if it was not tracked before (new, or
+        re-tracked after Redis lost it or the sweeper expired it), else None. A
+        connection that was untracked is never revived (see _TRACK).
+        """
+        if not connections:
+            return []
+        args = [x for uid, meta in connections for x in (uid, meta["ref"], json.dumps(meta))]
+        flat = await self._run(_TRACK, _ttl(), *args)
+        return [
+            Change(uid, meta, int(flat[2 * i + 1])) if int(flat[2 * i]) else None
+            for i, (uid, meta) in enumerate(connections)
+        ]
 
     async def refresh(self, user_id: str, meta: Meta) -> Change | None:
-        """Heartbeat: push the connection's deadline back; re-track it if Redis lost it.
-
-        Returns the join when the connection had to be tracked again (Redis was
-        restarted, or the sweeper expired it), else None. Never revives a
-        connection that was untracked (see _TRACK).
-        """
+        """Heartbeat of one connection: ``track_many`` of one."""
         return await self.track(user_id, meta)
+
+    async def untrack(self, user_id: str, ref: str, *, cleanup_delay: float | None = None) -> Change | None:
+        """Remove one connection for good. Returns the leave, or None if it was not tracked."""
+        return (await self.untrack_many([(user_id, ref)], cleanup_delay=cleanup_delay))[0]
+
+    async def untrack_many(
+        self, connections: Sequence[tuple[str, str]], *, cleanup_delay: float | None = None
+    ) -> list[Change | None]:
+        """Remove each ``(user_id, ref)`` for good, in one round trip; the leaves (None: not tracked).
+
+        A user left with no connection gets their cleanup timer, due in
+        ``cleanup_delay`` seconds (default CLEANUP_TIMEOUT).
+        """
+        if not connections:
+            return []
+        delay = get_settings().CLEANUP_TIMEOUT if cleanup_delay is None else cleanup_delay
+        gone_ms = max(1000, int(_ttl() * 1000))
+        args = [x for pair in connections for x in pair]
+        flat = await self._run(_UNTRACK, gone_ms, delay, *args)
+        return [
+            Change(uid, json.loads(flat[2 * i + 1]), int(flat[2 * i])) if int(flat[2 * i]) >= 0 else None
+            for i, (uid, _ref) in enumerate(connections)
+        ]
 
     async def expire_stale(self, limit: int = 1000) -> list[Change]:
         """Remove connections whose heartbeat deadline passed (a daphne that died)."""
-        flat = await run_script(
-            self.redis, _EXPIRE, [self.users_key, self.expiry_key], limit, self.user_prefix
-        )
+        flat = await self._run(_EXPIRE, limit, get_settings().CLEANUP_TIMEOUT)
         return [Change(flat[i], json.loads(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+    async def take_events(self, limit: int) -> list[str]:
+        """Up to ``limit`` presence_diffs (JSON) from the head of the events LIST, removed."""
+        return await self.redis.lpop(self.events_key, limit) or []
 
     async def list(self) -> dict[str, dict[str, list[Meta]]]:
         """Phoenix.Presence.list/1: ``{user_id: {"metas": [...]}}``, metas by join time."""

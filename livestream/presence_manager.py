@@ -42,11 +42,12 @@ from livestream import control, diffs, metrics
 from livestream.conf import get_settings
 from livestream.leases import LeaseStore
 from livestream.liveness import process_identity
-from livestream.presence import PresenceStore
+from livestream.presence import PresenceStore, cleanup_timer
 from livestream.redis import get_redis, key, run_script
 from livestream.timers import TimerPump, TimerStore
 from livestream.user_status import StatusPusher
 from livestream.user_stream_manager import UserStreamManager
+from streampai.redisconf import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +70,12 @@ return out
 """
 
 
-def cleanup_timer(user_id: str) -> str:
-    return f"cleanup:{user_id}"
+# Presence events handled per batch (one LPOP).
+EVENTS_BATCH = 1000
+
+
+def _log_cleanup(user_id: str, delay: float) -> None:
+    logger.info("[PresenceManager] cleanup scheduled: %s in %ss", user_id, f"{delay:g}")
 
 
 def new_worker_id() -> str:
@@ -118,6 +123,7 @@ class PresenceManager:
             asyncio.create_task(self._fence_loop(), name="fence"),
             asyncio.create_task(self.pump.run(), name="timer-pump"),
             asyncio.create_task(self._inbox_loop(), name="inbox"),
+            asyncio.create_task(self._events_loop(), name="presence-events"),
             asyncio.create_task(self.status.run(), name="status-push"),
         ]
         logger.info("[PresenceManager] worker %s started", self.worker_id)
@@ -160,20 +166,74 @@ class PresenceManager:
             logger.warning("[PresenceManager] dropped malformed %s: %s", kind, exc)
 
     async def on_diff(self, message: dict[str, Any]) -> None:
-        joins, leaves = diffs.user_ids(message)
+        """A presence_diff sent to the worker channel (not from the store: nothing was scheduled)."""
+        await self.apply_diffs([message], from_store=False)
+
+    async def apply_diffs(self, batch: list[dict[str, Any]], *, from_store: bool) -> None:
+        """Act on presence diffs, in order: log each change, then decide per user once."""
         received = time.monotonic()
-        for user_id in joins:
-            logger.info("[PresenceManager] presence join: %s", user_id)
-            await self.timers.cancel(cleanup_timer(user_id))
+        joined: dict[str, None] = {}
+        sessions: dict[str, int] = {}
+        for diff in batch:
+            joins, leaves = diffs.user_ids(diff)
+            counts: dict[str, int] = diff.get("sessions") or {}
+            cleanups: dict[str, float] = diff.get("cleanup") or {}
+            for user_id in joins:
+                for _meta in diff["joins"][user_id]["metas"] or [None]:  # one line per connection
+                    logger.info("[PresenceManager] presence join: %s", user_id)
+                joined[user_id] = None
+            for user_id in leaves:
+                left = counts.get(user_id) if from_store else None
+                if left is None:
+                    left = await self.store.sessions(user_id)
+                for _meta in diff["leaves"][user_id]["metas"] or [None]:
+                    logger.info("[PresenceManager] presence leave: %s (%d sessions left)", user_id, left)
+                if user_id in cleanups:
+                    _log_cleanup(user_id, cleanups[user_id])
+                elif left == 0 and not from_store:
+                    await self.schedule_cleanup(user_id)
+            sessions.update(counts)
+        for user_id in joined:
+            if not from_store:
+                await self.timers.cancel(cleanup_timer(user_id))
             await control.release_hold(self.leases, user_id)  # a join ends a staff stop
             if await self.ensure_manager(user_id):
                 self._spawn(metrics.observe_join_to_running(self.managers[user_id], received))
             self.status.announce(user_id)  # the new tab shows the state at once
-        for user_id in leaves:
-            sessions = await self.store.sessions(user_id)
-            logger.info("[PresenceManager] presence leave: %s (%d sessions left)", user_id, sessions)
-            if sessions == 0:
-                await self.schedule_cleanup(user_id)
+        for user_id, count in sessions.items():
+            self.status.announce_sessions(user_id, count)
+        if from_store:
+            self.pump.wake()  # a leave may have scheduled a cleanup
+
+    async def _events_loop(self) -> None:
+        """Drain the presence events LIST (livestream/presence.py), a batch at a time."""
+        client = redis_client()  # its own connection: BLPOP blocks it
+        events_key = self.store.events_key
+        while not self.pump.stopped:
+            try:
+                head = await client.blpop([events_key], timeout=1)
+                if head is None:
+                    continue
+                batch = [head[1], *await self.store.take_events(EVENTS_BATCH - 1)]
+            except Exception as exc:
+                logger.warning("[PresenceManager] reading presence events failed: %r", exc)
+                await asyncio.sleep(1.0)
+                continue
+            parsed = []
+            for raw in batch:
+                try:
+                    diff = json.loads(raw)
+                    diffs.user_ids(diff)
+                    parsed.append(diff)
+                except (ValueError, TypeError, AttributeError) as exc:
+                    logger.warning("[PresenceManager] dropped malformed presence event: %s", exc)
+            if not parsed:
+                continue
+            try:
+                await self.apply_diffs(parsed, from_store=True)
+            except Exception:
+                logger.exception("[PresenceManager] presence events failed; the reconcile tick repairs")
+            await diffs.publish_to_topic(diffs.merge(parsed))
 
     async def on_cleanup(self, message: dict[str, Any]) -> None:
         user_id = _user_id(message)
@@ -227,7 +287,7 @@ class PresenceManager:
         message = {"type": "presence.cleanup", "user_id": user_id}
         await self.timers.schedule(cleanup_timer(user_id), get_settings().WORKER_CHANNEL, message, delay)
         self.pump.wake()
-        logger.info("[PresenceManager] cleanup scheduled: %s in %ss", user_id, f"{delay:g}")
+        _log_cleanup(user_id, delay)
 
     async def stop_manager(self, user_id: str) -> None:
         """Stop our manager for an absent user; start it again if they came back meanwhile."""
@@ -304,13 +364,10 @@ class PresenceManager:
         self.live_workers = await self._register()
         rebuilding = await self._check_epoch()
         await self._renew_leases(rebuilding)
-        stale = await self.store.expire_stale()
-        if stale:
-            for change in stale:
-                logger.info(
-                    "[PresenceManager] expired connection %s of %s", change.meta.get("ref"), change.user_id
-                )
-            await diffs.broadcast(diffs.presence_diff(leaves=stale))
+        for change in await self.store.expire_stale():  # their leaves reach the events LIST
+            logger.info(
+                "[PresenceManager] expired connection %s of %s", change.meta.get("ref"), change.user_id
+            )
         claimed = await self.leases.claim_orphans(self.store.users_key, self.live_workers, len(self.managers))
         for user_id in claimed:
             async with self._locks[user_id]:

@@ -1,25 +1,26 @@
-"""Pushes each running manager's status to its own user's open dashboard tabs.
+"""Pushes each running manager's status, and the session count, to its own user's tabs.
 
 The worker owns the managers, so it is the one that knows their state. It
-sends to the channel-layer group ``user_group(user_id)``, which every socket of
-that user (and only that user) joins in dashboard/consumers.py:
+publishes to ``push.user_channel(user_id)`` (livestream/push.py), which only that
+user's live dashboard sockets listen to:
 
-    {"type": "dashboard.manager", "user_id": "7",
-     "status": {"state": "running", "started_at": 1712345678.1,
-                "components": {"ConsoleLogger": {"state": "running", "restarts": 0, "count": 12}}}}
+    {"type": "manager", "user_id": "7", "state": "running", "started_at": 1712345678.1,
+     "components": {"ConsoleLogger": {"state": "running", "restarts": 0, "count": 12}}}
+    {"type": "sessions", "user_id": "7", "sessions": 3}
 
 Cost: a full pass every STATUS_PUSH_INTERVAL seconds sends only the statuses
 that changed since the last push (the ConsoleLogger's counter changes once a
-second, so one group_send per running manager per pass at most; unchanged
-managers cost a JSON encode, no Redis). Lifecycle events (started, a tab
-joined, stopping, stopped) are pushed at once for that user alone. One task
-sends, CONCURRENCY at a time, which keeps each user's messages in order.
+second), and only to users somebody watches: a publish that reached no tab marks
+the user unwatched until one of their tabs joins. Lifecycle events (started, a
+tab joined, stopping, stopped) are pushed at once for that user alone. Session
+counts come from the presence events and are coalesced: at most one per user per
+SESSIONS_PUSH_INTERVAL, the latest winning. Everything a pass sends goes out in
+pipelined PUBLISHes, a thousand per round trip, in order.
 
-A group_send costs ~0.3 ms of worker CPU (redis-py, three round trips), so one
-worker sustains a few thousand pushes a second. With more managers than that a
-pass outlasts the interval; it is then followed by as long a pause, so pushing
-never takes more than about half the worker's time and the pages update less
-often (run more workers: leases spread the users over them).
+A pass slower than the interval (many thousands of watched managers) is followed
+by as long a pause, so pushing never takes more than about half the worker's
+time; the pages then update less often (run more workers: leases spread the
+users over them).
 """
 
 from __future__ import annotations
@@ -28,13 +29,11 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from channels.layers import get_channel_layer
-
+from livestream import push
 from livestream.conf import get_settings
 from livestream.supervisor import State
 from livestream.user_stream_manager import UserStreamManager
@@ -43,17 +42,9 @@ logger = logging.getLogger(__name__)
 
 Status = dict[str, Any]
 
-MESSAGE_TYPE = "dashboard.manager"
-# Concurrent group_sends: enough to hide Redis latency (the cost is CPU, not
-# waiting), and each holds a pooled connection: a pass must not open one per
-# manager, nor starve the worker's other tasks of the shared pool.
-CONCURRENCY = 32
-_GROUP_SAFE = re.compile(r"[^a-zA-Z0-9_.-]")
-
-
-def user_group(user_id: str) -> str:
-    """The channel-layer group of one user's dashboard sockets."""
-    return "dashboard-user-" + _GROUP_SAFE.sub("_", user_id)[:64]
+# A user's session count is pushed at most this often (seconds): a browser
+# restoring 200 tabs sends each tab a few counts, not 200 each.
+SESSIONS_PUSH_INTERVAL = 0.5
 
 
 def manager_status(manager: UserStreamManager, state: str | None = None) -> Status:
@@ -66,13 +57,18 @@ def manager_status(manager: UserStreamManager, state: str | None = None) -> Stat
 
 
 class StatusPusher:
-    """Sends ``managers``' statuses to their users' groups; see the module docstring."""
+    """Sends ``managers``' statuses to their users' tabs; see the module docstring."""
 
     def __init__(self, managers: Mapping[str, UserStreamManager]) -> None:
         self.managers = managers
         self._last: dict[str, str] = {}
         # user -> status to send as is, or None for "the current status, even if unchanged"
         self._urgent: dict[str, Status | None] = {}
+        # Users none of whose tabs listens (the last publish reached nobody): the
+        # periodic passes skip them until one of their tabs joins (announce).
+        self._unwatched: set[str] = set()
+        self._sessions: dict[str, int] = {}  # user -> session count to push (coalesced)
+        self._sessions_sent: dict[str, float] = {}  # user -> when their count was last pushed
         self._wake = asyncio.Event()
 
     def announce(
@@ -81,6 +77,13 @@ class StatusPusher:
         """Push this user's status now: ``state`` of ``manager`` as it is at this moment,
         or (no state) whatever this worker runs for them when the push happens."""
         self._urgent[user_id] = manager_status(manager, state) if manager and state else None
+        self._unwatched.discard(user_id)
+        self._wake.set()
+
+    def announce_sessions(self, user_id: str, sessions: int) -> None:
+        """Push the user's open-session count: at most once per SESSIONS_PUSH_INTERVAL per user,
+        the latest count winning, however many tabs open or close meanwhile."""
+        self._sessions[user_id] = sessions
         self._wake.set()
 
     async def run(self) -> None:
@@ -90,6 +93,8 @@ class StatusPusher:
         while True:
             interval = get_settings().STATUS_PUSH_INTERVAL
             timeout = max(0.0, next_pass - loop.time()) if interval > 0 else None
+            if self._sessions:  # coalesced counts still waiting for their slot
+                timeout = SESSIONS_PUSH_INTERVAL if timeout is None else min(timeout, SESSIONS_PUSH_INTERVAL)
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
             # the cancellation that worker shutdown sends (the worker then hangs).
             with contextlib.suppress(TimeoutError):
@@ -110,7 +115,8 @@ class StatusPusher:
                 next_pass = max(next_pass + interval, now + (now - began))
 
     async def push(self, *, full: bool) -> int:
-        """One pass: urgent statuses, plus (full) every changed one. Returns how many were sent."""
+        """One pass: urgent statuses, session counts due, plus (full) every changed status
+        of a watched user. Returns how many messages were sent."""
         self._wake.clear()
         urgent, self._urgent = self._urgent, {}
         messages: dict[str, tuple[str, Status]] = {}
@@ -121,16 +127,33 @@ class StatusPusher:
                 messages[user_id] = (json.dumps(status, sort_keys=True), status)
         if full:
             for user_id, manager in list(self.managers.items()):
-                if user_id not in messages:
+                if user_id not in messages and user_id not in self._unwatched:
                     status = manager_status(manager)
                     encoded = json.dumps(status, sort_keys=True)
                     if encoded != self._last.get(user_id):
                         messages[user_id] = (encoded, status)
             for user_id in [u for u in self._last if u not in self.managers and u not in messages]:
                 del self._last[user_id]
-        if messages:
-            await self._send(messages)
-        return len(messages)
+            self._unwatched.intersection_update(self.managers)
+        counts = self._due_session_counts()
+        if messages or counts:
+            await self._send(messages, counts)
+        return len(messages) + len(counts)
+
+    def _due_session_counts(self) -> dict[str, int]:
+        now = time.monotonic()
+        due = {
+            user_id: sessions
+            for user_id, sessions in self._sessions.items()
+            if now - self._sessions_sent.get(user_id, 0.0) >= SESSIONS_PUSH_INTERVAL
+        }
+        for user_id in due:
+            del self._sessions[user_id]
+            self._sessions_sent[user_id] = now
+        if len(self._sessions_sent) > 10 * len(due) + 1000:  # forget users long quiet
+            horizon = now - SESSIONS_PUSH_INTERVAL
+            self._sessions_sent = {u: t for u, t in self._sessions_sent.items() if t >= horizon}
+        return due
 
     async def flush(self, timeout: float = 1.0) -> None:
         """Send what is urgent (used on shutdown); never raises."""
@@ -139,34 +162,31 @@ class StatusPusher:
         except Exception as exc:
             logger.warning("[PresenceManager] final status push failed: %r", exc)
 
-    async def _send(self, messages: dict[str, tuple[str, Status]]) -> None:
-        layer = get_channel_layer()
-        failed: list[BaseException] = []
+    async def _send(self, messages: dict[str, tuple[str, Status]], counts: dict[str, int]) -> None:
         started = time.monotonic()
-        queue = iter(messages.items())
-
-        async def sender() -> None:  # CONCURRENCY of these share the queue
-            for user_id, (encoded, status) in queue:
-                try:
-                    message = {"type": MESSAGE_TYPE, "user_id": user_id, "status": status}
-                    await layer.group_send(user_group(user_id), message)
-                except Exception as exc:
-                    failed.append(exc)
-                    self._last.pop(user_id, None)  # sent again on the next pass
-                    continue
-                if status["state"] == "stopped":
-                    self._last.pop(user_id, None)
-                else:
-                    self._last[user_id] = encoded
-
-        await asyncio.gather(*(sender() for _ in range(min(CONCURRENCY, len(messages)))))
-        if failed:
-            logger.warning(
-                "[PresenceManager] status push failed for %d of %d users: %r",
-                len(failed),
-                len(messages),
-                failed[0],
-            )
+        statuses = list(messages.items())
+        batch = [
+            (push.user_channel(user_id), push.encode({**status, "type": "manager", "user_id": user_id}))
+            for user_id, (_encoded, status) in statuses
+        ]
+        batch += [
+            (push.user_channel(user_id), push.encode({"type": "sessions", "user_id": user_id, "sessions": n}))
+            for user_id, n in counts.items()
+        ]
+        try:
+            receivers = await push.publish_many(batch)
+        except Exception as exc:
+            for user_id, _ in statuses:
+                self._last.pop(user_id, None)  # sent again on the next pass
+            logger.warning("[PresenceManager] status push of %d users failed: %r", len(batch), exc)
+            return
+        for (user_id, (encoded, status)), reached in zip(statuses, receivers, strict=False):
+            if status["state"] == "stopped":
+                self._last.pop(user_id, None)
+            else:
+                self._last[user_id] = encoded
+            if not reached:
+                self._unwatched.add(user_id)
         elapsed = time.monotonic() - started
         if elapsed > get_settings().STATUS_PUSH_INTERVAL > 0:
-            logger.warning("[PresenceManager] status push of %d users took %.2fs", len(messages), elapsed)
+            logger.warning("[PresenceManager] status push of %d users took %.2fs", len(batch), elapsed)

@@ -54,3 +54,11 @@ def channel_layers(redis_url: str, prefix: str = "asgi") -> dict[str, Any]:
             },
         }
     }
+
+
+def redis_client(url: str | None = None) -> Any:
+    """A new asyncio client (with a pool of its own) for ``url`` (default settings.REDIS_URL)."""
+    import redis.asyncio as aioredis
+    from django.conf import settings
+
+    return aioredis.Redis.from_url(url or settings.REDIS_URL, decode_responses=True, **connection_options())

@@ -8,7 +8,6 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from livestream import diffs
 from livestream.leases import LeaseStore
 from livestream.presence import PresenceStore
 from livestream.redis import key
@@ -20,13 +19,11 @@ async def connect(
 ) -> None:
     """What the dashboard consumer does on connect."""
     meta = {"email": email or f"user{user_id}@example.com", "joined_at": int(time.time()), "ref": ref}
-    join = await PresenceStore(client=client).track(user_id, meta)
-    await diffs.broadcast(diffs.presence_diff(joins=[join]))
+    await PresenceStore(client=client).track(user_id, meta)  # announces the join itself
 
 
 async def disconnect(user_id: str, ref: str) -> None:
-    leave = await PresenceStore().untrack(user_id, ref)
-    await diffs.broadcast(diffs.presence_diff(leaves=[leave]))
+    await PresenceStore().untrack(user_id, ref)  # announces the leave, schedules the cleanup
 
 
 def status(started_at: float, state: str = "running", restarts: int = 0, count: int = 3) -> dict[str, Any]:

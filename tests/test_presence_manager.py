@@ -9,12 +9,13 @@ import time
 
 import pytest
 from channels.layers import get_channel_layer
+from django.conf import settings
 
-from livestream import diffs
 from livestream.conf import get_settings
 from livestream.leases import LeaseStore
 from livestream.presence import PresenceStore
 from livestream.timers import TimerStore
+from streampai.channel_layer import RedisChannelLayer
 from tests.conftest import wait_until
 
 
@@ -39,13 +40,11 @@ async def wait_log(caplog, pattern: str, timeout: float = 5, n: int = 1) -> None
 async def connect(user_id: str, ref: str) -> None:
     """What the dashboard consumer does on connect."""
     meta = {"email": f"{user_id}@example.com", "joined_at": int(time.time()), "ref": ref}
-    join = await PresenceStore().track(user_id, meta)
-    await diffs.broadcast(diffs.presence_diff(joins=[join]))
+    await PresenceStore().track(user_id, meta)  # announces the join itself
 
 
 async def disconnect(user_id: str, ref: str) -> None:
-    leave = await PresenceStore().untrack(user_id, ref)
-    await diffs.broadcast(diffs.presence_diff(leaves=[leave]))
+    await PresenceStore().untrack(user_id, ref)  # announces the leave, schedules the cleanup
 
 
 async def test_join_starts_exactly_one_manager(run_worker, caplog):
@@ -187,9 +186,13 @@ async def test_graceful_stop_stops_managers_and_releases_leases(run_worker, capl
     assert await _lease_free("1")
 
 
-async def test_diffs_reach_the_topic_group_too():
-    """Anyone can listen to users_presence, like Phoenix.PubSub subscribers."""
-    layer = get_channel_layer()
+async def test_diffs_reach_the_topic_group_too(run_worker):
+    """Anyone can listen to users_presence, like Phoenix.PubSub subscribers (the worker
+    publishes each batch of presence events it reads there)."""
+    await run_worker()
+    # A listener in a process of its own (its own layer instance): in-process, the
+    # worker's inbox receive would share channels-redis' receive loop with it.
+    layer = RedisChannelLayer(**settings.CHANNEL_LAYERS["default"]["CONFIG"])
     listener = await layer.new_channel()
     await layer.group_add(get_settings().TOPIC, listener)
     await connect("5", "r5")
