@@ -23,12 +23,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.layers import get_channel_layer
-
-import re
 
 _GROUP_SAFE = re.compile(r"[^a-zA-Z0-9_.-]")
 

@@ -21,6 +21,10 @@ from django.dispatch import receiver
 class LivestreamSettings:
     # Seconds between a user's last tab closing and their manager stopping.
     CLEANUP_TIMEOUT: float = 5.0
+    # A daphne stopping gracefully (a deploy) ends its sockets' presence at once but
+    # gives their users this much longer before the cleanup (seconds): their pages
+    # reconnect to another daphne meanwhile and their managers never stop.
+    HANDOFF_GRACE: float = 10.0
     # Dotted paths of the components every UserStreamManager supervises.
     COMPONENTS: tuple[str, ...] = ("livestream.components.console_logger.ConsoleLogger",)
     # Seconds between ConsoleLogger lines.
