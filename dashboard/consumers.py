@@ -29,7 +29,6 @@ from django.http.request import validate_host
 
 from dashboard import shutdown
 from dashboard.live import LiveDashboardMixin
-from livestream import diffs
 from livestream.conf import get_settings
 from livestream.presence import PresenceStore
 
@@ -120,8 +119,6 @@ class PresenceConsumer(LiveDashboardMixin, AsyncWebsocketConsumer):
         self.meta = {"email": user.email, "joined_at": int(time.time()), "ref": uuid.uuid4().hex}
         self.store = PresenceStore()
         join = await self.store.track(self.user_id, self.meta)
-        if join is not None:
-            await diffs.broadcast(diffs.presence_diff(joins=[join]))
         await self.join_live_groups()
         if join is not None:
             await self.push_sessions(join.sessions)  # this tab is in the group now: it gets it too
@@ -141,7 +138,6 @@ class PresenceConsumer(LiveDashboardMixin, AsyncWebsocketConsumer):
         leave = await self.store.untrack(self.user_id, self.meta["ref"])
         self.meta = None
         if leave is not None:
-            await diffs.broadcast(diffs.presence_diff(leaves=[leave]))
             await self.push_sessions(leave.sessions)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -171,6 +167,5 @@ class PresenceConsumer(LiveDashboardMixin, AsyncWebsocketConsumer):
                 join = await self.store.refresh(self.user_id, self.meta)
                 if join is not None:
                     logger.info("[PresenceConsumer] re-tracked connection of user %s", self.user_id)
-                    await diffs.broadcast(diffs.presence_diff(joins=[join]))
             except Exception as exc:  # Redis restarting: the next beat tries again
                 logger.warning("[PresenceConsumer] heartbeat of user %s failed: %r", self.user_id, exc)

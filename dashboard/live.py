@@ -35,6 +35,7 @@ _GROUP_SAFE = re.compile(r"[^a-zA-Z0-9_.-]")
 def user_group(user_id: str) -> str:  # interim: being replaced by livestream/push.py
     return "dashboard-user-" + _GROUP_SAFE.sub("_", user_id)[:64]
 
+
 logger = logging.getLogger(__name__)
 
 # WebSocket close code telling the page its session ended (logout, impersonation

@@ -21,13 +21,12 @@ from typing import Any
 from channels.layers import get_channel_layer
 
 from livestream.conf import get_settings
-from livestream.leases import LeaseStore
+from livestream.leases import HOLD_PREFIX, LeaseStore
 from livestream.redis import run_script
 
 STOP = "manager.stop"
 RESTART = "manager.restart"
 ACTIONS = {"stop": STOP, "restart": RESTART}
-HOLD_PREFIX = "held-by-staff:"
 
 # KEYS: lease. ARGV: me (the worker), hold value, ttl ms, hold prefix.
 # Holds the lease unless another worker owns it; 1 if held.

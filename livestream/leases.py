@@ -26,6 +26,10 @@ from livestream.conf import get_settings
 from livestream.liveness import is_dead
 from livestream.redis import LUA_NOW, get_redis, key, run_script
 
+# A lease whose value starts with this is a staff hold, not a worker
+# (livestream/control.py): a join ends it.
+HOLD_PREFIX = "held-by-staff:"
+
 # KEYS: lease, dead workers SET, epoch, epoch hold. ARGV: me, ttl ms, the epoch we know.
 # 1 if we hold the lease now. After Redis lost its data, a lease that vanished may
 # still be running on a worker that has not taken it back yet (see check_epoch):
@@ -110,15 +114,70 @@ end
 return claimed
 """
 
-# KEYS: workers ZSET, this worker's HASH. ARGV: me, horizon s, fields...
+# KEYS: workers ZSET, worker loads HASH, dead workers SET, epoch, epoch hold.
+# ARGV: me, ttl ms, lease prefix, the epoch we know, horizon s, presence hash prefix,
+# start list prefix, held prefix, user ids...
+# Places each present user nobody runs (no lease, a dead worker's, or a staff hold,
+# which a join ends) on the least loaded live worker: its lease is set to that
+# worker, whose load goes up by one, and a worker other than us finds the user on
+# its start list. Returns the users to run here: placed here, or ours already.
+# Nothing is granted by a worker that has not seen Redis' current epoch, nor during
+# an epoch hold (see _EPOCH).
+_PLACE = (
+    LUA_NOW
+    + """
+if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return {} end
+if redis.call('EXISTS', KEYS[5]) == 1 then return {} end
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[5]), '+inf')
+local loads, me_live = {}, false
+for i, w in ipairs(live) do
+  loads[i] = tonumber(redis.call('HGET', KEYS[2], w) or '0') or 0
+  if w == ARGV[1] then me_live = true end
+end
+if not me_live then table.insert(live, ARGV[1]) table.insert(loads, 0) end
+local mine = {}
+for i = 9, #ARGV do
+  local uid = ARGV[i]
+  if redis.call('HLEN', ARGV[6] .. uid) > 0 then
+    local lease = ARGV[3] .. uid
+    local cur = redis.call('GET', lease)
+    if cur == ARGV[1] then
+      table.insert(mine, uid)
+    elseif not cur or string.sub(cur, 1, #ARGV[8]) == ARGV[8] or redis.call('SISMEMBER', KEYS[3], cur) == 1 then
+      local best = 1
+      for j = 2, #live do if loads[j] < loads[best] then best = j end end
+      local owner = live[best]
+      loads[best] = loads[best] + 1
+      redis.call('HINCRBY', KEYS[2], owner, 1)
+      redis.call('SET', lease, owner, 'PX', ARGV[2])
+      if owner == ARGV[1] then
+        table.insert(mine, uid)
+      else
+        local starts = ARGV[7] .. owner .. ':starts'
+        redis.call('RPUSH', starts, uid)
+        redis.call('PEXPIRE', starts, ARGV[2])
+      end
+    end
+  end
+end
+return mine
+"""
+)
+
+# KEYS: workers ZSET, this worker's HASH, worker loads HASH. ARGV: me, horizon s, load, fields...
 # Marks us alive, forgets workers silent for 10 horizons, returns how many are alive.
 _BEAT = (
     LUA_NOW
     + """
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-if #ARGV > 2 then redis.call('HSET', KEYS[2], unpack(ARGV, 3)) end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+if #ARGV > 3 then redis.call('HSET', KEYS[2], unpack(ARGV, 4)) end
 redis.call('PEXPIRE', KEYS[2], math.floor(tonumber(ARGV[2]) * 10000))
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 10 * tonumber(ARGV[2]))
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 10 * tonumber(ARGV[2]))
+if #gone > 0 then
+  redis.call('ZREM', KEYS[1], unpack(gone))
+  redis.call('HDEL', KEYS[3], unpack(gone))
+end
 return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[2]), '+inf')
 """
 )
@@ -133,6 +192,7 @@ class LeaseStore:
         self.prefix = key("lease", "")
         self.workers_key = key("workers")
         self.dead_key = key("workers", "dead")
+        self.loads_key = key("workers", "load")
         self.epoch_key = key("epoch")
         self.hold_key = key("epoch", "hold")
         self.epoch = ""  # the Redis epoch this worker knows; "" until check_epoch
@@ -202,20 +262,52 @@ class LeaseStore:
         self.epoch = epoch
         return bool(int(changed))
 
-    async def beat(self, info: dict[str, str] | None = None) -> int:
-        """Mark this worker alive (and publish ``info``); returns the live workers."""
+    async def place(self, user_ids: list[str], presence_prefix: str) -> list[str]:
+        """Place present users nobody runs on the least loaded live worker (see _PLACE);
+        returns those to run here (placed here, or ours already)."""
+        if not user_ids:
+            return []
+        keys = [self.workers_key, self.loads_key, self.dead_key, self.epoch_key, self.hold_key]
+        args = [
+            self.worker_id,
+            self.ttl_ms,
+            self.prefix,
+            self.epoch,
+            get_settings().LEASE_TTL,
+            presence_prefix,
+            key("worker", ""),
+            HOLD_PREFIX,
+        ]
+        return list(await run_script(self.redis, _PLACE, keys, *args, *user_ids))
+
+    def starts_key(self, worker_id: str | None = None) -> str:
+        """The LIST of users placed on ``worker_id`` (default: us) by another worker."""
+        return key("worker", worker_id or self.worker_id, "starts")
+
+    async def mine(self, user_ids: list[str]) -> list[str]:
+        """Those of ``user_ids`` whose lease we hold."""
+        if not user_ids:
+            return []
+        owners = await self.redis.mget([self.lease_key(u) for u in user_ids])
+        return [u for u, owner in zip(user_ids, owners, strict=True) if owner == self.worker_id]
+
+    async def beat(self, info: dict[str, str] | None = None, load: int = 0) -> int:
+        """Mark this worker alive with ``load`` managers (and publish ``info``); returns the live workers."""
         fields = [x for pair in (info or {}).items() for x in pair]
-        keys = [self.workers_key, key("worker", self.worker_id)]
+        keys = [self.workers_key, key("worker", self.worker_id), self.loads_key]
         horizon = get_settings().LEASE_TTL
-        return int(await run_script(self.redis, _BEAT, keys, self.worker_id, horizon, *fields))
+        return int(await run_script(self.redis, _BEAT, keys, self.worker_id, horizon, load, *fields))
 
     async def worker_info(self, worker_id: str) -> dict[str, str]:
         return await self.redis.hgetall(key("worker", worker_id))
 
     async def leave(self) -> None:
         """Forget this worker (clean shutdown)."""
-        await self.redis.zrem(self.workers_key, self.worker_id)
-        await self.redis.delete(key("worker", self.worker_id))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.workers_key, self.worker_id)
+            pipe.hdel(self.loads_key, self.worker_id)
+            pipe.delete(key("worker", self.worker_id), self.starts_key())
+            await pipe.execute()
 
     async def bury_dead_workers(self) -> list[str]:
         """Find registered workers whose process certainly ended (kill -9 on this machine).
@@ -235,6 +327,7 @@ class LeaseStore:
         if dead:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(self.workers_key, *dead)
+                pipe.hdel(self.loads_key, *dead)
                 pipe.delete(*(key("worker", w) for w in dead))
                 pipe.sadd(self.dead_key, *dead)
                 # Past this, every lease a dead worker held has lapsed anyway.

@@ -15,8 +15,6 @@ LIVESTREAM["METRICS_ENABLED"]).
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -28,13 +26,10 @@ from prometheus_client.registry import Collector
 
 from livestream.redis import get_redis, key
 from livestream.state import Snapshot, read_state
-from livestream.user_stream_manager import UserStreamManager
 
 # Seconds. A join handled promptly starts a manager in milliseconds; the upper
 # buckets catch a worker with a backlog of presence messages.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# Give up watching a manager whose components never all run (crash loop, failed).
-WATCH_LIMIT = 30.0
 
 
 def _latency_key() -> str:
@@ -48,25 +43,46 @@ def _restarts_key() -> str:
 # -- worker side ---------------------------------------------------------------
 
 
+def _bucket(seconds: float) -> int:
+    return next((i for i, bound in enumerate(BUCKETS) if seconds <= bound), len(BUCKETS))
+
+
 async def record_join_to_running(seconds: float, client: aioredis.Redis | None = None) -> None:
-    bucket = next((i for i, bound in enumerate(BUCKETS) if seconds <= bound), len(BUCKETS))
     async with (client or get_redis()).pipeline(transaction=True) as pipe:
-        pipe.hincrby(_latency_key(), str(bucket), 1)
+        pipe.hincrby(_latency_key(), str(_bucket(seconds)), 1)
         pipe.hincrbyfloat(_latency_key(), "sum", seconds)
         await pipe.execute()
 
 
-async def observe_join_to_running(manager: UserStreamManager, since: float) -> None:
-    """Record ``since`` (time.monotonic() when the join was taken up) -> all components running.
+class JoinLatency:
+    """Join-to-running observations, kept in memory and written once per reconcile tick.
 
-    Started right after the manager: its supervisors mark themselves running on
-    their first step, so this usually records on its first look.
+    A flood of joins must not cost a Redis round trip (and a task) per manager.
     """
-    while time.monotonic() - since < WATCH_LIMIT and not manager.stopped:
-        if manager.children and all(child.state == "running" for child in manager.children):
-            await record_join_to_running(time.monotonic() - since)
+
+    def __init__(self) -> None:
+        self._buckets: Counter[int] = Counter()
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self._buckets[_bucket(seconds)] += 1
+        self._sum += seconds
+
+    async def flush(self) -> None:
+        if not self._buckets:
             return
-        await asyncio.sleep(0.005)
+        buckets, total = self._buckets, self._sum
+        self._buckets, self._sum = Counter(), 0.0
+        try:
+            async with get_redis().pipeline(transaction=True) as pipe:
+                for bucket, n in buckets.items():
+                    pipe.hincrby(_latency_key(), str(bucket), n)
+                pipe.hincrbyfloat(_latency_key(), "sum", total)
+                await pipe.execute()
+        except Exception:
+            self._buckets.update(buckets)  # kept for the next tick
+            self._sum += total
+            raise
 
 
 class RestartCounter:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
@@ -31,8 +32,11 @@ class State(StrEnum):
 
 
 class ComponentSupervisor:
-    def __init__(self, component_class: type[Component], user_id: str) -> None:
+    def __init__(
+        self, component_class: type[Component], user_id: str, on_running: Callable[[], None] | None = None
+    ) -> None:
         self.component_class = component_class
+        self.on_running = on_running  # told each time a fresh instance starts running
         self.user_id = user_id
         self.name = component_class.__name__
         self.state = State.STARTING
@@ -53,6 +57,8 @@ class ComponentSupervisor:
         while True:
             self.component = self.component_class(self.user_id)
             self.state = State.RUNNING
+            if self.on_running is not None:
+                self.on_running()
             try:
                 await self.component.run()
             except asyncio.CancelledError:

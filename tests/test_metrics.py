@@ -143,7 +143,11 @@ async def test_a_worker_measures_join_to_running(run_worker, aredis):
     worker = await run_worker()
     await ticks(worker.manager.worker_id, 0, aredis)
     # No more reconcile ticks: the joins, not a tick's orphan claim, must start the managers.
-    reconcile = next(t for t in worker.manager._loops if t.get_name() == "reconcile")
+    reconcile = await wait_until(
+        lambda: next((t for t in worker.manager.scope.tasks if t.get_name() == "reconcile"), None),
+        5,
+        "the reconcile loop",
+    )
     reconcile.cancel()
     for uid in ("1", "2", "3"):
         await connect(uid, f"tab{uid}")
