@@ -166,7 +166,7 @@ class PresenceManager:
 
     async def shutdown(self) -> None:
         """Stop our managers cleanly and hand their users to the other workers at once."""
-        self.pump.stop()
+        self.pump.stop()  # its flag, not only its task's cancellation: see TimerPump.stop
         await self.scope.close(timeout=2.0)
         await asyncio.to_thread(self.keeper.stop)
         users = list(self.managers)
@@ -506,8 +506,14 @@ class PresenceManager:
     async def _events_loop(self) -> None:
         """Presence events (livestream/presence.py) and our start list, a batch at a time."""
         client = redis_client()  # a connection of its own: BLPOP holds it
+        try:
+            await self._read_events(client)
+        finally:
+            await client.aclose()
+
+    async def _read_events(self, client: Any) -> None:
         events, starts = self.store.events_key, self.leases.starts_key()
-        while not self.pump.stopped:
+        while not self.scope.closing:
             try:
                 head = await client.blpop([starts, events], timeout=1)
                 if head is None:
@@ -550,7 +556,7 @@ class PresenceManager:
 
     async def _inbox_loop(self) -> None:
         layer = get_channel_layer()
-        while not self.pump.stopped:
+        while not self.scope.closing:
             try:
                 message = await layer.receive(self.inbox)
             except asyncio.CancelledError:
