@@ -16,13 +16,19 @@ restart, or after STAFF_STOP_HOLD seconds, whichever comes first.
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 from channels.layers import get_channel_layer
 
 from livestream.conf import get_settings
 from livestream.leases import HOLD_PREFIX, LeaseStore
 from livestream.redis import run_script
+
+if TYPE_CHECKING:
+    from livestream.presence_manager import PresenceManager
+
+logger = logging.getLogger("livestream.presence_manager")  # the worker's own log lines
 
 STOP = "manager.stop"
 RESTART = "manager.restart"
@@ -82,3 +88,40 @@ async def request(action: str, user_id: str, by: str) -> None:
     """Ask the workers to stop or restart ``user_id``'s manager (``action``: stop/restart)."""
     message = {"type": ACTIONS[action], "user_id": user_id, "by": by}
     await get_channel_layer().send(get_settings().WORKER_CHANNEL, message)
+
+
+# -- the worker side: what the owner of a user's manager does ----------------------
+
+
+async def stop(pm: PresenceManager, user_id: str, by: str) -> None:
+    """Stop now; a user still present is held down until their next join."""
+    async with pm.lock(user_id):
+        present = await pm.store.sessions(user_id) > 0
+        # Hold first: nobody may claim the user while their manager stops.
+        if present and not await hold(pm.leases, user_id, by):
+            logger.warning("[PresenceManager] staff %s: %s is run by another worker now", by, user_id)
+            return
+        await pm.stop_local(user_id, release=not present)
+        logger.info(
+            "[PresenceManager] staff %s stopped the manager of %s%s",
+            by,
+            user_id,
+            "; held until their next join" if present else "",
+        )
+    await pm.publish_state()
+
+
+async def restart(pm: PresenceManager, user_id: str, by: str) -> None:
+    """A fresh manager now, for a user who has one, or is present (held or not)."""
+    async with pm.lock(user_id):
+        held = await release_hold(pm.leases, user_id)
+        if user_id not in pm.managers and not held and await pm.store.sessions(user_id) == 0:
+            logger.info("[PresenceManager] staff %s: no manager of %s to restart", by, user_id)
+            return
+        await pm.stop_local(user_id, release=False)
+        if not await pm.leases.acquire(user_id):
+            logger.warning("[PresenceManager] staff %s: %s is run by another worker now", by, user_id)
+            return
+        pm.start_local(user_id)
+        logger.info("[PresenceManager] staff %s restarted the manager of %s", by, user_id)
+    await pm.publish_state()

@@ -176,6 +176,22 @@ return out
 """
 )
 
+# ARGV[6..]: user ids. The users among them with no connection and no cleanup timer
+# (a leave that was lost: the reconcile tick schedules their cleanup).
+_UNATTENDED = (
+    _PROLOGUE
+    + """
+local out = {}
+for i = 6, #ARGV do
+  local uid = ARGV[i]
+  if redis.call('HLEN', USER .. uid) == 0 and not redis.call('ZSCORE', KEYS[3], TIMER .. uid) then
+    table.insert(out, uid)
+  end
+end
+return out
+"""
+)
+
 # KEYS: users. ARGV: user hash prefix. Returns {user_id, {ref, meta, ...}, ...}.
 _LIST = """
 local out = {}
@@ -266,6 +282,10 @@ class PresenceStore:
         """Remove connections whose heartbeat deadline passed (a daphne that died)."""
         flat = await self._run(_EXPIRE, limit, get_settings().CLEANUP_TIMEOUT)
         return [Change(flat[i], json.loads(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+    async def unattended(self, user_ids: Sequence[str]) -> list[str]:
+        """Those of ``user_ids`` with no connection and no pending cleanup (see _UNATTENDED)."""
+        return list(await self._run(_UNATTENDED, *user_ids)) if user_ids else []
 
     async def take_events(self, limit: int) -> list[str]:
         """Up to ``limit`` presence_diffs (JSON) from the head of the events LIST, removed."""

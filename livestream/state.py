@@ -3,7 +3,7 @@
 Sources, all written by other modules:
   presence          PresenceStore.list()                       (livestream/presence.py)
   running managers  ``<prefix>:managers:<worker_id>`` HASH uid -> status JSON, published by
-                    every worker each reconcile tick (PresenceManager._publish_state)
+                    every worker each reconcile tick (publish_managers, below)
   live workers      ``<prefix>:workers`` ZSET, last seen on Redis' clock (livestream/leases.py)
   pending cleanups  TimerStore.pending() entries named ``cleanup:<uid>`` (livestream/timers.py)
   staff holds       lease values ``held-by-staff:<id>`` (livestream/control.py)
@@ -16,9 +16,10 @@ most one RECONCILE_INTERVAL old.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -30,7 +31,7 @@ from django.conf import settings
 from livestream import control
 from livestream.conf import get_settings
 from livestream.leases import LeaseStore
-from livestream.presence import Meta, PresenceStore
+from livestream.presence import CLEANUP_TIMER_PREFIX, Meta, PresenceStore
 from livestream.redis import get_redis, key
 from livestream.timers import TimerStore
 from streampai.redisconf import connection_options
@@ -38,8 +39,6 @@ from streampai.redisconf import connection_options
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-CLEANUP_PREFIX = "cleanup:"
 
 
 @dataclass(frozen=True)
@@ -154,14 +153,48 @@ async def read_state(client: aioredis.Redis | None = None) -> Snapshot:
         presence={uid: presence[uid] for uid in sorted(presence, key=natural)},
         managers={uid: _pick(candidates[uid], owners.get(uid)) for uid in users if uid in candidates},
         pending_cleanups={
-            name.removeprefix(CLEANUP_PREFIX): round(max(0.0, due_in), 3)
+            name.removeprefix(CLEANUP_TIMER_PREFIX): round(max(0.0, due_in), 3)
             for name, due_in in sorted(pending.items(), key=lambda kv: kv[1])
-            if name.startswith(CLEANUP_PREFIX)
+            if name.startswith(CLEANUP_TIMER_PREFIX)
         },
         workers=workers,
         held=held,
         taken_at=datetime.fromtimestamp(now, UTC),
     )
+
+
+# -- the write side: each worker publishes its managers every reconcile tick -----
+
+# Managers serialised between two yields to the loop.
+_PUBLISH_CHUNK = 2000
+
+
+async def publish_managers(
+    worker_id: str, managers: Mapping[str, Any], ttl: float
+) -> dict[str, dict[str, Any]]:
+    """Write ``worker_id``'s running managers (user id -> UserStreamManager) to
+    ``<prefix>:managers:<worker_id>``, replacing what it wrote before; returns their statuses."""
+    running = list(managers.items())
+    statuses: dict[str, dict[str, Any]] = {}
+    snapshot: dict[str, str] = {}
+    for i, (uid, manager) in enumerate(running, 1):
+        statuses[uid] = manager.status()
+        snapshot[uid] = json.dumps(statuses[uid])
+        if i % _PUBLISH_CHUNK == 0:
+            # 10,000 managers take ~0.1 s of CPU here: let their ticks run in
+            # between instead of all being late together (docs/benchmarks.md).
+            await asyncio.sleep(0)
+    for uid, manager in running:
+        if managers.get(uid) is not manager:  # stopped while we yielded
+            del statuses[uid], snapshot[uid]
+    async with get_redis().pipeline(transaction=True) as pipe:
+        state_key = key("managers", worker_id)
+        pipe.delete(state_key)
+        if snapshot:
+            pipe.hset(state_key, mapping=snapshot)
+            pipe.pexpire(state_key, int(ttl * 1000))
+        await pipe.execute()
+    return statuses
 
 
 def run_sync(fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:

@@ -1,0 +1,81 @@
+"""A worker's inputs from Redis lists: presence events and the users placed on it.
+
+Two LISTs, read with one BLPOP on a connection of their own, a batch at a time:
+
+  PresenceStore.events_key   presence_diffs appended by daphne's track/untrack
+                             scripts (livestream/presence.py); every worker reads
+                             from it, each diff goes to one of them
+  LeaseStore.starts_key()    users another worker placed on this one
+                             (LeaseStore.place)
+
+Each batch of diffs is also published, merged, to the ``users_presence`` group
+(livestream/diffs.py). A malformed entry is dropped with one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from livestream import diffs
+from livestream.leases import LeaseStore
+from livestream.presence import PresenceStore
+from streampai.redisconf import redis_client
+
+logger = logging.getLogger(__name__)
+
+# Entries taken per batch (one LPOP).
+BATCH = 1000
+
+
+async def read(
+    store: PresenceStore,
+    leases: LeaseStore,
+    on_diffs: Callable[[list[dict[str, Any]]], Awaitable[None]],
+    on_starts: Callable[[list[str]], Awaitable[None]],
+    closing: Callable[[], bool],
+) -> None:
+    """Hand every batch to ``on_diffs`` / ``on_starts`` until ``closing()``."""
+    client = redis_client()  # a connection of its own: BLPOP holds it
+    events, starts = store.events_key, leases.starts_key()
+    try:
+        while not closing():
+            try:
+                head = await client.blpop([starts, events], timeout=1)
+                if head is None:
+                    continue
+                rest = await client.lpop(head[0], BATCH - 1) or []
+            except Exception as exc:
+                logger.warning("[PresenceManager] reading presence events failed: %r", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if head[0] == starts:
+                await on_starts([head[1], *rest])
+                continue
+            batch = parse([head[1], *rest])
+            if not batch:
+                continue
+            try:
+                await on_diffs(batch)
+            except Exception as exc:
+                logger.warning(
+                    "[PresenceManager] presence events failed (%r); the reconcile tick repairs", exc
+                )
+            await diffs.publish_to_topic(diffs.merge(batch))
+    finally:
+        await client.aclose()
+
+
+def parse(raw: list[str]) -> list[dict[str, Any]]:
+    parsed = []
+    for entry in raw:
+        try:
+            diff = json.loads(entry)
+            diffs.user_ids(diff)  # validates
+            parsed.append(diff)
+        except (ValueError, TypeError, AttributeError) as exc:
+            logger.warning("[PresenceManager] dropped malformed presence event: %s", exc)
+    return parsed
