@@ -93,6 +93,20 @@ async def request(action: str, user_id: str, by: str) -> None:
 # -- the worker side: what the owner of a user's manager does ----------------------
 
 
+async def route(pm: PresenceManager, message: dict[str, Any], action: Any) -> None:
+    """The owner of the user's manager acts; any other worker forwards the request to it, once."""
+    user_id, by = parse(message)
+    if user_id not in pm.managers:
+        owner = await pm.leases.owner(user_id)
+        if owner and owner != pm.worker_id and held_by(owner) is None:
+            if message.get("forwarded"):
+                logger.warning("[PresenceManager] %s of %s dropped: owner moved", message["type"], user_id)
+            else:
+                await pm.forward(owner, {**message, "forwarded": True})
+            return
+    pm.scope.spawn(action(pm, user_id, by), f"staff:{user_id}")
+
+
 async def stop(pm: PresenceManager, user_id: str, by: str) -> None:
     """Stop now; a user still present is held down until their next join."""
     async with pm.lock(user_id):

@@ -26,6 +26,8 @@ from livestream.presence import PresenceStore
 from streampai.redisconf import redis_client
 
 logger = logging.getLogger(__name__)
+# The worker's own log lines (their format is part of the interface).
+worker_log = logging.getLogger("livestream.presence_manager")
 
 # Entries taken per batch (one LPOP).
 BATCH = 1000
@@ -79,3 +81,29 @@ def parse(raw: list[str]) -> list[dict[str, Any]]:
         except (ValueError, TypeError, AttributeError) as exc:
             logger.warning("[PresenceManager] dropped malformed presence event: %s", exc)
     return parsed
+
+
+def changes(batch: list[dict[str, Any]]) -> tuple[list[str], dict[str, int]]:
+    """Log every change of ``batch`` (a line per connection), in order; return the users
+    who joined (once each, in order) and each user's last session count."""
+    joined: dict[str, None] = {}
+    sessions: dict[str, int] = {}
+    for diff in batch:
+        counts: dict[str, int] = diff.get("sessions") or {}
+        for user_id, entry in diff["joins"].items():
+            for _ in entry["metas"] or [None]:
+                worker_log.info("[PresenceManager] presence join: %s", user_id)
+            joined[user_id] = None
+        for user_id, entry in diff["leaves"].items():
+            for _ in entry["metas"] or [None]:
+                worker_log.info(
+                    "[PresenceManager] presence leave: %s (%d sessions left)", user_id, counts.get(user_id, 0)
+                )
+            if user_id in (diff.get("cleanup") or {}):
+                log_cleanup(user_id, diff["cleanup"][user_id])
+        sessions.update(counts)
+    return list(joined), sessions
+
+
+def log_cleanup(user_id: str, delay: float) -> None:
+    worker_log.info("[PresenceManager] cleanup scheduled: %s in %ss", user_id, f"{delay:g}")

@@ -303,6 +303,13 @@ class PresenceStore:
                 presence[flat[i]] = {"metas": metas}
         return presence
 
+    async def session_counts(self, user_ids: Sequence[str]) -> list[int]:
+        """How many connections each of ``user_ids`` has open (one round trip)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.hlen(self.user_prefix + user_id)
+            return [int(n) for n in await pipe.execute()] if user_ids else []
+
     async def sessions(self, user_id: str) -> int:
         """How many connections ``user_id`` has open."""
         return int(await self.redis.hlen(self.user_prefix + user_id))

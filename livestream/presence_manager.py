@@ -147,31 +147,11 @@ class PresenceManager:
         except ValueError as exc:
             logger.warning("[PresenceManager] dropped malformed %s: %s", kind, exc)
 
-    async def take_diffs(self, batch: list[dict[str, Any]], *, from_store: bool = True) -> None:
-        """Presence diffs, in order: a line per change, then one decision per user."""
+    async def take_diffs(self, batch: list[dict[str, Any]]) -> None:
+        """Presence diffs from the store, in order: a line per change, then one decision per user."""
         received = time.monotonic()
-        joined: dict[str, None] = {}
-        sessions: dict[str, int] = {}
-        for diff in batch:
-            joins, leaves = diffs.user_ids(diff)
-            counts, cleanups = diff.get("sessions") or {}, diff.get("cleanup") or {}
-            for user_id in joins:
-                for _ in diff["joins"][user_id]["metas"] or [None]:  # one line per connection
-                    logger.info("[PresenceManager] presence join: %s", user_id)
-                joined[user_id] = None
-            for user_id in leaves:
-                left = counts.get(user_id) if from_store else None
-                left = await self.store.sessions(user_id) if left is None else left
-                for _ in diff["leaves"][user_id]["metas"] or [None]:
-                    logger.info("[PresenceManager] presence leave: %s (%d sessions left)", user_id, left)
-                if user_id in cleanups:
-                    _log_cleanup(user_id, cleanups[user_id])
-                elif left == 0 and not from_store:  # nobody scheduled it
-                    await self.schedule_cleanup(user_id)
-            sessions.update(counts)
-        for user_id in joined if not from_store else ():
-            await self.timers.cancel(cleanup_timer(user_id))
-        await self._start_many(await self.leases.place(list(joined), self.store.user_prefix), received)
+        joined, sessions = events.changes(batch)
+        await self._start_many(await self.leases.place(joined, self.store.user_prefix), received)
         for user_id in joined:
             self.status.announce(user_id)  # the new tab shows the state at once
         for user_id, count in sessions.items():
@@ -202,7 +182,21 @@ class PresenceManager:
             await self._apply(self.core.cleanup(user_id, facts, self.managers))
 
     async def on_presence_diff(self, message: dict[str, Any]) -> None:
-        await self.take_diffs([message], from_store=False)
+        """A diff sent to the worker channel by hand: unlike the store's, its session counts
+        are read and its timers scheduled here."""
+        joins, leaves = diffs.user_ids(message)
+        users = [*joins, *leaves]
+        counts = dict(zip(users, await self.store.session_counts(users), strict=True))
+        cleanup = get_settings().CLEANUP_TIMEOUT
+        for user_id in joins:
+            await self.timers.cancel(cleanup_timer(user_id))
+        for user_id in [u for u in leaves if counts[u] == 0]:
+            await self.timers.schedule(
+                cleanup_timer(user_id), get_settings().WORKER_CHANNEL, _cleanup_message(user_id), cleanup
+            )
+        zero = {u: cleanup for u in leaves if counts[u] == 0}
+        await self.take_diffs([{**message, "sessions": counts, "cleanup": zero}])
+        self.pump.wake()
 
     async def on_presence_cleanup(self, message: dict[str, Any]) -> None:
         await self.take_timers([{**message, "user_id": _user_id(message)}])
@@ -215,25 +209,10 @@ class PresenceManager:
         await self.tick()
 
     async def on_manager_stop(self, message: dict[str, Any]) -> None:
-        await self._staff(message, control.stop)
+        await control.route(self, message, control.stop)
 
     async def on_manager_restart(self, message: dict[str, Any]) -> None:
-        await self._staff(message, control.restart)
-
-    async def _staff(self, message: dict[str, Any], action: Any) -> None:
-        """A staff stop/restart: the owner acts (livestream/control.py); others forward it once."""
-        user_id, by = control.parse(message)
-        if user_id not in self.managers:
-            owner = await self.leases.owner(user_id)
-            if owner and owner != self.worker_id and control.held_by(owner) is None:
-                if message.get("forwarded"):
-                    logger.warning(
-                        "[PresenceManager] %s of %s dropped: owner moved", message["type"], user_id
-                    )
-                else:
-                    await self._forward(owner, {**message, "forwarded": True})
-                return
-        self.scope.spawn(action(self, user_id, by), f"staff:{user_id}")
+        await control.route(self, message, control.restart)
 
     # -- managers --------------------------------------------------------------
 
@@ -241,11 +220,13 @@ class PresenceManager:
         return self._locks[user_id]
 
     async def schedule_cleanup(self, user_id: str) -> None:
+        """For a lost leave (the reconcile tick): the store's scripts schedule all others."""
         delay = get_settings().CLEANUP_TIMEOUT
-        message = {"type": "presence.cleanup", "user_id": user_id}
-        await self.timers.schedule(cleanup_timer(user_id), get_settings().WORKER_CHANNEL, message, delay)
+        await self.timers.schedule(
+            cleanup_timer(user_id), get_settings().WORKER_CHANNEL, _cleanup_message(user_id), delay
+        )
         self.pump.wake()
-        _log_cleanup(user_id, delay)
+        events.log_cleanup(user_id, delay)
 
     async def stop_manager(self, user_id: str) -> None:
         """Stop our manager for an absent user; start it again if they came back meanwhile."""
@@ -305,7 +286,7 @@ class PresenceManager:
             case ReleaseHold(user_id):
                 await control.release_hold(self.leases, user_id)  # their cleanup ends a staff stop
             case Forward(owner, user_id):
-                await self._forward(owner, {"type": "presence.stop", "user_id": user_id})
+                await self.forward(owner, {"type": "presence.stop", "user_id": user_id})
 
     # -- leases: renewal results and the fence --------------------------------
 
@@ -375,7 +356,8 @@ class PresenceManager:
 
     # -- plumbing --------------------------------------------------------------
 
-    async def _forward(self, owner: str, message: dict[str, Any]) -> None:
+    async def forward(self, owner: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to the worker ``owner``'s inbox (a dead owner's may be full: dropped)."""
         inbox = (await self.leases.worker_info(owner)).get("inbox")
         if inbox:
             try:
@@ -399,8 +381,8 @@ class PresenceManager:
             await self.handle(message)
 
 
-def _log_cleanup(user_id: str, delay: float) -> None:
-    logger.info("[PresenceManager] cleanup scheduled: %s in %ss", user_id, f"{delay:g}")
+def _cleanup_message(user_id: str) -> dict[str, str]:
+    return {"type": "presence.cleanup", "user_id": user_id}
 
 
 def _is_id(user_id: object) -> bool:
