@@ -83,6 +83,7 @@ class PresenceManager:
         self.live_workers = 1
         self._info: dict[str, str] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._publishing = asyncio.Lock()
         self._restarts, self._latency = metrics.RestartCounter(), metrics.JoinLatency()
         self._components = component_classes()
 
@@ -351,8 +352,11 @@ class PresenceManager:
 
     async def publish_state(self) -> None:
         """Our managers, for presence_debug, the admin and metrics (livestream/state.py)."""
-        statuses = await state.publish_managers(self.worker_id, self.managers, get_settings().LEASE_TTL * 3)
-        await self._restarts.publish(statuses)
+        async with self._publishing:  # one at a time: each writes the same scratch key
+            statuses = await state.publish_managers(
+                self.worker_id, self.managers, get_settings().LEASE_TTL * 3
+            )
+            await self._restarts.publish(statuses)
 
     # -- plumbing --------------------------------------------------------------
 

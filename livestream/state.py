@@ -16,7 +16,6 @@ most one RECONCILE_INTERVAL old.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -165,34 +164,40 @@ async def read_state(client: aioredis.Redis | None = None) -> Snapshot:
 
 # -- the write side: each worker publishes its managers every reconcile tick -----
 
-# Managers serialised between two yields to the loop.
-_PUBLISH_CHUNK = 2000
+# Managers serialised per round trip (each one a yield to the worker's loop).
+PUBLISH_CHUNK = 500
 
 
 async def publish_managers(
     worker_id: str, managers: Mapping[str, Any], ttl: float
 ) -> dict[str, dict[str, Any]]:
     """Write ``worker_id``'s running managers (user id -> UserStreamManager) to
-    ``<prefix>:managers:<worker_id>``, replacing what it wrote before; returns their statuses."""
+    ``<prefix>:managers:<worker_id>``, replacing what it wrote before; returns their statuses.
+
+    Written PUBLISH_CHUNK at a time into a scratch key renamed over the old one at
+    the end: readers never see half a worker, and 10,000 managers never hold the
+    worker's loop up for one long serialisation (docs/benchmarks.md).
+    """
+    redis = get_redis()
+    state_key = key("managers", worker_id)
+    scratch = key("managers", worker_id, "next")
     running = list(managers.items())
     statuses: dict[str, dict[str, Any]] = {}
-    snapshot: dict[str, str] = {}
-    for i, (uid, manager) in enumerate(running, 1):
-        statuses[uid] = manager.status()
-        snapshot[uid] = json.dumps(statuses[uid])
-        if i % _PUBLISH_CHUNK == 0:
-            # 10,000 managers take ~0.1 s of CPU here: let their ticks run in
-            # between instead of all being late together (docs/benchmarks.md).
-            await asyncio.sleep(0)
-    for uid, manager in running:
-        if managers.get(uid) is not manager:  # stopped while we yielded
-            del statuses[uid], snapshot[uid]
-    async with get_redis().pipeline(transaction=True) as pipe:
-        state_key = key("managers", worker_id)
-        pipe.delete(state_key)
-        if snapshot:
-            pipe.hset(state_key, mapping=snapshot)
+    await redis.delete(scratch)
+    for start in range(0, len(running), PUBLISH_CHUNK):
+        chunk = {}
+        for uid, manager in running[start : start + PUBLISH_CHUNK]:
+            if managers.get(uid) is manager:  # not stopped while we yielded
+                statuses[uid] = manager.status()
+                chunk[uid] = json.dumps(statuses[uid])
+        if chunk:
+            await redis.hset(scratch, mapping=chunk)
+    async with redis.pipeline(transaction=True) as pipe:
+        if statuses:
+            pipe.rename(scratch, state_key)
             pipe.pexpire(state_key, int(ttl * 1000))
+        else:
+            pipe.delete(state_key)
         await pipe.execute()
     return statuses
 
