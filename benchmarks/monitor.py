@@ -9,7 +9,6 @@ counts once. Over TCP each line names the client's address, which
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import pkgutil
 import re
@@ -36,20 +35,16 @@ class Command:
 
 
 def script_names() -> dict[str, str]:
-    """sha1 -> "module.CONSTANT" for every Lua source defined in livestream/*."""
+    """sha1 -> name ("presence.track") of every Lua script livestream/* declares."""
     import livestream
+    from livestream.redis import SCRIPTS
 
-    names: dict[str, str] = {}
     for info in pkgutil.iter_modules(livestream.__path__, "livestream."):
         try:
-            module = importlib.import_module(info.name)
-        except Exception:  # a module that needs something we lack is not a script source
+            importlib.import_module(info.name)  # declares its scripts
+        except Exception:  # a module that needs something we lack declares none we run
             continue
-        for attr, value in vars(module).items():
-            if isinstance(value, str) and "redis.call" in value:
-                sha = hashlib.sha1(value.encode()).hexdigest()
-                names[sha] = f"{info.name.removeprefix('livestream.')}.{attr}"
-    return names
+    return {sha: found.name for sha, found in SCRIPTS.items()}
 
 
 class Monitor:

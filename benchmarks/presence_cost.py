@@ -37,8 +37,8 @@ from benchmarks.common import (
 )
 from benchmarks.monitor import Monitor, client_ports, round_trips, script_names
 
-PERIODIC = ("leases._BEAT", "presence_manager._EPOCH", "leases._RENEW", "presence._EXPIRE")
-PERIODIC += ("leases._CLAIM_ORPHANS", "presence_manager._UNATTENDED", "timers._CLAIM")
+PERIODIC = ("leases.beat", "leases.epoch", "leases.renew", "presence.expire")
+PERIODIC += ("leases.claim_orphans", "presence.unattended", "timers.claim")
 
 
 def commandstats(url: str) -> dict[str, int]:

@@ -23,7 +23,7 @@ from channels.layers import get_channel_layer
 
 from livestream.conf import get_settings
 from livestream.leases import HOLD_PREFIX, LeaseStore
-from livestream.redis import run_script
+from livestream.redis import run_script, script
 
 if TYPE_CHECKING:
     from livestream.presence_manager import PresenceManager
@@ -36,19 +36,25 @@ ACTIONS = {"stop": STOP, "restart": RESTART}
 
 # KEYS: lease. ARGV: me (the worker), hold value, ttl ms, hold prefix.
 # Holds the lease unless another worker owns it; 1 if held.
-_HOLD = """
+_HOLD = script(
+    "control.hold",
+    """
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[1] and string.sub(cur, 1, #ARGV[4]) ~= ARGV[4] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
-"""
+""",
+)
 
 # KEYS: lease. ARGV: hold prefix. Deletes the lease only if it is a hold; 1 if it was.
-_RELEASE_HOLD = """
+_RELEASE_HOLD = script(
+    "control.release_hold",
+    """
 local cur = redis.call('GET', KEYS[1])
 if cur and string.sub(cur, 1, #ARGV[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-"""
+""",
+)
 
 
 def held_by(lease_value: str | None) -> str | None:

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from livestream.conf import get_settings
 from livestream.liveness import is_dead
-from livestream.redis import LUA_NOW, get_redis, key, run_script
+from livestream.redis import LUA_NOW, get_redis, key, run_script, script
 
 # A lease whose value starts with this is a staff hold, not a worker
 # (livestream/control.py): a join ends it.
@@ -34,7 +34,9 @@ HOLD_PREFIX = "held-by-staff:"
 # 1 if we hold the lease now. After Redis lost its data, a lease that vanished may
 # still be running on a worker that has not taken it back yet (see check_epoch):
 # no new lease is granted by a worker that has not seen the loss, nor during the hold.
-_ACQUIRE = """
+_ACQUIRE = script(
+    "leases.acquire",
+    """
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[3] then return 0 end
@@ -43,7 +45,8 @@ if not cur or redis.call('SISMEMBER', KEYS[2], cur) == 1 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1
 end
 return 0
-"""
+""",
+)
 
 # KEYS: epoch, epoch hold. ARGV: a new epoch, the epoch we know ("" if none), hold ms.
 # Returns {epoch, 1 if it is new or changed since we looked}. Redis losing its data
@@ -51,7 +54,9 @@ return 0
 # old one (so knows it is a loss, not a first start) puts a hold on new leases for
 # LEASE_TTL: meanwhile every live worker takes its vanished leases back (renew does),
 # or has fenced itself because it could not.
-_EPOCH = """
+_EPOCH = script(
+    "leases.epoch",
+    """
 local cur = redis.call('GET', KEYS[1])
 if not cur then
   redis.call('SET', KEYS[1], ARGV[1])
@@ -63,11 +68,14 @@ if ARGV[2] ~= '' and cur ~= ARGV[2] then
 end
 if cur == ARGV[1] then return {cur, 1} end
 return {cur, 0}
-"""
+""",
+)
 
 # KEYS: leases. ARGV: me, ttl ms. Returns the indexes (1-based) of leases lost to another worker.
 # A lease that vanished (Redis restarted empty) is taken back: we are still running it.
-_RENEW = """
+_RENEW = script(
+    "leases.renew",
+    """
 local lost = {}
 for i, lease in ipairs(KEYS) do
   local cur = redis.call('GET', lease)
@@ -76,27 +84,36 @@ for i, lease in ipairs(KEYS) do
   else table.insert(lost, i) end
 end
 return lost
-"""
+""",
+)
 
-_RELEASE = """
+_RELEASE = script(
+    "leases.release",
+    """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-"""
+""",
+)
 
 # KEYS: lease, the user's presence hash. ARGV: me. Releases our lease unless
 # the user is present again; returns 1 if released, 0 if they came back.
-_RELEASE_IF_ABSENT = """
+_RELEASE_IF_ABSENT = script(
+    "leases.release_if_absent",
+    """
 if redis.call('HLEN', KEYS[2]) > 0 then return 0 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
-"""
+""",
+)
 
 # KEYS: present users SET, dead workers SET, epoch hold. ARGV: me, ttl ms, lease prefix,
 # live workers, managers I run. Claims present users nobody runs (no lease, or a dead
 # worker's), at most what brings us up to a fair share of all present users (at least
 # one): after a worker dies, every survivor takes its part in one tick. Nothing during
 # an epoch hold (see _EPOCH).
-_CLAIM_ORPHANS = """
+_CLAIM_ORPHANS = script(
+    "leases.claim_orphans",
+    """
 if redis.call('EXISTS', KEYS[3]) == 1 then return {} end
 local users = redis.call('SMEMBERS', KEYS[1])
 local orphans = {}
@@ -112,7 +129,8 @@ for i = 1, share do
   table.insert(claimed, orphans[i])
 end
 return claimed
-"""
+""",
+)
 
 # KEYS: workers ZSET, worker loads HASH, dead workers SET, epoch, epoch hold.
 # ARGV: me, ttl ms, lease prefix, the epoch we know, horizon s, presence hash prefix,
@@ -123,7 +141,8 @@ return claimed
 # its start list. Returns the users to run here: placed here, or ours already.
 # Nothing is granted by a worker that has not seen Redis' current epoch, nor during
 # an epoch hold (see _EPOCH).
-_PLACE = (
+_PLACE = script(
+    "leases.place",
     LUA_NOW
     + """
 if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return {} end
@@ -161,12 +180,13 @@ for i = 9, #ARGV do
   end
 end
 return mine
-"""
+""",
 )
 
 # KEYS: workers ZSET, this worker's HASH, worker loads HASH. ARGV: me, horizon s, load, fields...
 # Marks us alive, forgets workers silent for 10 horizons, returns how many are alive.
-_BEAT = (
+_BEAT = script(
+    "leases.beat",
     LUA_NOW
     + """
 redis.call('ZADD', KEYS[1], now, ARGV[1])
@@ -179,7 +199,7 @@ if #gone > 0 then
   redis.call('HDEL', KEYS[3], unpack(gone))
 end
 return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[2]), '+inf')
-"""
+""",
 )
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from livestream.conf import get_settings
-from livestream.redis import LUA_NOW, get_redis, key, run_script
+from livestream.redis import LUA_NOW, get_redis, key, run_script, script
 
 Meta = dict[str, Any]
 
@@ -105,7 +105,8 @@ end
 # deadline back (a heartbeat). A connection untracked for good (``gone``) is never
 # tracked again: a heartbeat sent just before the disconnect's untrack can reach
 # Redis after it and must not bring the closed connection back as a ghost.
-_TRACK = (
+_TRACK = script(
+    "presence.track",
     _PROLOGUE
     + """
 local out = {}
@@ -127,13 +128,14 @@ for i = 7, #ARGV, 3 do
   table.insert(out, redis.call('HLEN', hash))
 end
 return out
-"""
+""",
 )
 
 # ARGV[6]: gone ttl ms, ARGV[7]: cleanup delay seconds; then (user_id, ref) per
 # connection. Returns {sessions left, meta json} per connection, {-1, ''} for one
 # that was not tracked. The connection is marked gone either way.
-_UNTRACK = (
+_UNTRACK = script(
+    "presence.untrack",
     _PROLOGUE
     + """
 local out = {}
@@ -150,12 +152,13 @@ for i = 8, #ARGV, 2 do
   end
 end
 return out
-"""
+""",
 )
 
 # ARGV[6]: limit, ARGV[7]: cleanup delay seconds. Removes connections whose deadline
 # passed (their daphne died), each as an untrack would; returns {user_id, meta, left}.
-_EXPIRE = (
+_EXPIRE = script(
+    "presence.expire",
     _PROLOGUE
     + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
@@ -173,12 +176,13 @@ for _, member in ipairs(due) do
   end
 end
 return out
-"""
+""",
 )
 
 # ARGV[6..]: user ids. The users among them with no connection and no cleanup timer
 # (a leave that was lost: the reconcile tick schedules their cleanup).
-_UNATTENDED = (
+_UNATTENDED = script(
+    "presence.unattended",
     _PROLOGUE
     + """
 local out = {}
@@ -189,18 +193,21 @@ for i = 6, #ARGV do
   end
 end
 return out
-"""
+""",
 )
 
 # KEYS: users. ARGV: user hash prefix. Returns {user_id, {ref, meta, ...}, ...}.
-_LIST = """
+_LIST = script(
+    "presence.list",
+    """
 local out = {}
 for _, uid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   table.insert(out, uid)
   table.insert(out, redis.call('HGETALL', ARGV[1] .. uid))
 end
 return out
-"""
+""",
+)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -41,14 +41,30 @@ def key(*parts: str) -> str:
     return ":".join((get_settings().KEY_PREFIX, *parts))
 
 
-@functools.lru_cache(maxsize=64)
-def _sha(source: str) -> str:
-    return hashlib.sha1(source.encode()).hexdigest()
+@dataclass(frozen=True)
+class Script:
+    """A Lua script with a name that says what it does ("presence.track"), and its SHA1."""
+
+    name: str
+    source: str
+    sha: str
 
 
-async def run_script(client: aioredis.Redis, source: str, keys: list[str], *args: Any) -> Any:
-    """EVALSHA ``source`` (one round trip); load it first only if Redis forgot it."""
+# Every script the app runs, by SHA1: what EVALSHA a MONITOR or SLOWLOG shows is named
+# here (benchmarks/monitor.py).
+SCRIPTS: dict[str, Script] = {}
+
+
+def script(name: str, source: str) -> Script:
+    """Declare a script (at import time, next to the store that runs it)."""
+    found = Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+    SCRIPTS[found.sha] = found
+    return found
+
+
+async def run_script(client: aioredis.Redis, lua: Script, keys: list[str], *args: Any) -> Any:
+    """EVALSHA ``lua`` (one round trip); load it first only if Redis forgot it."""
     try:
-        return await client.evalsha(_sha(source), len(keys), *keys, *args)
+        return await client.evalsha(lua.sha, len(keys), *keys, *args)
     except NoScriptError:
-        return await client.eval(source, len(keys), *keys, *args)
+        return await client.eval(lua.source, len(keys), *keys, *args)

@@ -27,7 +27,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
 from livestream.leases import HOLD_PREFIX
-from livestream.redis import LUA_NOW, get_redis, key, run_script
+from livestream.redis import LUA_NOW, get_redis, key, run_script, script
 
 # A timer about a user is claimed by the worker running them; once it is overdue
 # by this much (seconds), by anyone (see _CLAIM).
@@ -40,20 +40,24 @@ logger = logging.getLogger(__name__)
 
 
 # KEYS: due, payload. ARGV: name, delay, payload json. Returns the due time.
-_SCHEDULE = (
+_SCHEDULE = script(
+    "timers.schedule",
     LUA_NOW
     + """
 local due = now + tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], due, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 return tostring(due)
-"""
+""",
 )
 
-_CANCEL = """
+_CANCEL = script(
+    "timers.cancel",
+    """
 redis.call('HDEL', KEYS[2], ARGV[1])
 return redis.call('ZREM', KEYS[1], ARGV[1])
-"""
+""",
+)
 
 # KEYS: due, payload, dead workers. ARGV: limit, me, lease prefix, hold prefix, owner grace s.
 # Returns {seconds to the next timer or -1, {name, payload, ...}}. A timer whose
@@ -63,7 +67,8 @@ return redis.call('ZREM', KEYS[1], ARGV[1])
 # or the timer is overdue by more than the grace (its owner is stuck: anyone may
 # claim it and forward it). Owned timers left for their owner are looked at again
 # shortly.
-_CLAIM = (
+_CLAIM = script(
+    "timers.claim",
     LUA_NOW
     + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
@@ -98,15 +103,16 @@ local wait = -1
 if nxt[2] then wait = math.max(0, tonumber(nxt[2]) - now) end
 if left and (wait < 0 or wait > 0.05) then wait = 0.05 end
 return {tostring(wait), out}
-"""
+""",
 )
 
 # KEYS: due. Returns {now, {name, due, ...}}.
-_PENDING = (
+_PENDING = script(
+    "timers.pending",
     LUA_NOW
     + """
 return {tostring(now), redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
-"""
+""",
 )
 
 
