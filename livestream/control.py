@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from channels.layers import get_channel_layer
 
+from livestream import ids
 from livestream.conf import get_settings
 from livestream.leases import HOLD_PREFIX, LeaseStore
 from livestream.redis import run_script, script
@@ -80,14 +81,10 @@ async def release_hold(leases: LeaseStore, user_id: str) -> bool:
 
 def parse(message: dict[str, Any]) -> tuple[str, str]:
     """``(user_id, by)`` of a stop/restart request; ValueError if malformed."""
-    user_id, by = message.get("user_id"), message.get("by")
-    if not isinstance(user_id, str) or not user_id or len(user_id) > 64:
-        raise ValueError(f"bad user_id {user_id!r}")
+    by = message.get("by")
     if isinstance(by, int) and not isinstance(by, bool):
         by = str(by)
-    if not isinstance(by, str) or not by or len(by) > 64:
-        raise ValueError(f"bad 'by' (staff id) {by!r}")
-    return user_id, by
+    return ids.user_id(message.get("user_id")), ids.user_id(by, "'by' (staff id)")
 
 
 async def request(action: str, user_id: str, by: str) -> None:

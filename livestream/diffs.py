@@ -21,6 +21,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 
 from livestream.conf import get_settings
+from livestream.ids import is_user_id
 from livestream.presence import Change
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,8 @@ def user_ids(diff: Diff) -> tuple[list[str], list[str]]:
         raise ValueError("presence_diff needs 'joins' and 'leaves' objects")
     for side in (joins, leaves):
         for user_id, entry in side.items():
-            if not isinstance(user_id, str) or not user_id or len(user_id) > 64:
-                raise ValueError(f"bad user id {user_id!r}")
+            if not is_user_id(user_id):
+                raise ValueError(f"bad user id {user_id!r:.80}")
             if not isinstance(entry, dict) or not isinstance(entry.get("metas"), list):
                 raise ValueError(f"entry for {user_id!r} has no 'metas' list")
     return list(joins), list(leaves)

@@ -36,7 +36,7 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
-from livestream import control, diffs, events, metrics, state
+from livestream import control, diffs, events, ids, metrics, state
 from livestream.conf import get_settings
 from livestream.lease_keeper import LeaseKeeper, Renewal
 from livestream.leases import LeaseStore
@@ -146,7 +146,7 @@ class PresenceManager:
         try:
             await handler(message)
         except ValueError as exc:
-            logger.warning("[PresenceManager] dropped malformed %s: %s", kind, exc)
+            logger.warning("[PresenceManager] dropped malformed %s: %s", kind, exc)  # kind: a handler's name
 
     async def take_diffs(self, batch: list[dict[str, Any]]) -> None:
         """Presence diffs from the store, in order: a line per change, then one decision per user."""
@@ -167,7 +167,9 @@ class PresenceManager:
         (every tab of a daphne closing): two round trips for the lot keep the last as
         punctual as the first."""
         cleanups = [
-            m["user_id"] for m in messages if m.get("type") == "presence.cleanup" and _is_id(m.get("user_id"))
+            m["user_id"]
+            for m in messages
+            if m.get("type") == "presence.cleanup" and ids.is_user_id(m.get("user_id"))
         ]
         for message in messages:
             if message.get("type") != "presence.cleanup":
@@ -389,12 +391,5 @@ def _cleanup_message(user_id: str) -> dict[str, str]:
     return {"type": "presence.cleanup", "user_id": user_id}
 
 
-def _is_id(user_id: object) -> bool:
-    return isinstance(user_id, str) and 0 < len(user_id) <= 64
-
-
 def _user_id(message: dict[str, Any]) -> str:
-    user_id = message.get("user_id")
-    if not _is_id(user_id):
-        raise ValueError(f"bad user_id {user_id!r}")
-    return user_id  # type: ignore[return-value]
+    return ids.user_id(message.get("user_id"))

@@ -22,7 +22,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from livestream import control
+from livestream import control, ids
 from livestream.conf import get_settings
 from livestream.metrics import read_metrics, render
 from livestream.state import Snapshot, describe, format_duration, read_state_sync, run_sync
@@ -99,8 +99,8 @@ def debug_state(request: HttpRequest) -> JsonResponse:
 @require_POST
 def manager_action(request: HttpRequest, user_id: str, action: str) -> HttpResponse:
     """Stop or restart one user's manager (POST, CSRF-checked by admin_view)."""
-    if action not in control.ACTIONS or len(user_id) > 64:
-        raise Http404("unknown action")
+    if action not in control.ACTIONS or not ids.is_user_id(user_id):
+        raise Http404("unknown action or user")  # nothing from the URL reaches a log unchecked
     staff = request.user
     logger.info(
         "[admin] staff %s (%s) asked to %s the manager of user %s",
