@@ -109,9 +109,10 @@ for _origin in CSRF_TRUSTED_ORIGINS:
         )
 
 INSTALLED_APPS = [
-    "daphne",  # first: its runserver serves ASGI
-    # before "channels": livestream's hardened runworker replaces Channels' own
+    # First: livestream's runserver (daphne's, plus the embedded Redis a fresh
+    # clone needs) and its hardened runworker replace daphne's and Channels' own.
     "livestream",
+    "daphne",  # before staticfiles: its runserver serves ASGI
     "dashboard",
     "django.contrib.admin",
     "django.contrib.auth",
