@@ -278,6 +278,16 @@ class CacheConnectionPool:
         return SyncBlockingSentinelConnectionPool(target.service, manager, **options)
 
 
+def sync_redis_client(url: str | None = None, **overrides: Any) -> redis.Redis:
+    """The synchronous counterpart of redis_client (management commands, sync views)."""
+    if url is None:
+        from django.conf import settings
+
+        url = settings.REDIS_URL
+    pool = CacheConnectionPool.from_url(url, **{"decode_responses": True, **overrides})
+    return redis.Redis.from_pool(pool)
+
+
 def channel_layer_host(target: RedisTarget, max_connections: int | None = None) -> dict[str, Any]:
     """One channels-redis host entry for ``target``, in the shape channels-redis documents.
 

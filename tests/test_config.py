@@ -208,3 +208,17 @@ async def test_redis_down_at_start_is_waited_for(tmp_path, migrated_db_template,
     finally:
         stack.stop_all()
         server.stop()
+
+
+def test_sync_client_is_bounded_too(redis_url):
+    import redis
+
+    from streampai.redisconf import sync_redis_client
+
+    client = sync_redis_client(redis_url, max_connections=5)
+    try:
+        assert isinstance(client.connection_pool, redis.BlockingConnectionPool)
+        assert client.connection_pool.max_connections == 5
+        assert client.ping()
+    finally:
+        client.close()
