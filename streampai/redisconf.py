@@ -20,6 +20,7 @@ for ever.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -212,12 +213,33 @@ def _sentinel_kwargs(target: RedisTarget) -> dict[str, Any]:
     }
 
 
-class BlockingSentinelConnectionPool(aiosentinel.SentinelConnectionPool, aioredis.BlockingConnectionPool):
+class BoundedConnectionPool(aioredis.BlockingConnectionPool):
+    """redis-py's BlockingConnectionPool without its lost wake-ups.
+
+    release() notifies one waiter. On Python < 3.13 a waiter that is notified and
+    then cancelled before it runs (daphne cancels consumers of closed sockets all
+    the time) swallows that notification: the other waiters sleep on although a
+    connection is free, until their timeout ("No connection available.";
+    seen in the churn soak). Waking every waiter costs a re-check each and cannot
+    lose one. The release is shielded so that a cancellation landing in it
+    cannot leave the connection counted as in use for ever.
+    """
+
+    async def release(self, connection: Any) -> None:
+        await asyncio.shield(self._release(connection))
+
+    async def _release(self, connection: Any) -> None:
+        async with self._condition:
+            await aioredis.ConnectionPool.release(self, connection)
+            self._condition.notify_all()
+
+
+class BlockingSentinelConnectionPool(aiosentinel.SentinelConnectionPool, BoundedConnectionPool):
     """A Sentinel pool (follows the master) that waits for a free connection at its ceiling.
 
     SentinelConnectionPool decides where connections go; BlockingConnectionPool
     how many there may be. Neither overrides what the other does, so the MRO
-    combines them: get_connection/release come from the blocking pool,
+    combines them: get_connection/release come from the bounded pool,
     owns_connection/get_master_address from the Sentinel one.
     """
 
@@ -240,7 +262,7 @@ def _max_connections() -> int:
 def async_pool(target: RedisTarget, **overrides: Any) -> aioredis.ConnectionPool:
     """A bounded, waiting asyncio pool for ``target`` (a new one each call)."""
     if not target.is_sentinel:
-        return aioredis.BlockingConnectionPool.from_url(target.url, **{**connection_options(), **overrides})
+        return BoundedConnectionPool.from_url(target.url, **{**connection_options(), **overrides})
     manager = aiosentinel.Sentinel(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target))
     options = {**connection_options(), **target.client_kwargs, **overrides}
     return BlockingSentinelConnectionPool(target.service, manager, **options)
@@ -316,7 +338,7 @@ def layer_pool(host: dict[str, Any]) -> aioredis.ConnectionPool:
     host.setdefault("timeout", POOL_TIMEOUT)
     host.setdefault("max_connections", _max_connections())
     if "address" in host:
-        return aioredis.BlockingConnectionPool.from_url(host.pop("address"), **host)
+        return BoundedConnectionPool.from_url(host.pop("address"), **host)
     master_name = host.pop("master_name")
     manager = aiosentinel.Sentinel(host.pop("sentinels"), sentinel_kwargs=host.pop("sentinel_kwargs", None))
     return BlockingSentinelConnectionPool(master_name, manager, **host)

@@ -13,6 +13,7 @@ import time
 import uuid
 
 import pytest
+import redis
 from django.core.exceptions import ImproperlyConfigured
 
 from livestream.conf import LivestreamSettings, validate
@@ -222,3 +223,39 @@ def test_sync_client_is_bounded_too(redis_url):
         assert client.ping()
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("fixed", [True, False], ids=["ours", "redis-py"])
+async def test_a_cancelled_waiter_does_not_strand_the_others(redis_url, fixed):
+    """A waiter notified and then cancelled must not keep the next waiter asleep until its timeout."""
+    import redis.asyncio as aioredis
+
+    from streampai.redisconf import BoundedConnectionPool
+
+    cls = BoundedConnectionPool if fixed else aioredis.BlockingConnectionPool
+    pool = cls.from_url(redis_url, max_connections=1, timeout=2.0)
+    try:
+        held = await pool.get_connection()
+        first = asyncio.create_task(pool.get_connection())
+        second = asyncio.create_task(pool.get_connection())
+        await asyncio.sleep(0.05)  # both wait
+        await pool.release(held)  # notifies the first waiter ...
+        first.cancel()  # ... which is cancelled before it runs (a socket closed meanwhile)
+        started = time.monotonic()
+        await asyncio.wait([first])
+        if not first.cancelled():  # it ran before the cancel landed and got the connection
+            await pool.release(first.result())
+        if fixed:
+            connection = await asyncio.wait_for(second, 1.0)
+            assert time.monotonic() - started < 0.5
+            await pool.release(connection)
+        else:  # the bug we work around (Python < 3.13): the second waiter sleeps until its timeout
+            import sys
+
+            if sys.version_info >= (3, 13):
+                pytest.skip("asyncio.Condition no longer loses the notification")
+            with pytest.raises(redis.ConnectionError, match="No connection available"):
+                await second
+            assert time.monotonic() - started > 1.5
+    finally:
+        await pool.disconnect()
