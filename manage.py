@@ -9,7 +9,10 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "streampai.settings")
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    from streampai.startup import exit_on_bad_configuration
+
+    with exit_on_bad_configuration():
+        execute_from_command_line(sys.argv)
 
 
 if __name__ == "__main__":

@@ -5,3 +5,12 @@ class LivestreamConfig(AppConfig):
     name = "livestream"
     verbose_name = "Livestream"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Fail fast: every process (daphne, runworker, manage.py) sets up Django
+        # through here, so inconsistent LIVESTREAM values stop it at start with
+        # one line (manage.py and streampai/asgi.py print it) instead of
+        # misbehaving later.
+        from livestream.conf import get_settings, validate
+
+        validate(get_settings())

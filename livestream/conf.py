@@ -68,6 +68,14 @@ class LivestreamSettings:
     # per running manager per push; 0 leaves only the lifecycle pushes.
     STATUS_PUSH_INTERVAL: float = 1.0
 
+    # --- Production (issue 9) ---
+    # Ceiling of every Redis connection pool of a process (the app's client per
+    # event loop, the channel layer's, the cache's). At the ceiling a command
+    # waits for a free connection (up to 10 s) instead of opening another, so a
+    # burst cannot leave thousands of idle connections behind. Redis' own
+    # maxclients (10,000 by default) must exceed this times the process count.
+    REDIS_MAX_CONNECTIONS: int = 64
+
 
 _DEFAULTS = {f.name: f.default for f in fields(LivestreamSettings)}
 
@@ -95,6 +103,59 @@ def get_settings() -> LivestreamSettings:
     if unknown:
         raise ImproperlyConfigured(f"Unknown LIVESTREAM settings: {', '.join(sorted(unknown))}")
     return LivestreamSettings(**{name: _coerce(name, value) for name, value in overrides.items()})
+
+
+def validate(conf: LivestreamSettings) -> None:
+    """Raise ImproperlyConfigured (one line) for values that cannot work together.
+
+    Called once at start (livestream.apps.LivestreamConfig.ready), so daphne and
+    the worker refuse a bad configuration instead of misbehaving later. Not on
+    every get_settings(): tests set odd combinations on purpose.
+    """
+    problems = []
+
+    def need(ok: bool, why: str) -> None:
+        if not ok:
+            problems.append(why)
+
+    for name in (
+        "HEARTBEAT_INTERVAL",
+        "RECONCILE_INTERVAL",
+        "CONSOLE_LOG_INTERVAL",
+        "LEASE_TTL",
+        "PRESENCE_TTL",
+    ):
+        need(getattr(conf, name) > 0, f"{name} must be > 0 (is {getattr(conf, name)})")
+    for name in ("CLEANUP_TIMEOUT", "STATUS_PUSH_INTERVAL", "SHUTDOWN_TIMEOUT", "STAFF_STOP_HOLD"):
+        need(getattr(conf, name) >= 0, f"{name} must be >= 0 (is {getattr(conf, name)})")
+    # A worker fences (stops its managers) when it could not renew for
+    # LEASE_TTL - RECONCILE_INTERVAL: that must leave room for at least one tick.
+    need(
+        conf.LEASE_TTL > conf.RECONCILE_INTERVAL,
+        f"LEASE_TTL ({conf.LEASE_TTL}) must exceed RECONCILE_INTERVAL ({conf.RECONCILE_INTERVAL}): "
+        "the fence threshold LEASE_TTL - RECONCILE_INTERVAL must stay positive",
+    )
+    # One late or lost heartbeat must not expire a live connection.
+    need(
+        conf.PRESENCE_TTL >= 2 * conf.HEARTBEAT_INTERVAL,
+        f"PRESENCE_TTL ({conf.PRESENCE_TTL}) must be at least 2 x HEARTBEAT_INTERVAL ({conf.HEARTBEAT_INTERVAL})",
+    )
+    need(conf.MAX_RESTARTS >= 0, f"MAX_RESTARTS must be >= 0 (is {conf.MAX_RESTARTS})")
+    need(conf.MAX_RESTARTS_WINDOW > 0, f"MAX_RESTARTS_WINDOW must be > 0 (is {conf.MAX_RESTARTS_WINDOW})")
+    need(
+        0 < conf.RESTART_BACKOFF <= conf.RESTART_BACKOFF_MAX,
+        f"need 0 < RESTART_BACKOFF ({conf.RESTART_BACKOFF}) <= RESTART_BACKOFF_MAX ({conf.RESTART_BACKOFF_MAX})",
+    )
+    need(conf.MAX_FRAME_BYTES > 0, f"MAX_FRAME_BYTES must be > 0 (is {conf.MAX_FRAME_BYTES})")
+    need(
+        conf.REDIS_MAX_CONNECTIONS >= 4,
+        f"REDIS_MAX_CONNECTIONS must be >= 4 (is {conf.REDIS_MAX_CONNECTIONS})",
+    )
+    for name in ("KEY_PREFIX", "TOPIC", "WORKER_CHANNEL"):
+        need(bool(getattr(conf, name)), f"{name} must not be empty")
+    need(bool(conf.COMPONENTS), "COMPONENTS must list at least one component")
+    if problems:
+        raise ImproperlyConfigured("LIVESTREAM: " + "; ".join(problems))
 
 
 @receiver(setting_changed)

@@ -13,7 +13,7 @@ from django.conf import settings
 from redis.exceptions import NoScriptError
 
 from livestream.conf import get_settings
-from streampai.redisconf import connection_options
+from streampai.redisconf import redis_client
 
 # Lua prologue: ``now`` is Redis' own clock in seconds, so processes with skewed
 # clocks agree on deadlines, expiries and timers.
@@ -25,12 +25,17 @@ _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[str, aiored
 
 
 def get_redis() -> aioredis.Redis:
-    """A client for settings.REDIS_URL bound to the running loop (clients cannot cross loops)."""
+    """A client for settings.REDIS_URL bound to the running loop (clients cannot cross loops).
+
+    Its pool is bounded (LIVESTREAM["REDIS_MAX_CONNECTIONS"]) and, under Sentinel,
+    follows the master. For a dedicated connection (a blocking pop, pub/sub) call
+    streampai.redisconf.redis_client() instead: a fresh client with its own pool.
+    """
     loop = asyncio.get_running_loop()
     url = settings.REDIS_URL
     cached = _clients.get(loop)
     if cached is None or cached[0] != url:
-        client = aioredis.Redis.from_url(url, decode_responses=True, **connection_options())
+        client = redis_client(url)
         _clients[loop] = (url, client)
         return client
     return cached[1]

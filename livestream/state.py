@@ -33,7 +33,7 @@ from livestream.leases import LeaseStore
 from livestream.presence import CLEANUP_TIMER_PREFIX, Meta, PresenceStore
 from livestream.redis import get_redis, key
 from livestream.timers import TimerStore
-from streampai.redisconf import connection_options
+from streampai.redisconf import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def run_sync(fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
     """
 
     async def call() -> T:
-        client = aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True, **connection_options())
+        client = redis_client(settings.REDIS_URL)
         try:
             return await fn(client)
         finally:

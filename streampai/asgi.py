@@ -8,17 +8,22 @@ import os
 
 from django.core.asgi import get_asgi_application
 
+from streampai.startup import exit_on_bad_configuration
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "streampai.settings")
-django_asgi_app = get_asgi_application()
+# A bad configuration stops daphne here, with one line, before it listens.
+with exit_on_bad_configuration():
+    django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
-from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.conf import settings  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+# Only now, with Django set up:
+from channels.auth import AuthMiddlewareStack
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter
+from django.conf import settings
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
-from dashboard.routing import websocket_urlpatterns  # noqa: E402
-from livestream.conf import get_settings  # noqa: E402
-from livestream.consumers import PresenceManagerConsumer  # noqa: E402
+from dashboard.routing import websocket_urlpatterns
+from livestream.conf import get_settings
+from livestream.consumers import PresenceManagerConsumer
 
 http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app
 

@@ -7,6 +7,10 @@ consumer's own clean-up existed, its presence heartbeat lived on). Here receive(
 waits and tries again with backoff instead, so sockets stay open and group
 messages flow again once Redis is back. Sending still raises: the caller knows
 what a lost message means to it.
+
+Its pools are bounded and wait for a free connection, and follow a Sentinel
+master (streampai.redisconf.layer_pool), instead of channels-redis' unbounded
+default.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 
 import redis.exceptions
 from channels_redis.core import RedisChannelLayer as StockRedisChannelLayer
+
+from streampai.redisconf import layer_pool
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +39,9 @@ class RedisChannelLayer(StockRedisChannelLayer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._down_since: float | None = None  # one log line per outage, not one per consumer
+
+    def create_pool(self, index: int) -> Any:
+        return layer_pool(self.hosts[index])
 
     async def receive(self, channel: str) -> dict[str, Any]:
         delay = RETRY_MIN

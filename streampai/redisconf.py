@@ -1,8 +1,35 @@
-"""How every process talks to Redis: one place for URLs and socket options."""
+"""How every process talks to Redis: one place for URLs, pools and socket options.
+
+Every Redis client of the app is built here, from one parsed ``REDIS_URL``:
+
+* ``redis://``, ``rediss://`` and ``unix://`` (redis-py's own URL forms), and
+* ``redis+sentinel://[:password@]host:port[,host:port...]/<service>[/<db>][?options]``
+  (and ``rediss+sentinel://`` for TLS to the master), the redis-sentinel-url
+  convention: every client then asks the sentinels for the current master and
+  follows it through a failover.
+
+Every pool is bounded and *waits* for a free connection (BlockingConnectionPool)
+instead of opening more: a burst (1,000 sockets connecting, a worker pushing
+statuses) queues for a moment instead of leaving thousands of idle connections
+behind (a pool never shrinks) or failing with MaxConnectionsError.
+
+A malformed or unsupported URL raises ImproperlyConfigured with one clear line
+when settings load, so daphne and the worker stop at start instead of retrying
+for ever.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import redis
+import redis.asyncio as aioredis
+import redis.asyncio.sentinel as aiosentinel
+import redis.sentinel
+from django.core.exceptions import ImproperlyConfigured
 
 # redis-py 8 defaults socket_timeout to 5 s while channels-redis blocks in
 # BZPOPMIN for 5 s, so an idle receive() would raise TimeoutError every ~5 s
@@ -10,32 +37,324 @@ from typing import Any
 # still notices a dead connection.
 SOCKET_TIMEOUT = 15.0
 CONNECT_TIMEOUT = 5.0
-# redis-py 8 also caps an asyncio pool at 100 connections by default (7 had no
-# cap) and raises MaxConnectionsError past it instead of waiting: 1,000 sockets
-# connecting at once, or a worker pushing statuses 256 at a time, failed
-# (docs/benchmarks.md). Redis' own maxclients default is 10,000.
-MAX_CONNECTIONS = 10_000
+# The ceiling of each pool (LIVESTREAM["REDIS_MAX_CONNECTIONS"] overrides it).
+# redis-py 8's plain asyncio pool caps at 100 and *raises* past it; a huge cap
+# (this was 10,000) never shrinks after a burst. A bounded pool that waits keeps
+# a process at a known number of connections: a process holds one pool per
+# event loop for the app, one for the channel layer and one for the cache.
+MAX_CONNECTIONS = 64
+# How long a command waits for a free pooled connection before it fails with
+# ConnectionError("No connection available."): long enough to ride out a burst,
+# short enough that a leak shows up as an error rather than a hang.
+POOL_TIMEOUT = 10.0
+# Sentinels answer "who is the master" quickly or not at all.
+SENTINEL_TIMEOUT = 2.0
+DEFAULT_SENTINEL_PORT = 26379
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+DIRECT_SCHEMES = ("redis", "rediss", "unix")
+
+# redis-sentinel-url query options we honour. Numbers are seconds.
+_FLOAT_OPTIONS = ("socket_timeout", "socket_connect_timeout")
+_SENTINEL_PREFIX = "sentinel_"
 
 
-def connection_options() -> dict[str, Any]:
-    """Keyword arguments for every Redis connection pool we create."""
+@dataclass(frozen=True)
+class RedisTarget:
+    """A parsed REDIS_URL.
+
+    ``url`` is the redis-py URL for the direct forms; for Sentinel, ``sentinels``,
+    ``service`` and the kwargs say how to find and talk to the master.
+    """
+
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+    # Connection kwargs for the master (db, password, ssl, socket timeouts ...).
+    client_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Connection kwargs for the sentinels themselves (sentinel_* options).
+    sentinel_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_sentinel(self) -> bool:
+        return bool(self.sentinels)
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for error messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if "@" not in parts.netloc:
+        return url
+    creds, hosts = parts.netloc.rsplit("@", 1)
+    user = creds.split(":", 1)[0] if ":" in creds else ""
+    return parts._replace(netloc=f"{user}:***@{hosts}").geturl()
+
+
+def parse_redis_url(url: str | None) -> RedisTarget:
+    """Validate and parse a REDIS_URL; ImproperlyConfigured (one line) if it is unusable."""
+    if not url or not isinstance(url, str) or not url.strip():
+        raise ImproperlyConfigured("REDIS_URL is empty")
+    url = url.strip()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in SENTINEL_SCHEMES:
+        return _parse_sentinel_url(url)
+    if scheme not in DIRECT_SCHEMES:
+        raise ImproperlyConfigured(
+            f"REDIS_URL {redacted(url)!r}: unsupported scheme; use redis://, rediss://, unix:// "
+            "or redis+sentinel://host:port[,host:port]/<service>[/<db>]"
+        )
+    try:
+        kwargs = aioredis.connection.parse_url(url)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"REDIS_URL {redacted(url)!r}: {exc}") from None
+    if scheme == "unix" and not kwargs.get("path"):
+        raise ImproperlyConfigured(f"REDIS_URL {redacted(url)!r}: a unix:// URL needs a socket path")
+    if scheme != "unix" and not kwargs.get("host"):
+        raise ImproperlyConfigured(f"REDIS_URL {redacted(url)!r}: no host")
+    db = kwargs.get("db", 0)
+    if not isinstance(db, int) or db < 0:
+        raise ImproperlyConfigured(f"REDIS_URL {redacted(url)!r}: db must be a number >= 0")
+    return RedisTarget(url=url)
+
+
+def _parse_sentinel_url(url: str) -> RedisTarget:
+    """The redis-sentinel-url form: password for the Redis servers, ``sentinel_*`` options for the sentinels."""
+
+    def bad(why: str) -> ImproperlyConfigured:
+        return ImproperlyConfigured(f"REDIS_URL {redacted(url)!r}: {why}")
+
+    parts = urlsplit(url)
+    creds, _, hostspec = parts.netloc.rpartition("@")
+    client: dict[str, Any] = {}
+    sentinel: dict[str, Any] = {}
+    if creds:
+        username, _, password = creds.partition(":") if ":" in creds else ("", "", creds)
+        if password:
+            client["password"] = unquote(password)
+        if username:
+            client["username"] = unquote(username)
+    sentinels: list[tuple[str, int]] = []
+    for entry in hostspec.split(","):
+        host, _, port = entry.strip().rpartition(":") if ":" in entry else (entry.strip(), "", "")
+        if not host:
+            raise bad(f"empty sentinel host in {hostspec!r}")
+        try:
+            port_number = int(port) if port else DEFAULT_SENTINEL_PORT
+        except ValueError:
+            raise bad(f"sentinel port {port!r} is not a number") from None
+        if not 0 < port_number < 65536:
+            raise bad(f"sentinel port {port_number} out of range")
+        sentinels.append((host.strip("[]"), port_number))
+    path = [unquote(p) for p in parts.path.split("/") if p]
+    if not path:
+        raise bad("no service name: redis+sentinel://host:port/<service>[/<db>]")
+    if len(path) > 2:
+        raise bad("the path is /<service>[/<db>]")
+    service = path[0]
+    client["db"] = 0
+    if len(path) == 2:
+        if not path[1].isdigit():
+            raise bad(f"db {path[1]!r} is not a number")
+        client["db"] = int(path[1])
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        target, option = (
+            (sentinel, name[len(_SENTINEL_PREFIX) :]) if name.startswith(_SENTINEL_PREFIX) else (client, name)
+        )
+        if name == "client_type":
+            # redis-sentinel-url can hand out a replica client; everything here writes.
+            if value != "master":
+                raise bad("client_type must be master (the app writes to Redis)")
+        elif name == "db":
+            if not value.isdigit():
+                raise bad(f"db {value!r} is not a number")
+            client["db"] = int(value)
+        elif option in _FLOAT_OPTIONS:
+            try:
+                target[option] = float(value)
+            except ValueError:
+                raise bad(f"{name}={value!r} is not a number of seconds") from None
+        elif option in ("password", "username"):
+            target[option] = value
+        else:
+            raise bad(
+                f"unknown option {name!r} (known: db, client_type, socket_timeout, socket_connect_timeout, "
+                "password, sentinel_password, sentinel_username, sentinel_socket_timeout, "
+                "sentinel_socket_connect_timeout)"
+            )
+    if parts.scheme.lower() == "rediss+sentinel":
+        client["ssl"] = True
+    return RedisTarget(
+        url=url, sentinels=tuple(sentinels), service=service, client_kwargs=client, sentinel_kwargs=sentinel
+    )
+
+
+def socket_options() -> dict[str, Any]:
+    """Socket keyword arguments for every Redis connection we open."""
     return {
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "health_check_interval": 30,
-        "max_connections": MAX_CONNECTIONS,
     }
 
 
-def channel_layers(redis_url: str, prefix: str = "asgi") -> dict[str, Any]:
-    """The CHANNEL_LAYERS setting for a Redis at ``redis_url``."""
+def connection_options() -> dict[str, Any]:
+    """Keyword arguments for every Redis connection pool we create: sockets, and the ceiling."""
+    return {**socket_options(), "max_connections": _max_connections(), "timeout": POOL_TIMEOUT}
+
+
+def _sentinel_kwargs(target: RedisTarget) -> dict[str, Any]:
+    return {
+        "socket_timeout": SENTINEL_TIMEOUT,
+        "socket_connect_timeout": SENTINEL_TIMEOUT,
+        **target.sentinel_kwargs,
+    }
+
+
+class BoundedConnectionPool(aioredis.BlockingConnectionPool):
+    """redis-py's BlockingConnectionPool without its lost wake-ups.
+
+    release() notifies one waiter. On Python < 3.13 a waiter that is notified and
+    then cancelled before it runs (daphne cancels consumers of closed sockets all
+    the time) swallows that notification: the other waiters sleep on although a
+    connection is free, until their timeout ("No connection available.";
+    seen in the churn soak). Waking every waiter costs a re-check each and cannot
+    lose one. The release is shielded so that a cancellation landing in it
+    cannot leave the connection counted as in use for ever.
+    """
+
+    async def release(self, connection: Any) -> None:
+        await asyncio.shield(self._release(connection))
+
+    async def _release(self, connection: Any) -> None:
+        async with self._condition:
+            await aioredis.ConnectionPool.release(self, connection)
+            self._condition.notify_all()
+
+
+class BlockingSentinelConnectionPool(aiosentinel.SentinelConnectionPool, BoundedConnectionPool):
+    """A Sentinel pool (follows the master) that waits for a free connection at its ceiling.
+
+    SentinelConnectionPool decides where connections go; BlockingConnectionPool
+    how many there may be. Neither overrides what the other does, so the MRO
+    combines them: get_connection/release come from the bounded pool,
+    owns_connection/get_master_address from the Sentinel one.
+    """
+
+
+class SyncBlockingSentinelConnectionPool(redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
+    """The same for the synchronous client (the cache)."""
+
+
+def _max_connections() -> int:
+    """LIVESTREAM["REDIS_MAX_CONNECTIONS"] once settings are ready, else the default."""
+    from django.conf import settings
+
+    if not settings.configured:
+        return MAX_CONNECTIONS
+    from livestream.conf import get_settings
+
+    return get_settings().REDIS_MAX_CONNECTIONS
+
+
+def async_pool(target: RedisTarget, **overrides: Any) -> aioredis.ConnectionPool:
+    """A bounded, waiting asyncio pool for ``target`` (a new one each call)."""
+    if not target.is_sentinel:
+        return BoundedConnectionPool.from_url(target.url, **{**connection_options(), **overrides})
+    manager = aiosentinel.Sentinel(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target))
+    options = {**connection_options(), **target.client_kwargs, **overrides}
+    return BlockingSentinelConnectionPool(target.service, manager, **options)
+
+
+def redis_client(url: str | None = None, **overrides: Any) -> aioredis.Redis:
+    """A new asyncio client with its own bounded pool, for ``url`` (default settings.REDIS_URL).
+
+    ``overrides`` are connection kwargs (``decode_responses`` defaults to True;
+    ``max_connections``, ``socket_timeout`` ... as needed, e.g. ``socket_timeout=None``
+    for a dedicated blocking BLPOP). ``aclose()`` closes the pool too.
+    """
+    if url is None:
+        from django.conf import settings
+
+        url = settings.REDIS_URL
+    pool = async_pool(parse_redis_url(url), **{"decode_responses": True, **overrides})
+    return aioredis.Redis.from_pool(pool)
+
+
+class CacheConnectionPool:
+    """``OPTIONS["pool_class"]`` for Django's RedisCache: its ``from_url`` knows every REDIS_URL form.
+
+    Django calls ``pool_class.from_url(location, **options)``; this returns a
+    bounded, waiting synchronous pool (following the master under Sentinel).
+    """
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> redis.ConnectionPool:
+        target = parse_redis_url(url)
+        if not target.is_sentinel:
+            return redis.BlockingConnectionPool.from_url(target.url, **{**connection_options(), **options})
+        manager = redis.sentinel.Sentinel(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target))
+        options = {**connection_options(), **target.client_kwargs, **options}
+        return SyncBlockingSentinelConnectionPool(target.service, manager, **options)
+
+
+def sync_redis_client(url: str | None = None, **overrides: Any) -> redis.Redis:
+    """The synchronous counterpart of redis_client (management commands, sync views)."""
+    if url is None:
+        from django.conf import settings
+
+        url = settings.REDIS_URL
+    pool = CacheConnectionPool.from_url(url, **{"decode_responses": True, **overrides})
+    return redis.Redis.from_pool(pool)
+
+
+def channel_layer_host(target: RedisTarget, max_connections: int | None = None) -> dict[str, Any]:
+    """One channels-redis host entry for ``target``, in the shape channels-redis documents.
+
+    streampai.channel_layer.RedisChannelLayer turns it into a bounded, waiting
+    pool (create_pool); the stock layer would read it too. Without
+    ``max_connections`` the ceiling is LIVESTREAM["REDIS_MAX_CONNECTIONS"], read
+    when the pool is made (settings are not loaded yet when CHANNEL_LAYERS is).
+    """
+    options = socket_options()
+    if max_connections:
+        options["max_connections"] = max_connections
+    if not target.is_sentinel:
+        return {"address": target.url, **options}
+    return {
+        "sentinels": list(target.sentinels),
+        "master_name": target.service,
+        "sentinel_kwargs": _sentinel_kwargs(target),
+        **target.client_kwargs,
+        **options,
+    }
+
+
+def layer_pool(host: dict[str, Any]) -> aioredis.ConnectionPool:
+    """channels-redis' create_pool(host), but bounded and waiting (see channel_layer_host)."""
+    host = dict(host)
+    host.setdefault("timeout", POOL_TIMEOUT)
+    host.setdefault("max_connections", _max_connections())
+    if "address" in host:
+        return BoundedConnectionPool.from_url(host.pop("address"), **host)
+    master_name = host.pop("master_name")
+    manager = aiosentinel.Sentinel(host.pop("sentinels"), sentinel_kwargs=host.pop("sentinel_kwargs", None))
+    return BlockingSentinelConnectionPool(master_name, manager, **host)
+
+
+def channel_layers(
+    redis_url: str, prefix: str = "asgi", max_connections: int | None = None
+) -> dict[str, Any]:
+    """The CHANNEL_LAYERS setting for a Redis at ``redis_url`` (any REDIS_URL form)."""
     return {
         "default": {
             # channels-redis, whose receive() waits out a Redis restart instead
             # of ending the consumer (and closing its WebSocket).
             "BACKEND": "streampai.channel_layer.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [{"address": redis_url, **connection_options()}],
+                "hosts": [channel_layer_host(parse_redis_url(redis_url), max_connections)],
                 "prefix": prefix,
                 # Unread messages vanish after this; the presence manager's
                 # periodic reconcile repairs whatever a lost diff would have done.
@@ -56,9 +375,20 @@ def channel_layers(redis_url: str, prefix: str = "asgi") -> dict[str, Any]:
     }
 
 
-def redis_client(url: str | None = None) -> Any:
-    """A new asyncio client (with a pool of its own) for ``url`` (default settings.REDIS_URL)."""
-    import redis.asyncio as aioredis
-    from django.conf import settings
+def caches(redis_url: str, key_prefix: str) -> dict[str, Any]:
+    """The CACHES setting: Django's RedisCache on the same Redis, shared by every process.
 
-    return aioredis.Redis.from_url(url or settings.REDIS_URL, decode_responses=True, **connection_options())
+    allauth's rate limits (and anything else cached) then count across daphne
+    processes and survive their restarts. LOCATION is a list because RedisCache
+    splits a string on commas, which a Sentinel URL has.
+    """
+    parse_redis_url(redis_url)
+    return {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": [redis_url],
+            "KEY_PREFIX": key_prefix,
+            # A bounded, waiting pool that also knows redis+sentinel://.
+            "OPTIONS": {"pool_class": "streampai.redisconf.CacheConnectionPool"},
+        }
+    }

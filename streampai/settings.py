@@ -6,7 +6,14 @@ Deploy-time values come from the environment:
 
     SECRET_KEY, DEBUG, ALLOWED_HOSTS (comma separated), DATABASE_URL, REDIS_URL,
     and LIVESTREAM_<KEY> for any key of livestream/conf.py (LIVESTREAM_CLEANUP_TIMEOUT,
-    LIVESTREAM_PRESENCE_TTL, LIVESTREAM_KEY_PREFIX, ...).
+    LIVESTREAM_PRESENCE_TTL, LIVESTREAM_KEY_PREFIX, ...);
+    behind TLS: SECURE_SSL_REDIRECT, SESSION_COOKIE_SECURE, CSRF_COOKIE_SECURE (on by
+    default when DEBUG is off), SECURE_HSTS_SECONDS, SECURE_HSTS_INCLUDE_SUBDOMAINS,
+    SECURE_HSTS_PRELOAD, SECURE_PROXY_SSL_HEADER ("X-Forwarded-Proto: https"),
+    CSRF_TRUSTED_ORIGINS (comma separated, with scheme).
+
+Anything malformed or unsafe raises ImproperlyConfigured here; manage.py and
+streampai/asgi.py turn that into one line and exit (streampai/startup.py).
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
-from streampai.redisconf import channel_layers
+from streampai.redisconf import caches, channel_layers
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("STREAMPAI_VAR_DIR", BASE_DIR / "var"))
@@ -29,20 +37,82 @@ def env_bool(name: str, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, not {value!r}") from None
+
+
 DEBUG = env_bool("DEBUG", True)
+DEV_SECRET_KEY = "insecure-local-development-key-do-not-deploy"
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise RuntimeError("SECRET_KEY must be set when DEBUG is off")
-    SECRET_KEY = "insecure-local-development-key-do-not-deploy"
-ALLOWED_HOSTS = [
-    h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h.strip()
-]
+
+
+def check_secret_key(key: str) -> None:
+    """Refuse a missing, default or guessable key in production (Django's own W009 rule, as an error)."""
+    if not key:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    if key == DEV_SECRET_KEY or key.startswith("django-insecure") or len(key) < 50 or len(set(key)) < 5:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is weak or a default: use at least 50 random characters when DEBUG is off "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+        )
+
+
+if not DEBUG:
+    check_secret_key(SECRET_KEY)
+elif not SECRET_KEY:
+    SECRET_KEY = DEV_SECRET_KEY
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1")
+
+# Behind TLS (DEBUG off): cookies only over HTTPS and plain HTTP redirected,
+# unless the environment says otherwise. HSTS is opt-in (SECURE_HSTS_SECONDS):
+# browsers remember it, so it is set once HTTPS is known to work everywhere.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+
+
+def proxy_ssl_header(value: str) -> tuple[str, str] | None:
+    """SECURE_PROXY_SSL_HEADER from "X-Forwarded-Proto: https" (or "HTTP_X_FORWARDED_PROTO,https")."""
+    if not value.strip():
+        return None
+    header, sep, expected = value.partition(":") if ":" in value else value.partition(",")
+    header, expected = header.strip(), expected.strip()
+    if not sep or not header or not expected:
+        raise ImproperlyConfigured(
+            f"SECURE_PROXY_SSL_HEADER must look like 'X-Forwarded-Proto: https', not {value!r}"
+        )
+    if not header.upper().startswith("HTTP_"):
+        header = "HTTP_" + header.upper().replace("-", "_")
+    return header.upper(), expected
+
+
+# Only set this behind a proxy that always sets (and strips incoming) the header.
+SECURE_PROXY_SSL_HEADER = proxy_ssl_header(os.environ.get("SECURE_PROXY_SSL_HEADER", ""))
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+for _origin in CSRF_TRUSTED_ORIGINS:
+    if "://" not in _origin:
+        raise ImproperlyConfigured(
+            f"CSRF_TRUSTED_ORIGINS entries need a scheme (https://example.com), not {_origin!r}"
+        )
 
 INSTALLED_APPS = [
-    "daphne",  # first: its runserver serves ASGI
-    # before "channels": livestream's hardened runworker replaces Channels' own
+    # First: livestream's runserver (daphne's, plus the embedded Redis a fresh
+    # clone needs) and its hardened runworker replace daphne's and Channels' own.
     "livestream",
+    "daphne",  # before staticfiles: its runserver serves ASGI
     "dashboard",
     "django.contrib.admin",
     "django.contrib.auth",
@@ -90,11 +160,30 @@ TEMPLATES = [
 WSGI_APPLICATION = None
 ASGI_APPLICATION = "streampai.asgi.application"
 
-DATABASES = {
-    "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"), conn_max_age=0
-    )
-}
+# Engines the app is tested with (SQLite locally, PostgreSQL in production).
+SUPPORTED_DATABASES = {"django.db.backends.sqlite3", "django.db.backends.postgresql"}
+
+
+def database(url: str | None) -> dict:
+    """DATABASES["default"] from DATABASE_URL, or the SQLite file under var/ (created if missing)."""
+    if url is None:
+        # A fresh clone has no var/: create it, or migrate fails with "unable to open database file".
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
+    try:
+        config = dj_database_url.parse(url, conn_max_age=0)
+    except ValueError as exc:  # unknown scheme, bad port ...
+        raise ImproperlyConfigured(f"DATABASE_URL is malformed or unsupported: {exc}") from None
+    if config.get("ENGINE") not in SUPPORTED_DATABASES:
+        raise ImproperlyConfigured(
+            f"DATABASE_URL engine {config.get('ENGINE')!r} is not supported: use sqlite:///path or postgres://..."
+        )
+    if not config.get("NAME"):
+        raise ImproperlyConfigured("DATABASE_URL names no database (sqlite:///path, postgres://host/name)")
+    return config
+
+
+DATABASES = {"default": database(os.environ.get("DATABASE_URL") or None)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -128,8 +217,11 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
-# Redis: the presence store, leases, timers and the channel layer share it.
-# Unset means the embedded redis-server that `make run` starts under var/redis/.
+# Redis: the presence store, leases, timers, the channel layer and the cache
+# share it. Any of redis://, rediss://, unix:// or
+# redis+sentinel://host:port[,host:port]/<service>[/<db>] (streampai/redisconf.py).
+# Unset means the embedded redis-server that `make run` (or `runserver`) starts
+# under var/redis/.
 REDIS_URL = os.environ.get("REDIS_URL") or f"unix://{VAR_DIR / 'redis' / 'redis.sock'}?db=0"
 
 # The presence-driven stream manager. Every key, its type and its default is
@@ -141,7 +233,11 @@ LIVESTREAM = {
     if name.startswith("LIVESTREAM_") and name != "LIVESTREAM_LOG_LEVEL"
 }
 # Several deployments (or test runs) can share one Redis under different prefixes.
-CHANNEL_LAYERS = channel_layers(REDIS_URL, prefix=f"{LIVESTREAM.get('KEY_PREFIX', 'streampai')}:asgi")
+_prefix = LIVESTREAM.get("KEY_PREFIX", "streampai")
+CHANNEL_LAYERS = channel_layers(REDIS_URL, prefix=f"{_prefix}:asgi")
+# On the same Redis, so allauth's rate limits (and anything else cached) are
+# shared by every process and survive restarts.
+CACHES = caches(REDIS_URL, key_prefix=f"{_prefix}:cache")
 
 LOGGING = {
     "version": 1,

