@@ -114,7 +114,7 @@ class PresenceManager:
         self.scope.spawn(
             events.read(self.store, self.leases, self.take_diffs, self.take_starts, closing), "events"
         )
-        self.scope.every("reconcile", interval, self.tick, first_delay=interval())
+        self.scope.every("reconcile tick", interval, self.tick, first_delay=interval())
         self.scope.every("metrics", interval, self._latency.flush)
 
     async def shutdown(self) -> None:
