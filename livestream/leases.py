@@ -22,9 +22,10 @@ import secrets
 
 import redis.asyncio as aioredis
 
+from livestream import keys
 from livestream.conf import get_settings
 from livestream.liveness import is_dead
-from livestream.redis import LUA_NOW, get_redis, key, run_script, script
+from livestream.redis import LUA_NOW, get_redis, run_script, script
 
 # A lease whose value starts with this is a staff hold, not a worker
 # (livestream/control.py): a join ends it.
@@ -209,12 +210,12 @@ class LeaseStore:
     def __init__(self, worker_id: str, client: aioredis.Redis | None = None) -> None:
         self.worker_id = worker_id
         self.redis = client or get_redis()
-        self.prefix = key("lease", "")
-        self.workers_key = key("workers")
-        self.dead_key = key("workers", "dead")
-        self.loads_key = key("workers", "load")
-        self.epoch_key = key("epoch")
-        self.hold_key = key("epoch", "hold")
+        self.prefix = keys.lease_prefix()
+        self.workers_key = keys.workers()
+        self.dead_key = keys.dead_workers()
+        self.loads_key = keys.worker_loads()
+        self.epoch_key = keys.epoch()
+        self.hold_key = keys.epoch_hold()
         self.epoch = ""  # the Redis epoch this worker knows; "" until check_epoch
 
     @property
@@ -243,16 +244,16 @@ class LeaseStore:
         """Extend our leases; returns the users whose lease another worker holds now."""
         if not user_ids:
             return []
-        keys = [self.lease_key(u) for u in user_ids]
-        lost = await run_script(self.redis, _RENEW, keys, self.worker_id, self.ttl_ms)
+        names = [self.lease_key(u) for u in user_ids]
+        lost = await run_script(self.redis, _RENEW, names, self.worker_id, self.ttl_ms)
         return [user_ids[int(i) - 1] for i in lost]
 
     async def release(self, user_id: str) -> None:
         await run_script(self.redis, _RELEASE, [self.lease_key(user_id)], self.worker_id)
 
     async def release_if_absent(self, user_id: str, presence_hash: str) -> bool:
-        keys = [self.lease_key(user_id), presence_hash]
-        return bool(await run_script(self.redis, _RELEASE_IF_ABSENT, keys, self.worker_id))
+        names = [self.lease_key(user_id), presence_hash]
+        return bool(await run_script(self.redis, _RELEASE_IF_ABSENT, names, self.worker_id))
 
     async def claim_orphans(self, users_key: str, live_workers: int, running: int = 0) -> list[str]:
         """Present users to start here (see _CLAIM_ORPHANS); ``running``: managers we run now."""
@@ -287,7 +288,7 @@ class LeaseStore:
         returns those to run here (placed here, or ours already)."""
         if not user_ids:
             return []
-        keys = [self.workers_key, self.loads_key, self.dead_key, self.epoch_key, self.hold_key]
+        names = [self.workers_key, self.loads_key, self.dead_key, self.epoch_key, self.hold_key]
         args = [
             self.worker_id,
             self.ttl_ms,
@@ -295,14 +296,14 @@ class LeaseStore:
             self.epoch,
             get_settings().LEASE_TTL,
             presence_prefix,
-            key("worker", ""),
+            keys.worker(""),
             HOLD_PREFIX,
         ]
-        return list(await run_script(self.redis, _PLACE, keys, *args, *user_ids))
+        return list(await run_script(self.redis, _PLACE, names, *args, *user_ids))
 
     def starts_key(self, worker_id: str | None = None) -> str:
         """The LIST of users placed on ``worker_id`` (default: us) by another worker."""
-        return key("worker", worker_id or self.worker_id, "starts")
+        return keys.worker_starts(worker_id or self.worker_id)
 
     async def mine(self, user_ids: list[str]) -> list[str]:
         """Those of ``user_ids`` whose lease we hold."""
@@ -314,19 +315,19 @@ class LeaseStore:
     async def beat(self, info: dict[str, str] | None = None, load: int = 0) -> int:
         """Mark this worker alive with ``load`` managers (and publish ``info``); returns the live workers."""
         fields = [x for pair in (info or {}).items() for x in pair]
-        keys = [self.workers_key, key("worker", self.worker_id), self.loads_key]
+        names = [self.workers_key, keys.worker(self.worker_id), self.loads_key]
         horizon = get_settings().LEASE_TTL
-        return int(await run_script(self.redis, _BEAT, keys, self.worker_id, horizon, load, *fields))
+        return int(await run_script(self.redis, _BEAT, names, self.worker_id, horizon, load, *fields))
 
     async def worker_info(self, worker_id: str) -> dict[str, str]:
-        return await self.redis.hgetall(key("worker", worker_id))
+        return await self.redis.hgetall(keys.worker(worker_id))
 
     async def leave(self) -> None:
         """Forget this worker (clean shutdown)."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(self.workers_key, self.worker_id)
             pipe.hdel(self.loads_key, self.worker_id)
-            pipe.delete(key("worker", self.worker_id), self.starts_key())
+            pipe.delete(keys.worker(self.worker_id), self.starts_key())
             await pipe.execute()
 
     async def bury_dead_workers(self) -> list[str]:
@@ -341,14 +342,14 @@ class LeaseStore:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for worker_id in ids:
-                pipe.hget(key("worker", worker_id), "proc")
+                pipe.hget(keys.worker(worker_id), "proc")
             identities = await pipe.execute()
         dead = [w for w, ident in zip(ids, identities, strict=True) if ident and is_dead(ident)]
         if dead:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(self.workers_key, *dead)
                 pipe.hdel(self.loads_key, *dead)
-                pipe.delete(*(key("worker", w) for w in dead))
+                pipe.delete(*(keys.worker(w) for w in dead))
                 pipe.sadd(self.dead_key, *dead)
                 # Past this, every lease a dead worker held has lapsed anyway.
                 pipe.pexpire(self.dead_key, self.ttl_ms * 2)

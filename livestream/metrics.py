@@ -24,7 +24,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from livestream.redis import get_redis, key
+from livestream import keys
+from livestream.redis import get_redis
 from livestream.state import Snapshot, read_state
 
 # Seconds. A join handled promptly starts a manager in milliseconds; the upper
@@ -33,11 +34,11 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 
 
 def _latency_key() -> str:
-    return key("metrics", "join_to_running")
+    return keys.metrics("join_to_running")
 
 
 def _restarts_key() -> str:
-    return key("metrics", "restarts")
+    return keys.metrics("restarts")
 
 
 # -- worker side ---------------------------------------------------------------

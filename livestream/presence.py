@@ -27,8 +27,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from livestream import keys
 from livestream.conf import get_settings
-from livestream.redis import LUA_NOW, get_redis, key, run_script, script
+from livestream.redis import LUA_NOW, get_redis, run_script, script
 
 Meta = dict[str, Any]
 
@@ -225,7 +226,7 @@ class PresenceStore:
     def __init__(self, topic: str | None = None, client: aioredis.Redis | None = None) -> None:
         self.topic = topic or get_settings().TOPIC
         self.redis = client or get_redis()
-        base = key("presence", self.topic)
+        base = keys.presence(self.topic)
         self.users_key = f"{base}:users"
         self.user_prefix = f"{base}:u:"
         self.expiry_key = f"{base}:expiry"
@@ -234,9 +235,9 @@ class PresenceStore:
 
     async def _run(self, script: str, *args: Any) -> Any:
         conf = get_settings()
-        keys = [self.users_key, self.expiry_key, key("timers"), key("timers", "payload"), self.events_key]
+        names = [self.users_key, self.expiry_key, keys.timers(), keys.timer_payloads(), self.events_key]
         common = (self.user_prefix, self.gone_prefix, CLEANUP_TIMER_PREFIX, conf.WORKER_CHANNEL, EVENTS_CAP)
-        return await run_script(self.redis, script, keys, *common, *args)
+        return await run_script(self.redis, script, names, *common, *args)
 
     async def track(self, user_id: str, meta: Meta) -> Change | None:
         """Add one connection. Returns the join, or None if that ref was already tracked."""

@@ -30,7 +30,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from livestream.redis import get_redis, key
+from livestream import keys
+from livestream.redis import get_redis
 
 Message = dict[str, Any]
 
@@ -39,12 +40,12 @@ BATCH = 1000
 
 
 def user_channel(user_id: str) -> str:
-    return key("push", "user", user_id)
+    return keys.push("user", user_id)
 
 
 def session_channel(session_key: str) -> str:
     """Hashed: a session key is a credential, and channel names are visible to PUBSUB CHANNELS."""
-    return key("push", "session", hashlib.sha256(session_key.encode()).hexdigest()[:40])
+    return keys.push("session", hashlib.sha256(session_key.encode()).hexdigest()[:40])
 
 
 def encode(message: Message) -> str:

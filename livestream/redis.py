@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from redis.exceptions import NoScriptError
 
-from livestream.conf import get_settings
+from livestream.keys import key  # noqa: F401  (re-exported: the historical home)
 from streampai.redisconf import redis_client
 
 # Lua prologue: ``now`` is Redis' own clock in seconds, so processes with skewed
@@ -39,11 +39,6 @@ def get_redis() -> aioredis.Redis:
         _clients[loop] = (url, client)
         return client
     return cached[1]
-
-
-def key(*parts: str) -> str:
-    """A Redis key under the configured prefix: key("lease", "42") -> "streampai:lease:42"."""
-    return ":".join((get_settings().KEY_PREFIX, *parts))
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,11 @@ import redis.asyncio as aioredis
 from asgiref.sync import async_to_sync
 from django.conf import settings
 
-from livestream import control
+from livestream import control, keys
 from livestream.conf import get_settings
 from livestream.leases import LeaseStore
 from livestream.presence import CLEANUP_TIMER_PREFIX, Meta, PresenceStore
-from livestream.redis import get_redis, key
+from livestream.redis import get_redis
 from livestream.timers import TimerStore
 from streampai.redisconf import redis_client
 
@@ -122,15 +122,15 @@ async def read_state(client: aioredis.Redis | None = None) -> Snapshot:
 
     async with redis.pipeline(transaction=False) as pipe:
         pipe.time()
-        pipe.zrange(key("workers"), 0, -1, withscores=True)
+        pipe.zrange(keys.workers(), 0, -1, withscores=True)
         (seconds, micros), beats = await pipe.execute()
     now = seconds + micros / 1e6
     alive = {wid: now - seen for wid, seen in beats if now - seen <= conf.LEASE_TTL}
 
     async with redis.pipeline(transaction=False) as pipe:
         for wid in alive:
-            pipe.hgetall(key("managers", wid))
-            pipe.hgetall(key("worker", wid))
+            pipe.hgetall(keys.managers(wid))
+            pipe.hgetall(keys.worker(wid))
         published = await pipe.execute()
 
     candidates: dict[str, list[ManagerStatus]] = {}
@@ -179,8 +179,8 @@ async def publish_managers(
     worker's loop up for one long serialisation (docs/benchmarks.md).
     """
     redis = get_redis()
-    state_key = key("managers", worker_id)
-    scratch = key("managers", worker_id, "next")
+    state_key = keys.managers(worker_id)
+    scratch = keys.managers(worker_id) + ":next"
     running = list(managers.items())
     statuses: dict[str, dict[str, Any]] = {}
     await redis.delete(scratch)

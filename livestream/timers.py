@@ -26,8 +26,9 @@ import redis.asyncio as aioredis
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
+from livestream import keys
 from livestream.leases import HOLD_PREFIX
-from livestream.redis import LUA_NOW, get_redis, key, run_script, script
+from livestream.redis import LUA_NOW, get_redis, run_script, script
 
 # A timer about a user is claimed by the worker running them; once it is overdue
 # by this much (seconds), by anyone (see _CLAIM).
@@ -119,8 +120,8 @@ return {tostring(now), redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
 class TimerStore:
     def __init__(self, client: aioredis.Redis | None = None) -> None:
         self.redis = client or get_redis()
-        self.due_key = key("timers")
-        self.payload_key = key("timers", "payload")
+        self.due_key = keys.timers()
+        self.payload_key = keys.timer_payloads()
 
     async def schedule(self, name: str, channel: str, message: dict[str, Any], delay: float) -> float:
         """Deliver ``message`` to ``channel`` in ``delay`` seconds; returns the due time."""
@@ -144,9 +145,9 @@ class TimerStore:
         With ``worker_id``, a timer about a user whose lease another live worker
         holds is left to that worker for OWNER_GRACE (see _CLAIM).
         """
-        keys = [self.due_key, self.payload_key, key("workers", "dead")]
-        args = [limit, worker_id, key("lease", ""), HOLD_PREFIX, OWNER_GRACE]
-        wait, flat = await run_script(self.redis, _CLAIM, keys, *args)
+        names = [self.due_key, self.payload_key, keys.dead_workers()]
+        args = [limit, worker_id, keys.lease_prefix(), HOLD_PREFIX, OWNER_GRACE]
+        wait, flat = await run_script(self.redis, _CLAIM, names, *args)
         claimed = []
         for i in range(0, len(flat), 2):
             try:

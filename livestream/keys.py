@@ -1,0 +1,90 @@
+"""Every Redis key the app writes, in one place. All start with ``KEY_PREFIX``
+(default ``streampai``), so several deployments or test runs can share a Redis.
+
+  presence:<topic>:users          SET    users with a connection           presence.py
+  presence:<topic>:u:<user>       HASH   ref -> meta JSON, one per connection
+  presence:<topic>:expiry         ZSET   "<user>|<ref>" -> heartbeat deadline
+  presence:<topic>:gone:<ref>     STRING a connection untracked for good
+  presence:<topic>:events         LIST   presence_diffs for the workers
+  lease:<user>                    STRING the worker running the user (or a staff hold)  leases.py
+  workers                         ZSET   worker id -> last beat (Redis clock)
+  workers:load                    HASH   worker id -> managers it runs (placement)
+  workers:dead                    SET    workers seen dead on their machine
+  worker:<id>                     HASH   inbox, host, pid, proc identity
+  worker:<id>:starts              LIST   users another worker placed on it
+  epoch, epoch:hold               STRING Redis lost its data? / no new lease meanwhile
+  timers, timers:payload          ZSET + HASH  named timers (cleanup:<user>)      timers.py
+  managers:<worker>(:next)        HASH   user -> manager status JSON              state.py
+  metrics:join_to_running         HASH   histogram buckets                        metrics.py
+  metrics:restarts                HASH   component -> restarts
+  push:user:<user>, push:session:<hash>   pub/sub channels to open tabs           push.py
+
+The channel layer's keys live under ``<KEY_PREFIX>:asgi`` (channels-redis' own
+layout). None of these are Redis Cluster ready: scripts touch keys of several users.
+"""
+
+from __future__ import annotations
+
+from livestream.conf import get_settings
+
+
+def key(*parts: str) -> str:
+    """A Redis key under the configured prefix: key("lease", "42") -> "streampai:lease:42"."""
+    return ":".join((get_settings().KEY_PREFIX, *parts))
+
+
+def presence(topic: str) -> str:
+    """The base of a presence topic's keys (``:users``, ``:u:<user>``, ...)."""
+    return key("presence", topic)
+
+
+def lease_prefix() -> str:
+    return key("lease", "")
+
+
+def workers() -> str:
+    return key("workers")
+
+
+def worker_loads() -> str:
+    return key("workers", "load")
+
+
+def dead_workers() -> str:
+    return key("workers", "dead")
+
+
+def worker(worker_id: str) -> str:
+    return key("worker", worker_id)
+
+
+def worker_starts(worker_id: str) -> str:
+    return key("worker", worker_id, "starts")
+
+
+def epoch() -> str:
+    return key("epoch")
+
+
+def epoch_hold() -> str:
+    return key("epoch", "hold")
+
+
+def timers() -> str:
+    return key("timers")
+
+
+def timer_payloads() -> str:
+    return key("timers", "payload")
+
+
+def managers(worker_id: str) -> str:
+    return key("managers", worker_id)
+
+
+def metrics(name: str) -> str:
+    return key("metrics", name)
+
+
+def push(*parts: str) -> str:
+    return key("push", *parts)
