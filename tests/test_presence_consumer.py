@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import Client
 
 from dashboard.consumers import FRAME_TOO_BIG
-from livestream.conf import get_settings
 from livestream.presence import PresenceStore
 from streampai.asgi import application
 from tests.conftest import wait_until
@@ -41,14 +40,8 @@ def communicator(session: str | None, origin: str | None = "http://localhost", h
 
 
 async def worker_inbox() -> list[dict]:
-    """Everything waiting on the presence-manager channel."""
-    layer = get_channel_layer()
-    found = []
-    while True:
-        try:
-            found.append(await asyncio.wait_for(layer.receive(get_settings().WORKER_CHANNEL), 0.3))
-        except TimeoutError:
-            return found
+    """The presence_diffs waiting for the workers (the store's events LIST), taken."""
+    return [json.loads(e) for e in await PresenceStore().take_events(10_000)]
 
 
 async def tracked(user_id: str, sessions: int) -> None:
@@ -100,7 +93,8 @@ async def test_each_connection_is_tracked_and_untracked_with_a_diff():
     first, second = communicator(session), communicator(session)
     assert (await first.connect())[0]
     assert (await second.connect())[0]
-    await tracked(user_id, 2)  # tracking follows the accept
+    # Tracked before the accept: a completed handshake is a present connection.
+    assert await PresenceStore().sessions(user_id) == 2
     presence = await PresenceStore().list()
     metas = presence[user_id]["metas"]
     assert len(metas) == 2
