@@ -349,9 +349,14 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             await self.close(code=4000 + SERVICE_RESTART % 1000)
 
     def _protocol(self) -> Any:
-        """daphne's WebSocketProtocol: ``send`` is ``partial(server.handle_reply, protocol)``."""
+        """daphne's WebSocketProtocol: its ``send`` is ``partial(server.handle_reply, protocol)``,
+        wrapped by Channels' session middleware (``InstanceSessionWrapper.send``)."""
         send = getattr(self, "base_send", None)
-        return send.args[0] if isinstance(send, partial) and send.args else None
+        for _ in range(5):
+            if isinstance(send, partial):
+                return send.args[0] if send.args else None
+            send = getattr(getattr(send, "__self__", None), "real_send", None)
+        return None
 
     def _is_mine(self, event: dict[str, Any]) -> bool:
         """Defence in depth: a message for another user is dropped, never forwarded."""

@@ -43,8 +43,8 @@
   }
 
   function retry(wait, state, label) {
-    show(state || "reconnecting", label);
     root.dataset.retryMs = String(Math.round(wait));
+    show(state || "reconnecting", label);
     window.setTimeout(connect, wait);
   }
 
