@@ -148,3 +148,109 @@ async def test_heartbeat_retracks_a_connection_that_redis_lost(configure_livestr
     assert (await store.list())[user_id]["metas"][0]["ref"] == ref
     await ws.disconnect()
     assert await store.sessions(user_id) == 0
+
+
+# -- issue 8 item 7 / issue 9: no ghost, limits, deactivation ----------------------
+
+
+async def test_a_failed_untrack_is_retried_until_it_succeeds_and_never_retracked(
+    configure_livestream, monkeypatch, caplog
+):
+    """Redis times out on the disconnect's untrack: the disconnect returns anyway, the
+    untrack is retried in the background until it works, and the heartbeat (running
+    meanwhile) never brings the closed connection back."""
+    configure_livestream(HEARTBEAT_INTERVAL=0.05)
+    user_id, session = await session_for("a@example.com")
+    ws = communicator(session)
+    assert (await ws.connect())[0]
+    store = PresenceStore()
+    assert await store.sessions(user_id) == 1
+    real = PresenceStore.untrack_many
+    failures = 3
+
+    async def flaky(self, connections, **kwargs):
+        nonlocal failures
+        if failures > 0:
+            failures -= 1
+            raise TimeoutError("Timeout connecting to server")
+        return await real(self, connections, **kwargs)
+
+    monkeypatch.setattr(PresenceStore, "untrack_many", flaky)
+    began = asyncio.get_running_loop().time()
+    await ws.disconnect()
+    assert asyncio.get_running_loop().time() - began < 2.0  # UNTRACK_WAIT, not the retries
+    await tracked(user_id, 0)
+    assert failures == 0
+    await asyncio.sleep(0.3)  # several heartbeats later: still gone
+    assert await store.sessions(user_id) == 0
+    assert "untrack of 1 connections failed" in caplog.text
+    assert "re-tracked" not in caplog.text
+
+
+async def test_deactivating_a_user_closes_their_sockets_with_4003():
+    from dashboard.consumers import DEACTIVATED
+
+    user_id, session = await session_for("a@example.com")
+    ws = communicator(session)
+    assert (await ws.connect())[0]
+
+    @database_sync_to_async
+    def deactivate():
+        user = get_user_model().objects.get(pk=user_id)
+        user.is_active = False
+        user.save()
+
+    await deactivate()
+    closed = await next_output(ws, lambda o: o["type"] == "websocket.close")
+    assert closed["code"] == DEACTIVATED
+    assert await PresenceStore().sessions(user_id) == 0  # untracked before the close
+    assert not (await communicator(session).connect())[0]  # and cannot come back
+
+
+async def test_the_per_user_socket_cap_holds_under_racing_connects(configure_livestream, caplog):
+    from dashboard.consumers import TOO_MANY_SOCKETS
+
+    configure_livestream(MAX_SOCKETS_PER_USER=3)
+    user_id, session = await session_for("a@example.com")
+    sockets = [communicator(session) for _ in range(10)]
+    results = await asyncio.gather(*(ws.connect() for ws in sockets))
+    assert all(ok for ok, _ in results)  # accepted, so the page can be told why ...
+
+    async def refused(ws) -> bool:
+        if await ws.receive_nothing(0.5):  # (receive_output's timeout would cancel the consumer)
+            return False
+        output = await ws.receive_output(1)
+        assert output == {"type": "websocket.close", "code": TOO_MANY_SOCKETS}  # ... then closed
+        return True
+
+    outcome = await asyncio.gather(*(refused(ws) for ws in sockets))
+    assert outcome.count(False) == 3, outcome
+    assert await PresenceStore().sessions(user_id) == 3
+    assert "MAX_SOCKETS_PER_USER 3" in caplog.text
+
+
+async def test_handshakes_over_the_per_ip_rate_are_refused(configure_livestream, caplog):
+    configure_livestream(HANDSHAKE_RATE=0.01, HANDSHAKE_BURST=2)
+    user_id, session = await session_for("a@example.com")
+    sockets = [communicator(session) for _ in range(4)]  # kept: a dropped communicator cancels its app
+    results = [(await ws.connect())[0] for ws in sockets]
+    assert results == [True, True, False, False]
+    assert await PresenceStore().sessions(user_id) == 2
+    assert len([r for r in caplog.records if "over HANDSHAKE_RATE" in r.getMessage()]) == 1  # one line
+
+
+async def test_frames_over_the_rate_are_dropped_with_one_log_line(configure_livestream, caplog):
+    configure_livestream(FRAME_RATE=5, FRAME_BURST=5)
+    _, session = await session_for("a@example.com")
+    ws = communicator(session)
+    assert (await ws.connect())[0]
+    for _ in range(30):
+        await ws.send_json_to({"type": "ping"})
+    pongs = 0
+    while not await ws.receive_nothing(0.3):
+        output = await ws.receive_output(1)
+        pongs += output.get("text") == '{"type": "pong"}'
+    assert 5 <= pongs <= 7, pongs  # the burst, plus what refilled meanwhile
+    lines = [r for r in caplog.records if "sends frames faster than" in r.getMessage()]
+    assert len(lines) == 1, lines
+    await ws.disconnect()
