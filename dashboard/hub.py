@@ -17,7 +17,7 @@ types (``handlers``): anything else is dropped with one log line, never
 dispatched, whatever the socket's methods are called.
 
 If the connection drops (Redis restarting), the hub logs once, reconnects with
-backoff (0.1 s doubling to 5 s) and re-subscribes everything in one command; the
+backoff (0.1 s doubling to 2 s) and re-subscribes everything in one command; the
 sockets stay open. Messages published meanwhile are lost: status pushes repeat
 every second, a lost ``session.ended`` leaves that tab open until it reconnects.
 """
@@ -157,7 +157,7 @@ class Hub:
                     logger.warning("[hub] Redis pub/sub connection lost: %r; reconnecting", exc)
                 await self._close_connection()
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 2.0)
 
     async def _write_loop(self) -> None:
         """Send what ``members`` now needs: SUBSCRIBE new channels, UNSUBSCRIBE unused ones."""
@@ -170,12 +170,14 @@ class Hub:
             for start in range(0, len(add), BATCH):
                 chunk = add[start : start + BATCH]
                 self._sent.update(chunk)
-                await self._pubsub.execute_command("SUBSCRIBE", *chunk)
+                # redis-py's own subscribe(): it remembers the channels, so a reconnect it
+                # makes by itself (its retry) re-subscribes them too.
+                await self._pubsub.subscribe(*chunk)
             for start in range(0, len(drop), BATCH):
                 chunk = drop[start : start + BATCH]
                 self._sent.difference_update(chunk)
                 self._confirmed.difference_update(chunk)
-                await self._pubsub.execute_command("UNSUBSCRIBE", *chunk)
+                await self._pubsub.unsubscribe(*chunk)
 
     async def _close_connection(self) -> None:
         self._sent.clear()
