@@ -10,13 +10,16 @@ the flooding socket for a moment each time it goes over FRAME_RATE.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import time
 
 import pytest
+import websockets
 
+from livestream.presence import PresenceStore
 from tests.harness import BASE_DIR, Stack, create_accounts, open_socket, ping
 
 pytestmark = pytest.mark.processes
@@ -91,5 +94,65 @@ async def test_a_frame_flood_does_not_slow_another_users_pings(tmp_path, migrate
         assert victim.close_code is None
         assert "Traceback" not in web.log.text()
         await victim.close()
+    finally:
+        stack.stop_all()
+
+
+async def test_a_handshake_storm_is_accepted_or_refused_quickly_and_cleanly(
+    tmp_path, migrated_db_template, key_prefix
+):
+    """Issue 8 item 6: 300 handshakes at once from one IP over HANDSHAKE_RATE, plus 100
+    clients that give up in the middle of their handshake. Each handshake is accepted
+    or refused (403) within seconds; presence holds exactly the accepted sockets; and
+    daphne never has to kill a consumer (it would after application_close_timeout, 10 s)."""
+    stack = Stack(
+        tmp_path,
+        migrated_db_template,
+        key_prefix,
+        env={"LIVESTREAM_HANDSHAKE_RATE": "20", "LIVESTREAM_HANDSHAKE_BURST": "100"},
+    )
+    try:
+        web = stack.start_daphne()
+        accounts = list(create_accounts(stack, [f"storm{i}@x.io" for i in range(20)]).values())
+        accepted, refused, times = [], 0, []
+
+        async def one(i: int):
+            nonlocal refused
+            began = time.monotonic()
+            try:
+                ws = await open_socket(web.url, accounts[i % len(accounts)].session, open_timeout=20)
+            except websockets.InvalidStatus as exc:
+                assert exc.response.status_code == 403
+                refused += 1
+            else:
+                accepted.append(ws)
+            times.append(time.monotonic() - began)
+
+        async def give_up(i: int):
+            with contextlib.suppress(TimeoutError, OSError, websockets.WebSocketException):
+                async with asyncio.timeout(0.005 * (i % 10)):
+                    ws = await open_socket(web.url, accounts[i % len(accounts)].session)
+                    await ws.close()
+
+        await asyncio.gather(*(one(i) for i in range(300)), *(give_up(i) for i in range(100)))
+        store = PresenceStore()
+        present = sum([await store.sessions(a.user_id) for a in accounts])
+        print(
+            f"handshake storm: {len(accepted)} accepted, {refused} refused (403), slowest answer "
+            f"{max(times):.2f}s; {present} present"
+        )
+        assert len(accepted) + refused == 300
+        assert 100 <= len(accepted) < 300 and refused > 0
+        assert max(times) < 5.0
+        await asyncio.gather(*(ws.close() for ws in accepted))
+        deadline = time.monotonic() + 5
+        while sum([await store.sessions(a.user_id) for a in accounts]) > 0:
+            assert time.monotonic() < deadline, "closed sockets still present"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(11.5)  # past application_close_timeout: a stuck consumer would be killed
+        log = web.log.text()
+        assert "took too long to shut down" not in log
+        assert "Exception inside application" not in log
+        assert len(web.log.findall(r"over HANDSHAKE_RATE")) == 1  # one line per IP per minute
     finally:
         stack.stop_all()
