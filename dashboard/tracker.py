@@ -157,9 +157,8 @@ class Tracker:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(get_settings().HEARTBEAT_INTERVAL)
-            if self.stopping:
-                return
-            await self.beat()
+            if not self.stopping:  # handed off: nothing to refresh (and the loop stays up)
+                await self.beat()
 
     async def beat(self) -> None:
         """Refresh every open connection (BATCH per round trip); re-track the ones Redis lost."""

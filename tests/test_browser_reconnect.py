@@ -21,7 +21,9 @@ async def test_the_page_reconnects_after_daphne_restarts_and_keeps_its_manager(
 ):
     stack = Stack(tmp_path, migrated_db_template, key_prefix)
     try:
-        web = stack.start_daphne()
+        # The hand-off delay (CLEANUP_TIMEOUT + HANDOFF_GRACE, set where the leave happens:
+        # the stopping daphne) must outlast the page's backoff while no daphne listens.
+        web = stack.start_daphne(LIVESTREAM_CLEANUP_TIMEOUT="20", LIVESTREAM_HANDOFF_GRACE="30")
         # A wide window: this is about reconnecting, not about the 5 s timing
         # (backoff retries come at ~0.5, 1.5, 3.5, 7.5 s; a slow daphne start
         # under load must not turn this into a stop and restart).

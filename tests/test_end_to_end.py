@@ -83,7 +83,8 @@ async def test_three_tabs_then_last_close_stops_after_five_seconds(stack):
 
 
 async def test_log_lines_use_the_exact_formats(stack):
-    web = stack.start_daphne()
+    # The cleanup delay is set where the leave happens: by the daphne's untrack.
+    web = stack.start_daphne(LIVESTREAM_CLEANUP_TIMEOUT="0.5")
     worker = stack.start_worker(LIVESTREAM_CLEANUP_TIMEOUT="0.5")
     await signup(web.url, "fmt@example.com", "a-long-pass-123")
     session = await login(web.url, "fmt@example.com", "a-long-pass-123")
