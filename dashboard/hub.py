@@ -71,6 +71,9 @@ class Hub:
         self.members: dict[str, set[Any]] = {}
         self._sent: set[str] = set()  # SUBSCRIBE sent on the current connection, no UNSUBSCRIBE since
         self._confirmed: set[str] = set()
+        # SUBSCRIBE replies still due per channel: a channel subscribed, unsubscribed and
+        # subscribed again is ready only at the reply to the last SUBSCRIBE.
+        self._due: dict[str, int] = {}
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._wake = asyncio.Event()
         self._pubsub: Any = None
@@ -129,6 +132,7 @@ class Hub:
                 await self._pubsub.connect()
                 self._sent.clear()
                 self._confirmed.clear()
+                self._due.clear()
                 writer = asyncio.ensure_future(self._write_loop())
                 try:
                     self._wake.set()
@@ -170,6 +174,8 @@ class Hub:
             for start in range(0, len(add), BATCH):
                 chunk = add[start : start + BATCH]
                 self._sent.update(chunk)
+                for channel in chunk:
+                    self._due[channel] = self._due.get(channel, 0) + 1
                 # redis-py's own subscribe(): it remembers the channels, so a reconnect it
                 # makes by itself (its retry) re-subscribes them too.
                 await self._pubsub.subscribe(*chunk)
@@ -182,6 +188,7 @@ class Hub:
     async def _close_connection(self) -> None:
         self._sent.clear()
         self._confirmed.clear()
+        self._due.clear()
         pubsub, client, self._pubsub, self._client = self._pubsub, self._client, None, None
         for closing in (pubsub, client):
             if closing is not None:
@@ -192,6 +199,11 @@ class Hub:
         kind = message.get("type")
         channel = message.get("channel")
         if kind == "subscribe":
+            due = self._due.get(channel, 0) - 1
+            if due > 0:
+                self._due[channel] = due
+                return
+            self._due.pop(channel, None)
             if channel in self._sent:
                 self._confirmed.add(channel)
                 future = self._ready.pop(channel, None)

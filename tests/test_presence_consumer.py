@@ -254,3 +254,45 @@ async def test_frames_over_the_rate_are_dropped_with_one_log_line(configure_live
     lines = [r for r in caplog.records if "sends frames faster than" in r.getMessage()]
     assert len(lines) == 1, lines
     await ws.disconnect()
+
+
+async def test_the_hub_waits_for_the_last_subscribe_of_a_channel_that_came_and_went():
+    """Subscribe, unsubscribe and subscribe again before Redis answered: a socket joining
+    last is ready only at the reply to the last SUBSCRIBE (before it, Redis may still
+    have the channel unsubscribed, and a push would be lost). Replies fed by hand."""
+    from dashboard.consumers import HUB_HANDLERS
+    from dashboard.hub import Hub
+
+    class FakePubSub:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        async def subscribe(self, *channels: str) -> None:
+            self.sent.append("SUBSCRIBE")
+
+        async def unsubscribe(self, *channels: str) -> None:
+            self.sent.append("UNSUBSCRIBE")
+
+    hub = Hub(HUB_HANDLERS)
+    hub._start = lambda: None  # no Redis: this drives the bookkeeping alone
+    hub._pubsub = pubsub = FakePubSub()
+    writer = asyncio.ensure_future(hub._write_loop())
+    channel = "c"
+    first, second = object(), object()
+    try:
+        joined_first = asyncio.ensure_future(hub.join(first, [channel]))
+        await wait_until(lambda: pubsub.sent == ["SUBSCRIBE"], 1, "the first SUBSCRIBE")
+        hub.leave(first, [channel])
+        await wait_until(lambda: pubsub.sent[-1:] == ["UNSUBSCRIBE"], 1, "the UNSUBSCRIBE")
+        joined_second = asyncio.ensure_future(hub.join(second, [channel]))
+        await wait_until(lambda: len(pubsub.sent) == 3, 1, "the second SUBSCRIBE")
+        await hub._handle({"type": "subscribe", "channel": channel})  # reply to the first
+        await asyncio.sleep(0.01)
+        assert not joined_second.done()
+        await hub._handle({"type": "unsubscribe", "channel": channel})
+        await hub._handle({"type": "subscribe", "channel": channel})  # reply to the last
+        await asyncio.wait_for(joined_second, 1)
+        await asyncio.wait_for(joined_first, 1)
+        assert hub.subscribed() == {channel}
+    finally:
+        writer.cancel()
