@@ -403,7 +403,7 @@ def _small_receive_buffer(protocol: Any) -> None:
     have daphne parse a 64 KiB read (thousands of frames, ~100 ms of Python) in one
     go while every other socket of the process waits. With 4 KiB (the kernel doubles
     it) a read is a few hundred frames at most (measured during a flood: another
-    user's ping round trip at most 7-36 ms over 4 runs; 92 ms with 16 KiB, 242 ms with the default), and the frame rate
+    user's ping round trip at most 7-36 ms in 3 runs; 92 ms with 16 KiB, 242 ms with the default), and the frame rate
     limit pauses the rest. Larger frames still arrive, in more reads.
     """
     sock = getattr(getattr(protocol, "transport", None), "socket", None)
