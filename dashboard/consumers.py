@@ -1,43 +1,95 @@
 """The dashboard's WebSocket: one presence entry per open connection.
 
-connect    -> reject anonymous users and cross-origin handshakes before
-              anything is written; accept; track the connection; broadcast
-              the join; start a heartbeat.
-heartbeat  -> every HEARTBEAT_INTERVAL refresh the connection's deadline (and
-              re-track it if Redis lost it, broadcasting a join).
-disconnect -> untrack; broadcast the leave. Kept cheap: daphne kills slow
-              disconnect handlers on shutdown.
-live       -> the user's manager status and session count are pushed to the
-              page, and a session's sockets close when it logs out
-              (dashboard/live.py).
+connect    -> refuse anonymous users and cross-origin handshakes before anything
+              is written (``handshake_rejection``), and handshakes over the per-IP
+              rate (HANDSHAKE_RATE) or while this daphne is stopping; subscribe
+              the socket's channels on this process's hub (dashboard/hub.py);
+              track the connection (dashboard/tracker.py: batched, one EVALSHA for
+              everything queued); then accept. A connection over
+              MAX_SOCKETS_PER_USER is untracked, accepted and closed with 4029.
+heartbeat  -> none per socket: the process's tracker refreshes all of its open
+              connections every HEARTBEAT_INTERVAL in batches.
+disconnect -> forget (heartbeat set), queue the untrack (retried in the background
+              until it succeeds), leave the hub. Never blocks on anything slow:
+              it waits at most UNTRACK_WAIT for the untrack, then lets it finish in
+              the background.
+pushes     -> from the hub, by an explicit allowlist (HUB_HANDLERS): the user's
+              manager status and session count are forwarded to live sockets
+              (``?live=1``) as published; ``session.ended`` (logout, dashboard/sessions.py)
+              closes with 4001; ``user.deactivated`` closes with 4003.
+
+Redis round trips per connect: one SUBSCRIBE (only when this process had no socket
+on those channels yet) and one share of a batched track; per disconnect: one share
+of a batched untrack (plus a batched UNSUBSCRIBE when it was the channel's last
+socket here). Session counts are the worker's job (coalesced), not the socket's.
+
+Track before accept, not after: once the browser sees the socket open, the
+connection is present (a handshake that completes is never a tab the worker does
+not know about), a connect that cannot reach Redis is refused (the page backs off
+and retries) instead of being an open socket nobody tracks, and the per-user cap is
+decided before the socket is used.
+
+Channels plumbing left out on purpose: no channel layer (``__call__`` reads only
+daphne's queue, so no channel or receive task per socket and no group round
+trips), and no ``aclose_old_connections`` hop to a thread before every message
+(Channels 4.2+ does it in ``dispatch`` for handlers that use the ORM; these never
+do: the auth middleware loaded the user before the consumer starts).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
 import time
 import uuid
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
-from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.http.request import validate_host
 
 from dashboard import shutdown
-from dashboard.live import LiveDashboardMixin
+from dashboard.hub import control_channel, get_hub
+from dashboard.limits import KeyedBuckets, Throttled, TokenBucket
+from dashboard.live import SESSION_ENDED, wants_pushes
+from dashboard.tracker import get_tracker
+from livestream import push
 from livestream.conf import get_settings
-from livestream.presence import PresenceStore
 
 logger = logging.getLogger(__name__)
 
-# Close code for a frame over MAX_FRAME_BYTES. Not 1009 ("message too big"):
-# autobahn lets an application close only with 1000 or 3000-4999, and raises
-# (killing the consumer) on anything else.
-FRAME_TOO_BIG = 4009
+# Close codes (autobahn lets an application close only with 1000 or 3000-4999;
+# 1012 is sent on the protocol directly by dashboard/shutdown.py):
+FRAME_TOO_BIG = 4009  # a frame over MAX_FRAME_BYTES (1009 is not allowed to apps)
+DEACTIVATED = 4003  # the account was deactivated: presence.js shows "signed out", no retry
+TOO_MANY_SOCKETS = 4029  # over MAX_SOCKETS_PER_USER: "too many open tabs", retried after 30-60 s
+SERVICE_RESTART = 1012  # daphne stopping (deploy): reconnect soon, elsewhere
+
+# A connect must finish (subscribe + track) within this, well before daphne's
+# handshake timeout (5 s) and application_close_timeout (10 s); else it is refused.
+CONNECT_BUDGET = 4.0
+# disconnect() waits this long at most for its untrack; the tracker finishes it anyway.
+UNTRACK_WAIT = 1.0
+
+# Kernel receive buffer of a dashboard socket (bytes; see _small_receive_buffer).
+RECEIVE_BUFFER = 4 * 1024
+
+# Hub message type -> handler. Nothing else from Redis reaches a socket.
+HUB_HANDLERS = {
+    "manager": "hub_manager",
+    "sessions": "hub_sessions",
+    "session.ended": "hub_session_ended",
+    "user.deactivated": "hub_user_deactivated",
+}
+
+_refusals = Throttled(60.0)  # one log line per reason per minute
+_handshake_buckets: dict[int, KeyedBuckets] = {}
 
 
 def handshake_rejection(scope: dict[str, Any]) -> str | None:
@@ -60,52 +112,85 @@ def handshake_rejection(scope: dict[str, Any]) -> str | None:
     return None
 
 
-class PresenceConsumer(LiveDashboardMixin, AsyncWebsocketConsumer):
+def _handshake_limiter() -> KeyedBuckets:
+    conf = get_settings()
+    loop_id = id(asyncio.get_running_loop())
+    limiter = _handshake_buckets.get(loop_id)
+    if limiter is None or (limiter.rate, limiter.burst) != (conf.HANDSHAKE_RATE, conf.HANDSHAKE_BURST):
+        _handshake_buckets.clear()
+        limiter = _handshake_buckets[loop_id] = KeyedBuckets(conf.HANDSHAKE_RATE, conf.HANDSHAKE_BURST)
+    return limiter
+
+
+def _refuse_log(reason: str, detail: str) -> None:
+    held = _refusals.due(reason)
+    if held is not None:
+        logger.warning(
+            "[PresenceConsumer] refused handshake: %s (%d more like it since the last line)", detail, held
+        )
+
+
+class PresenceConsumer(AsyncWebsocketConsumer):
     user_id: str | None = None
     meta: dict[str, Any] | None = None
-    heartbeat: asyncio.Task[None] | None = None
+    ref: str | None = None  # set once a track was asked for: end_for_good untracks it
+    channels: tuple[str, ...] = ()
+    live = False
+    closing = False
+    handed_off = False  # SIGTERM: dashboard/shutdown.py untracked it with the hand-off delay
+
+    # -- the ASGI loop -----------------------------------------------------
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        self.tasks: set[asyncio.Task[None]] = set()
+        handlers = {
+            "websocket.connect": self.websocket_connect,
+            "websocket.receive": self.websocket_receive,
+            "websocket.disconnect": self.websocket_disconnect,
+        }
         try:
-            await super().__call__(scope, receive, send)
+            while True:
+                message = await receive()
+                handler = handlers.get(message.get("type"))
+                if handler is None:
+                    logger.warning(
+                        "[PresenceConsumer] dropped an ASGI message of type %.100r", message.get("type")
+                    )
+                    continue
+                await handler(message)
+        except StopConsumer:
+            pass
         finally:
             await self.end_for_good()
 
     async def end_for_good(self) -> None:
-        """However the consumer ended (a handler raised, daphne cancelled it or is
-        stopping, see dashboard/shutdown.py), end its presence.
-
-        Channels does not cancel tasks a dead consumer spawned: its heartbeat would
-        keep re-tracking a closed socket, and the user would stay present for ever.
-        """
+        """However the consumer ended (disconnect, a handler raised, daphne cancelled
+        it), leave the hub and untrack the connection once. Never blocks long."""
         shutdown.forget(self)
-        if self.heartbeat is not None:
-            self.heartbeat.cancel()
-        await self.leave_live_groups()  # no-op after disconnect(); never raises
-        if self.meta is None:  # disconnect() already did it
-            return
-        try:
-            await self.end_presence()
-        except Exception as exc:  # Redis down: the entry expires after PRESENCE_TTL instead
-            logger.warning("[PresenceConsumer] connection of user %s not untracked: %r", self.user_id, exc)
+        if self.channels:
+            get_hub(HUB_HANDLERS).leave(self, self.channels)
+            self.channels = ()
+        for task in self.tasks:
+            task.cancel()
+        future = self._untrack()
+        if future is not None:
+            with _quiet():  # the tracker retries it until it succeeds
+                await asyncio.wait_for(asyncio.shield(future), UNTRACK_WAIT)
 
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        """A layer message nobody here handles is dropped with a log line.
+    def _untrack(self, cleanup_delay: float | None = None) -> asyncio.Future[Any] | None:
+        """Queue this connection's untrack (once); forgets it for heartbeats first."""
+        ref, self.ref = self.ref, None
+        if ref is None or self.handed_off or self.user_id is None:
+            return None
+        tracker = get_tracker()
+        if cleanup_delay is None and tracker.stopping:
+            cleanup_delay = shutdown.handoff_delay()
+        return tracker.untrack(self.user_id, ref, cleanup_delay)
 
-        Channels raises instead, which ends the consumer and closes the user's tab.
-        """
-        try:
-            handler = getattr(self, get_handler_name(message), None)
-        except ValueError:  # no type, or a malformed one
-            handler = None
-        if handler is None:
-            logger.warning(
-                "[PresenceConsumer] dropped a message of unknown type %.100r for user %s",
-                message.get("type") if isinstance(message, dict) else message,
-                self.user_id,
-            )
-            return
-        await super().dispatch(message)
+    # -- connect -----------------------------------------------------------
 
     async def connect(self) -> None:
         reason = handshake_rejection(self.scope)
@@ -113,59 +198,225 @@ class PresenceConsumer(LiveDashboardMixin, AsyncWebsocketConsumer):
             logger.warning("[PresenceConsumer] rejected handshake: %s", reason)
             await self.close()
             return
+        tracker = get_tracker()
+        if tracker.stopping:
+            _refuse_log("stopping", "this daphne is stopping")
+            await self.close()
+            return
+        client = self.scope.get("client") or ("?", 0)
+        ip = str(client[0])
+        if not _handshake_limiter().take(ip):
+            _refuse_log("rate:" + ip, f"over HANDSHAKE_RATE from {ip!r}")
+            await self.close()
+            return
+        conf = get_settings()
         user = self.scope["user"]
-        await self.accept()
         self.user_id = str(user.pk)
+        self.live = wants_pushes(self.scope)
+        session_key = getattr(self.scope.get("session"), "session_key", None)
+        channels = [control_channel(self.user_id)]
+        if session_key:
+            channels.append(push.session_channel(session_key))
+        if self.live:
+            channels.append(push.user_channel(self.user_id))
+        self.channels = tuple(channels)
         self.meta = {"email": user.email, "joined_at": int(time.time()), "ref": uuid.uuid4().hex}
-        self.store = PresenceStore()
-        join = await self.store.track(self.user_id, self.meta)
-        await self.join_live_groups()
-        if join is not None:
-            await self.push_sessions(join.sessions)  # this tab is in the group now: it gets it too
-        self.heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            async with asyncio.timeout(CONNECT_BUDGET):
+                # Subscribed before tracked: the worker's first push after the join reaches us.
+                await get_hub(HUB_HANDLERS).join(self, self.channels)
+                self.ref = self.meta["ref"]
+                change = await tracker.track(self.user_id, self.meta)
+        except Exception as exc:  # Redis down or too slow: refuse; the page backs off and retries
+            _refuse_log("redis", f"presence not tracked for user {self.user_id}: {exc!r}")
+            await self.close()
+            return
+        if change is not None and change.sessions > conf.MAX_SOCKETS_PER_USER:
+            future = self._untrack()
+            _refuse_log(
+                "cap:" + self.user_id,
+                f"user {self.user_id} has {change.sessions - 1} sockets open (MAX_SOCKETS_PER_USER "
+                f"{conf.MAX_SOCKETS_PER_USER}); closing with {TOO_MANY_SOCKETS}",
+            )
+            if future is not None:
+                with _quiet():
+                    await asyncio.wait_for(asyncio.shield(future), UNTRACK_WAIT)
+            self.closing = True
+            await self.accept()
+            await self.close(code=TOO_MANY_SOCKETS)
+            return
+        if tracker.stopping:  # SIGTERM arrived while we were tracking
+            self._untrack()
+            await self.close()
+            return
+        await self.accept()
+        _small_receive_buffer(self._protocol())
+        tracker.watch(self.user_id, self.meta)
+        self.frames = TokenBucket(conf.FRAME_RATE, conf.FRAME_BURST)
         shutdown.register(self)
 
-    async def disconnect(self, code: int) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat.cancel()
-        await self.end_presence()
-        await self.leave_live_groups()
+    # -- client frames -----------------------------------------------------
 
-    async def end_presence(self) -> None:
-        """Untrack this connection (once) and tell the worker and the user's other tabs."""
-        if self.user_id is None or self.meta is None:
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        frames: TokenBucket | None = getattr(self, "frames", None)
+        if frames is not None and not frames.take():
+            self._too_fast()
+            if self.dropped_frames % 64 == 0:
+                await asyncio.sleep(0)  # daphne queued a whole read of them: let other sockets run
             return
-        leave = await self.store.untrack(self.user_id, self.meta["ref"])
-        self.meta = None
-        if leave is not None:
-            await self.push_sessions(leave.sessions)
-
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        text = message.get("text")
+        data = message.get("bytes")
+        size = len(text.encode()) if text is not None else len(data or b"")
         if size > get_settings().MAX_FRAME_BYTES:
             logger.warning("[PresenceConsumer] user %s sent a %d-byte frame; closing", self.user_id, size)
             await self.close(code=FRAME_TOO_BIG)
             return
-        if bytes_data is not None:
+        if text is None:
             logger.info("[PresenceConsumer] ignored a binary frame from user %s", self.user_id)
             return
         try:
-            message = json.loads(text_data or "")
+            frame = json.loads(text)
         except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
             logger.info("[PresenceConsumer] ignored a non-JSON frame from user %s", self.user_id)
             return
-        if isinstance(message, dict) and message.get("type") == "ping":
-            await self.send(text_data=json.dumps({"type": "pong"}))
+        if isinstance(frame, dict) and frame.get("type") == "ping":
+            await self.send(text_data='{"type": "pong"}')
 
-    async def _heartbeat(self) -> None:
-        interval = get_settings().HEARTBEAT_INTERVAL
-        while True:
-            await asyncio.sleep(interval)
-            if self.meta is None:
-                return
-            try:
-                join = await self.store.refresh(self.user_id, self.meta)
-                if join is not None:
-                    logger.info("[PresenceConsumer] re-tracked connection of user %s", self.user_id)
-            except Exception as exc:  # Redis restarting: the next beat tries again
-                logger.warning("[PresenceConsumer] heartbeat of user %s failed: %r", self.user_id, exc)
+    def _too_fast(self) -> None:
+        """Over FRAME_RATE: drop, count, log once a minute, and stop reading this socket
+        for a moment (backpressure: a flooding client cannot make daphne parse
+        frames faster than it drops them)."""
+        self.dropped_frames = getattr(self, "dropped_frames", 0) + 1
+        now = time.monotonic()
+        if now - getattr(self, "dropped_logged", -1e9) >= 60:
+            self.dropped_logged = now
+            logger.warning(
+                "[PresenceConsumer] user %s sends frames faster than %s/s: %d dropped on this socket so far",
+                self.user_id,
+                get_settings().FRAME_RATE,
+                self.dropped_frames,
+            )
+        transport = getattr(self._protocol(), "transport", None)
+        if transport is not None and not getattr(self, "paused", False):
+            # Not read for a while (0.25 s, doubling to 4 s while it keeps flooding):
+            # TCP then blocks the client, and each read is at most RECEIVE_BUFFER.
+            self.paused = True
+            self.pause_for = min(getattr(self, "pause_for", 0.125) * 2, 4.0)
+            transport.pauseProducing()
+
+            def resume() -> None:
+                self.paused = False
+                transport.resumeProducing()
+
+            asyncio.get_running_loop().call_later(self.pause_for, resume)
+
+    # -- disconnect --------------------------------------------------------
+
+    async def disconnect(self, code: int) -> None:
+        future = self._untrack()
+        if self.channels:
+            get_hub(HUB_HANDLERS).leave(self, self.channels)
+            self.channels = ()
+        if future is not None:
+            with _quiet():
+                await asyncio.wait_for(asyncio.shield(future), UNTRACK_WAIT)
+
+    # -- hub messages (see HUB_HANDLERS; awaited by the hub: never block) -----
+
+    async def hub_manager(self, event: dict[str, Any], raw: str) -> None:
+        if self.live and self._is_mine(event):
+            await self._forward(raw)
+
+    async def hub_sessions(self, event: dict[str, Any], raw: str) -> None:
+        if self.live and self._is_mine(event) and isinstance(event.get("sessions"), int):
+            await self._forward(raw)
+
+    async def hub_session_ended(self, event: dict[str, Any], raw: str) -> None:
+        self._spawn(self.end_and_close(SESSION_ENDED, f"session {str(event.get('reason', 'ended'))[:100]!r}"))
+
+    async def hub_user_deactivated(self, event: dict[str, Any], raw: str) -> None:
+        if self._is_mine(event):
+            self._spawn(self.end_and_close(DEACTIVATED, "account deactivated"))
+
+    async def end_and_close(self, code: int, why: str) -> None:
+        """Leave presence at once (not at disconnect), then close with ``code``."""
+        if self.closing:
+            return
+        self.closing = True
+        logger.info("[PresenceConsumer] closing a socket of user %s: %s", self.user_id, why)
+        future = self._untrack()
+        if future is not None:
+            with _quiet():
+                await asyncio.wait_for(asyncio.shield(future), 5.0)
+        await self.close(code=code)
+
+    async def close_for_restart(self) -> None:
+        """Close with 1012 (service restart); daphne's API allows only 1000 and 3000-4999."""
+        self.closing = True
+        protocol = self._protocol()
+        if protocol is not None and hasattr(protocol, "sendCloseFrame"):
+            protocol.sendCloseFrame(code=SERVICE_RESTART, isReply=False)
+        else:  # not under daphne (tests' communicator)
+            await self.close(code=4000 + SERVICE_RESTART % 1000)
+
+    def _protocol(self) -> Any:
+        """daphne's WebSocketProtocol: its ``send`` is ``partial(server.handle_reply, protocol)``,
+        wrapped by Channels' session middleware (``InstanceSessionWrapper.send``)."""
+        send = getattr(self, "base_send", None)
+        for _ in range(5):
+            if isinstance(send, partial):
+                return send.args[0] if send.args else None
+            send = getattr(getattr(send, "__self__", None), "real_send", None)
+        return None
+
+    def _is_mine(self, event: dict[str, Any]) -> bool:
+        """Defence in depth: a message for another user is dropped, never forwarded."""
+        if event.get("user_id") == self.user_id:
+            return True
+        logger.error(
+            "[PresenceConsumer] dropped %.100r for user %.100r on a socket of user %s",
+            event.get("type"),
+            event.get("user_id"),
+            self.user_id,
+        )
+        return False
+
+    async def _forward(self, raw: str) -> None:
+        if self.closing:
+            return
+        try:
+            await self.base_send({"type": "websocket.send", "text": raw})
+        except Exception as exc:
+            # The client is closing (daphne raises on a send in that state); its disconnect follows.
+            logger.debug("[PresenceConsumer] push to a closing socket of %s dropped: %r", self.user_id, exc)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+def _small_receive_buffer(protocol: Any) -> None:
+    """Cap the kernel's receive buffer of a dashboard socket at RECEIVE_BUFFER.
+
+    A page sends a few tiny frames a minute; a client flooding frames would otherwise
+    have daphne parse a 64 KiB read (thousands of frames, ~100 ms of Python) in one
+    go while every other socket of the process waits. With 4 KiB (the kernel doubles
+    it) a read is a few hundred frames at most (measured during a flood: another
+    user's ping round trip at most 7-36 ms in 3 runs; 92 ms with 16 KiB, 242 ms with the default), and the frame rate
+    limit pauses the rest. Larger frames still arrive, in more reads.
+    """
+    sock = getattr(getattr(protocol, "transport", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+
+
+class _quiet:
+    """``with _quiet(): await ...``: a wait that may time out or fail without consequence."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        return kind is not None and issubclass(kind, Exception)

@@ -3,9 +3,15 @@
 Channels authenticates a socket once, at connect, so logging out over HTTP
 would leave that session's open tabs connected (and present) as the old user.
 On ``user_logged_out``, ``user_logged_in`` (login rotates the session key),
-``hijack_started`` and ``hijack_ended`` we send
-``session.ended`` to the session's group (dashboard/live.py); its sockets
-untrack at once and close with code 4001, and the pages reload.
+``hijack_started`` and ``hijack_ended`` we publish ``session.ended`` to the
+session's channel (``push.session_channel``; every daphne's hub delivers it to
+the sockets opened with that session, dashboard/hub.py); they untrack at once
+and close with code 4001, and the pages reload.
+
+Deactivating a user (any ``save()`` with ``is_active=False``: the admin, a shell)
+publishes ``user.deactivated`` to the user's control channel once the transaction
+commits; their sockets untrack and close with 4003 and the page shows "signed
+out". The auth middleware refuses inactive users, so they cannot reconnect.
 
 The session key is the one the browser sent (the cookie): that is the key its
 sockets were opened with, whatever login()/logout() rotate it to. The send
@@ -21,15 +27,17 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from asgiref.sync import async_to_sync, iscoroutinefunction
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.signals import user_logged_in, user_logged_out
+from django.db import transaction
+from django.db.models.signals import post_save
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 from django.utils.decorators import sync_and_async_middleware
 from hijack.signals import hijack_ended, hijack_started
 
-from dashboard.live import session_group
+from dashboard.hub import control_channel
+from livestream import push
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +46,27 @@ _PENDING = "_streampai_ended_sessions"
 
 async def close_session_sockets(session_keys: Iterable[str], reason: str) -> None:
     """Close every dashboard socket opened with one of ``session_keys``; never raises."""
-    layer = get_channel_layer()
-    for session_key in set(session_keys):
-        try:
-            await layer.group_send(session_group(session_key), {"type": "session.ended", "reason": reason})
-        except Exception as exc:  # Redis down: the sockets stay until they close or expire
-            logger.warning("[sessions] could not close the sockets of an ended session: %r", exc)
+    message = {"type": "session.ended", "reason": reason}
+    await _publish([(push.session_channel(key), message) for key in set(session_keys)])
+
+
+async def _publish(messages: list[tuple[str, dict[str, Any]]]) -> None:
+    """PUBLISH each (channel, message) on a short-lived client (these are rare); never raises."""
+    from streampai.redisconf import redis_client
+
+    client = redis_client()
+    try:
+        for channel, message in messages:
+            await push.publish(channel, message, client)
+    except Exception as exc:  # Redis down: the sockets stay until they close or expire
+        logger.warning("[sessions] could not close the sockets of an ended session: %r", exc)
+    finally:
+        await client.aclose()
+
+
+def close_user_sockets(user_id: str, reason: str = "account deactivated") -> None:
+    """Close every dashboard socket of ``user_id`` (all daphne processes) with 4003."""
+    async_to_sync(_publish)([(control_channel(user_id), {"type": "user.deactivated", "user_id": user_id})])
 
 
 def end_session(request: HttpRequest | None, reason: str) -> None:
@@ -109,3 +132,11 @@ def _on_hijack_started(sender: Any, request: HttpRequest | None = None, **kwargs
 @receiver(hijack_ended, dispatch_uid="dashboard.sessions.hijack_ended")
 def _on_hijack_ended(sender: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
     end_session(request, "impersonation ended")
+
+
+@receiver(post_save, sender=settings.AUTH_USER_MODEL, dispatch_uid="dashboard.sessions.deactivated")
+def _on_user_saved(sender: Any, instance: Any, created: bool = False, **kwargs: Any) -> None:
+    if created or getattr(instance, "is_active", True):
+        return
+    user_id = str(instance.pk)
+    transaction.on_commit(lambda: close_user_sockets(user_id))

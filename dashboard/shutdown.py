@@ -1,14 +1,29 @@
-"""Ending every open socket's presence when daphne stops gracefully (SIGTERM).
+"""Handing a stopping daphne's sockets over to the next one (SIGTERM, a rolling deploy).
 
-daphne means to cancel each socket's application before it exits, and each
-PresenceConsumer then untracks its connection on the way out. But daphne 4.2.3's
-kill_all_applications raises KeyError (and Twisted swallows it) as soon as one
-entry of its connection table has no application, which is the case for about
-a second after every HTTP request or WebSocket handshake: with any traffic at all,
-nothing is cancelled and every connection would linger for PRESENCE_TTL, as
-after kill -9. So the consumers also register here, and a Twisted before-shutdown
-trigger of our own ends the presence of all that are still open. Twisted waits
-for it before stopping the loop; doing it twice is harmless (untrack is idempotent).
+daphne means to cancel each socket's application before it exits. But daphne
+4.2.3's kill_all_applications raises KeyError (and Twisted swallows it) as soon
+as one entry of its connection table has no application, which is the case for
+about a second after every HTTP request or WebSocket handshake: with any traffic
+at all, nothing is cancelled and every connection would linger for PRESENCE_TTL,
+as after kill -9. So the consumers register here, and a Twisted before-shutdown
+trigger of our own (Twisted waits for it before stopping the loop) hands them off:
+
+  1. new handshakes are refused (the tracker is ``stopping``) and the heartbeat
+     loop stops;
+  2. every open connection is untracked, BATCH per round trip, with the cleanup
+     delay CLEANUP_TIMEOUT + HANDOFF_GRACE instead of CLEANUP_TIMEOUT: the users'
+     managers keep running while their pages reconnect to another daphne (a join
+     cancels the pending cleanup); a tab that does not come back stops its
+     manager CLEANUP_TIMEOUT + HANDOFF_GRACE after the deploy;
+  3. each socket is closed with 1012 ("service restart"; sent on daphne's protocol
+     directly, as daphne's own close accepts only 1000 and 3000-4999). presence.js
+     reconnects after a random 0.1-2 s, so thousands of tabs do not arrive in the
+     same millisecond, then backs off as usual;
+  4. it waits (at most 2 s) for the closing handshakes, so the close frames leave
+     before the process does.
+
+A consumer that daphne does cancel meanwhile skips its own untrack (it is
+``handed_off``). Untrack is idempotent either way.
 """
 
 from __future__ import annotations
@@ -16,26 +31,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 import weakref
-from typing import Any, Protocol
+from typing import Any
+
+from livestream.conf import get_settings
 
 logger = logging.getLogger(__name__)
-
-
-class EndsPresence(Protocol):
-    async def end_for_good(self) -> None: ...
-
 
 _open: weakref.WeakSet[Any] = weakref.WeakSet()
 _installed = False
 
 
-def register(consumer: EndsPresence) -> None:
+def handoff_delay() -> float:
+    conf = get_settings()
+    return conf.CLEANUP_TIMEOUT + conf.HANDOFF_GRACE
+
+
+def register(consumer: Any) -> None:
     _open.add(consumer)
     _install()
 
 
-def forget(consumer: EndsPresence) -> None:
+def forget(consumer: Any) -> None:
     _open.discard(consumer)
 
 
@@ -46,16 +64,65 @@ def _install() -> None:
         return
     from twisted.internet import reactor
 
-    reactor.addSystemEventTrigger("before", "shutdown", _end_all)
+    reactor.addSystemEventTrigger("before", "shutdown", _hand_off_all)
     _installed = True
 
 
-def _end_all() -> Any:
-    consumers = list(_open)
-    if not consumers:
-        return None
+def _hand_off_all() -> Any:
     from twisted.internet import defer
 
-    logger.info("[PresenceConsumer] shutting down: ending the presence of %d open sockets", len(consumers))
-    ending = asyncio.gather(*(c.end_for_good() for c in consumers), return_exceptions=True)
-    return defer.Deferred.fromFuture(asyncio.ensure_future(ending))
+    consumers = list(_open)
+    # Synchronously, before any cancelled consumer runs its finally: they must not
+    # untrack themselves with the normal delay.
+    for consumer in consumers:
+        consumer.handed_off = True
+    return defer.Deferred.fromFuture(asyncio.ensure_future(hand_off(consumers)))
+
+
+async def hand_off(consumers: list[Any]) -> None:
+    """Untrack ``consumers`` with the hand-off delay, then close them with 1012; never raises."""
+    from dashboard.tracker import BATCH, get_tracker
+
+    tracker = get_tracker()
+    tracker.stopping = True
+    delay = handoff_delay()
+    started = time.monotonic()
+    logger.info(
+        "[PresenceConsumer] shutting down: handing off %d open sockets (their cleanup in %.1fs)",
+        len(consumers),
+        delay,
+    )
+    pairs = []
+    for consumer in consumers:
+        consumer.handed_off = True
+        ref, user_id = consumer.ref, consumer.user_id
+        consumer.ref = None
+        if ref is not None and user_id is not None:
+            tracker.forget(ref)
+            pairs.append((user_id, ref))
+    store = tracker.store()
+    for start in range(0, len(pairs), BATCH):
+        batch = pairs[start : start + BATCH]
+        for attempt in range(5):
+            try:
+                await store.untrack_many(batch, cleanup_delay=delay)
+                break
+            except Exception as exc:  # their entries expire after PRESENCE_TTL instead
+                logger.warning(
+                    "[PresenceConsumer] hand-off untrack failed (attempt %d): %r", attempt + 1, exc
+                )
+                await asyncio.sleep(0.2)
+    for consumer in consumers:
+        try:
+            await consumer.close_for_restart()
+        except Exception as exc:
+            logger.debug("[PresenceConsumer] close on shutdown failed: %r", exc)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        protocols = [c._protocol() for c in consumers]
+        if all(p is None or getattr(p, "state", None) == getattr(p, "STATE_CLOSED", None) for p in protocols):
+            break
+        await asyncio.sleep(0.02)
+    logger.info(
+        "[PresenceConsumer] handed off %d sockets in %.2fs", len(consumers), time.monotonic() - started
+    )

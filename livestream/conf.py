@@ -67,6 +67,21 @@ class LivestreamSettings:
     # dashboards (seconds; see livestream/user_status.py). At most one group_send
     # per running manager per push; 0 leaves only the lifecycle pushes.
     STATUS_PUSH_INTERVAL: float = 1.0
+    # Dashboard socket limits (dashboard/consumers.py). Open dashboard sockets per
+    # user across all daphne processes; one more is accepted then closed with 4029
+    # ("too many open tabs"; presence.js retries only after 30-60 s).
+    MAX_SOCKETS_PER_USER: int = 20
+    # WebSocket handshakes per second per client IP, per daphne process (token
+    # bucket; up to HANDSHAKE_BURST at once). Over it the handshake is refused
+    # (HTTP 403). 0 disables it; behind a proxy every client has the proxy's IP
+    # unless daphne runs with --proxy-headers.
+    HANDSHAKE_RATE: float = 50.0
+    HANDSHAKE_BURST: int = 500
+    # Client frames per second per socket (token bucket, up to FRAME_BURST at once).
+    # Frames over it are dropped and counted (one log line per socket per minute),
+    # and the socket is not read for a moment. 0 disables it.
+    FRAME_RATE: float = 20.0
+    FRAME_BURST: int = 60
 
     # --- Production (issue 9) ---
     # Ceiling of every Redis connection pool of a process (the app's client per

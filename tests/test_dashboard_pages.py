@@ -34,7 +34,8 @@ def test_signed_in_users_get_the_page_with_the_presence_socket(client, path):
 def test_presence_script_reconnects_with_backoff():
     # A static check that the reconnect path exists; the browser tests exercise it for real.
     body = Path(finders.find("dashboard/presence.js")).read_text()
-    assert "onclose" in body and "setTimeout(connect" in body and "maxDelay" in body
+    assert "onclose" in body and "setTimeout(connect" in body and "MAX_DELAY" in body
+    assert "1012" in body and "4029" in body and "4003" in body  # restart, too many tabs, deactivated
 
 
 def test_signup_and_login_pages_are_allauths(client):

@@ -18,12 +18,11 @@ import websockets
 from channels.layers import get_channel_layer
 
 from dashboard.consumers import FRAME_TOO_BIG
-from livestream import diffs
+from livestream import diffs, push
 from livestream.leases import LeaseStore
 from livestream.presence import PresenceStore
 from livestream.presence_manager import PresenceManager
 from livestream.timers import TimerPump, TimerStore
-from livestream.user_status import user_group
 from streampai.redisconf import channel_layers
 from tests.conftest import wait_until
 from tests.harness import (
@@ -168,15 +167,30 @@ async def test_bad_layer_messages_are_dropped_and_the_worker_keeps_serving(stack
     ws = await open_socket(web.url, user.session, path="/ws/presence/?live=1")  # in its user's group
     await log.wait_for(rf"UserStreamManager started: {user.user_id}$", timeout=5)
 
-    # The dashboard socket's group gets nonsense too: dropped, the tab stays open.
-    await ping(ws)  # handlers run in order: after the pong, connect() has joined the groups
-    group = user_group(user.user_id)
-    for message in [{"type": "no.handler.here"}, {"type": "_private"}, {"type": "websocket.send.x"}]:
-        await layer.group_send(group, message)
-    await web.log.wait_for(
-        rf"dropped a message of unknown type .* for user {user.user_id}", timeout=5, count=3
-    )
+    # The dashboard socket's push channel gets nonsense too (issue 9 item 9): only the
+    # allowlisted types are dispatched; anything else, client-only ASGI types included,
+    # is dropped with one log line and the tab stays open.
+    await ping(ws)  # the socket was subscribed before its handshake completed
+    channel = push.user_channel(user.user_id)
+    nonsense = [
+        {"type": "no.handler.here"},
+        {"type": "_private"},
+        {"type": "websocket.send.x"},
+        {"type": "websocket.disconnect", "code": 1000},
+        {"type": "websocket.receive", "text": '{"type": "ping"}'},
+        {"type": "websocket.connect"},
+        {"type": 5},
+        {"no_type": True},
+    ]
+    for message in nonsense:
+        await push.publish(channel, message)
+    for raw in ["not json", "[1, 2]", "\n[hub] forged line"]:
+        await aredis.publish(channel, raw)
+    await web.log.wait_for(r"\[hub\] dropped a message of type", timeout=5, count=len(nonsense) + 3)
+    assert len(web.log.findall(r"\[hub\] dropped a message of type")) == len(nonsense) + 3  # one line each
+    assert not web.log.findall(r"^\[hub\] forged line")  # logged with %r: no forged line
     await ping(ws)
+    assert ws.close_code is None
     assert "Traceback" not in web.log.text()
     assert worker.alive()
     assert "Traceback" not in log.text()

@@ -6,9 +6,11 @@ Real processes: two daphne, one runworker, the suite's private redis-server.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 import pytest
+import websockets
 
 from livestream.presence import PresenceStore
 from tests.harness import Stack, create_accounts, manager_runs, open_socket, overlapping_runs
@@ -16,6 +18,7 @@ from tests.harness import Stack, create_accounts, manager_runs, open_socket, ove
 pytestmark = pytest.mark.processes
 
 TTL, HEARTBEAT, CLEANUP = 3.0, 1.0, 2.0
+GRACE = 2.0  # HANDOFF_GRACE
 ENV = {
     "LIVESTREAM_PRESENCE_TTL": str(TTL),
     "LIVESTREAM_HEARTBEAT_INTERVAL": str(HEARTBEAT),
@@ -80,25 +83,48 @@ async def test_kill_9_daphne_expires_its_connections_and_stops_only_its_users(st
         await ws.close()
 
 
-async def test_sigterm_daphne_untracks_its_connections_at_once(stack):
-    """A graceful daphne stop ends its sockets' presence at once, not after PRESENCE_TTL.
+async def test_sigterm_daphne_hands_its_connections_off(stack):
+    """A graceful daphne stop (a deploy) untracks its sockets at once, with the hand-off delay.
 
     daphne 4.2.3's own cancel of the consumers fails whenever a connection less
     than about a second old is in its table (as here: SIGTERM right after the
-    handshake); dashboard/shutdown.py's trigger does it regardless.
+    handshake); dashboard/shutdown.py's trigger does it regardless. The socket is
+    closed with 1012 (service restart) and, as this tab never reconnects, its
+    user's manager stops CLEANUP_TIMEOUT + HANDOFF_GRACE after the leave.
     """
-    web = stack.start_daphne()
-    worker = stack.start_worker()
+    web = stack.start_daphne(LIVESTREAM_HANDOFF_GRACE=str(GRACE))
+    worker = stack.start_worker(LIVESTREAM_HANDOFF_GRACE=str(GRACE))
     (user,) = create_accounts(stack, ["graceful@x.io"]).values()
     ws = await open_socket(web.url, user.session)
     await worker.log.wait_for(rf"UserStreamManager started: {user.user_id}$", timeout=10)
     stopping_at = time.monotonic()
-    assert await asyncio.to_thread(web.stop, 15) == 0
-    assert "shutting down: ending the presence of 1 open sockets" in web.log.text()
+    web.signal(signal.SIGTERM)
+    code = await closed_with(ws)
+    closed_after = time.monotonic() - stopping_at
+    assert code == 1012, code
     await worker.log.wait_for(rf"presence leave: {user.user_id} \(0 sessions left\)", timeout=TTL)
     left_after = time.monotonic() - stopping_at
-    await worker.log.wait_for(rf"UserStreamManager stopped: {user.user_id}$", timeout=CLEANUP + 2)
+    await worker.log.wait_for(rf"UserStreamManager stopped: {user.user_id}$", timeout=CLEANUP + GRACE + 3)
+    stopped_after = time.monotonic() - stopping_at
+    assert await asyncio.to_thread(web.popen.wait, 15) == 0
+    assert "shutting down: handing off 1 open sockets" in web.log.text()
+    assert "took too long to shut down" not in web.log.text()
     assert await PresenceStore().sessions(user.user_id) == 0
     assert left_after < 1.5, f"leave {left_after:.2f}s after SIGTERM"
-    print(f"SIGTERM daphne: its connections left {left_after:.2f}s later")
-    del ws
+    assert closed_after < 1.5, f"closed {closed_after:.2f}s after SIGTERM"
+    bound = CLEANUP + GRACE
+    assert bound - 0.3 <= stopped_after <= bound + 1.5, f"stopped {stopped_after:.2f}s after SIGTERM"
+    print(
+        f"SIGTERM daphne: closed (1012) after {closed_after:.2f}s, left after {left_after:.2f}s, "
+        f"manager stopped after {stopped_after:.2f}s (cleanup {CLEANUP} + grace {GRACE})"
+    )
+
+
+async def closed_with(ws, timeout: float = 10) -> int | None:
+    """Read until the server closes ``ws``; its close code."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                await ws.recv()
+    except websockets.ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else None

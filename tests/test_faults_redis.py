@@ -15,6 +15,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from dashboard.hub import control_channel
 from streampai.embedded_redis import EmbeddedRedis
 from tests.harness import (
     Proc,
@@ -124,6 +125,12 @@ async def test_redis_restart_with_data_loss(stack, private_redis, observer, key_
     # The sockets stayed open through it all: each still answers a ping.
     for ws in sockets:
         await ping(ws)
+    # daphne's hub logged the outage once and re-subscribed its sockets' channels.
+    await web.log.wait_for(r"\[hub\] Redis pub/sub back after", timeout=5)
+    assert len(web.log.findall(r"\[hub\] Redis pub/sub connection lost")) == 1
+    assert len(web.log.findall(r"\[hub\] Redis pub/sub back after")) == 1
+    numsub = dict(await observer.pubsub_numsub(*(control_channel(a.user_id) for a in accounts)))
+    assert set(numsub.values()) == {1}, numsub
     # Absent users and normal traffic work again: one user leaves, one tab more.
     await sockets.pop().close()
     gone = accounts[-1].user_id

@@ -1,9 +1,9 @@
 """The live dashboard: the worker pushes each user's own manager status to that user's tabs.
 
 In-process tests drive the StatusPusher and a PresenceManager against the real
-Redis channel layer, with a probe channel standing in for a tab in the user's
-group; the end-to-end test uses real daphne + runworker processes and real
-WebSockets for two users.
+Redis, with a probe subscribed to the user's pub/sub channel (livestream/push.py)
+standing in for a tab; the end-to-end test uses real daphne + runworker processes
+and real WebSockets for two users.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ import time
 from typing import Any
 
 import pytest
-from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers, get_channel_layer
 
-from livestream import diffs
+from livestream import diffs, push
 from livestream.components.base import Component
 from livestream.presence import PresenceStore
 from livestream.presence_manager import PresenceManager
-from livestream.user_status import StatusPusher, user_group
+from livestream.user_status import StatusPusher
 from livestream.user_stream_manager import UserStreamManager
 from tests.harness import Stack, open_socket, signup
 
@@ -30,28 +29,25 @@ PASSWORD = "live-dashboard-pw-1"
 # -- helpers -------------------------------------------------------------------
 
 
-_probe_layers: dict[str, Any] = {}
+async def probe(user_id: str) -> Any:
+    """A subscriber to ``user_id``'s push channel: what one of their live tabs would get."""
+    from livestream.redis import get_redis
+
+    pubsub = get_redis().pubsub()
+    await pubsub.subscribe(push.user_channel(user_id))
+    return pubsub
 
 
-async def probe(user_id: str) -> str:
-    """A channel in ``user_id``'s dashboard group: what one of their tabs would get.
-
-    Probes get a layer instance of their own, as a daphne process would: one
-    channels-redis instance reads only one process-local prefix at a time, and
-    the PresenceManager's inbox is already being read on the shared one.
-    """
-    layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
-    channel = await layer.new_channel("probe")
-    _probe_layers[channel] = layer
-    await layer.group_add(user_group(user_id), channel)
-    return channel
+async def received(channel: Any, timeout: float = 2.0) -> dict[str, Any]:
+    """The next message published to the probe's channel (JSON-decoded)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await channel.get_message(ignore_subscribe_messages=True, timeout=timeout)
+            if message is not None:
+                return json.loads(message["data"])
 
 
-async def received(channel: str, timeout: float = 2.0) -> dict[str, Any]:
-    return await asyncio.wait_for(_probe_layers[channel].receive(channel), timeout)
-
-
-async def silent(channel: str, seconds: float = 0.3) -> bool:
+async def silent(channel: Any, seconds: float = 0.3) -> bool:
     try:
         message = await received(channel, seconds)
     except TimeoutError:
@@ -90,9 +86,9 @@ async def test_a_pass_sends_each_changed_status_once_to_its_own_user_only():
     try:
         assert await pusher.push(full=True) == 2
         first = await received(one)
-        assert first["type"] == "dashboard.manager" and first["user_id"] == "1"
-        assert first["status"]["state"] == "running"
-        assert first["status"]["components"]["Dial"] == {"state": "running", "restarts": 0, "value": 0}
+        assert first["type"] == "manager" and first["user_id"] == "1"  # the browser's shape
+        assert first["state"] == "running"
+        assert first["components"]["Dial"] == {"state": "running", "restarts": 0, "value": 0}
         assert (await received(two))["user_id"] == "2"
 
         # Nothing changed: nothing is sent (10,000 idle managers cost no group_send).
@@ -102,13 +98,13 @@ async def test_a_pass_sends_each_changed_status_once_to_its_own_user_only():
         # One user's status changes: one send, to that user's group alone.
         Dial.values["1"] = 5
         assert await pusher.push(full=True) == 1
-        assert (await received(one))["status"]["components"]["Dial"]["value"] == 5
+        assert (await received(one))["components"]["Dial"]["value"] == 5
         assert await silent(two)
 
         # A lifecycle announce is sent at once, even unchanged, and only for that user.
         pusher.announce("2")
         assert await pusher.push(full=False) == 1
-        assert (await received(two))["status"]["components"]["Dial"]["value"] == 0
+        assert (await received(two))["components"]["Dial"]["value"] == 0
         assert await silent(one)
     finally:
         for manager in managers.values():
@@ -127,9 +123,9 @@ async def test_stopping_and_stopped_are_pushed_in_order():
     pusher.announce("1", "stopped", manager)
     assert await pusher.push(full=True) == 1
     stopping, stopped = await received(tab), await received(tab)
-    assert stopping["status"]["state"] == "stopping"
-    assert stopped["status"]["state"] == "stopped"
-    assert stopped["status"]["components"]["Dial"]["state"] == "stopped"
+    assert stopping["state"] == "stopping"
+    assert stopped["state"] == "stopped"
+    assert stopped["components"]["Dial"]["state"] == "stopped"
     # A manager that is gone is not pushed again.
     assert await pusher.push(full=True) == 0
 
@@ -150,8 +146,8 @@ async def test_the_worker_pushes_running_with_a_ticking_counter_then_stopping_an
         deadline = time.monotonic() + 5
         while len(counts) < 4:
             assert time.monotonic() < deadline, f"counter did not tick: {counts}"
-            status = (await received(tab))["status"]
-            if status["state"] == "running":
+            status = await received(tab)
+            if status["type"] == "manager" and status["state"] == "running":
                 counts.append(status["components"]["ConsoleLogger"]["count"])
         assert counts == sorted(counts) and counts[-1] > counts[0], counts
 
@@ -160,21 +156,24 @@ async def test_the_worker_pushes_running_with_a_ticking_counter_then_stopping_an
         await manager.stop_manager("42")  # what the cleanup timer does
         states = []
         while not states or states[-1] != "stopped":
-            states.append((await received(tab))["status"]["state"])
+            message = await received(tab)
+            if message["type"] == "manager":
+                states.append(message["state"])
         assert "stopping" in states or states[-1] == "stopped"
         assert set(states) <= {"running", "stopping", "stopped"}, states
 
         # Shutdown tells the open tabs too, before the next worker takes over.
         join = await store.track("42", {"email": "x@example.com", "joined_at": 2, "ref": "r2"})
         await manager.handle(diffs.presence_diff(joins=[join]))
-        while (await received(tab))["status"]["state"] != "running":
+        while (await received(tab)).get("state") != "running":
             pass
     finally:
         await manager.shutdown()
     last = None
     while True:
         try:
-            last = (await received(tab, 0.5))["status"]["state"]
+            message = await received(tab, 0.5)
+            last = message.get("state", last)
         except TimeoutError:
             break
     assert last == "stopped"
@@ -260,10 +259,10 @@ async def test_each_user_sees_only_their_own_manager_and_sessions(tmp_path, migr
         assert plain.messages == []
         await plain.close()
 
-        # A message addressed to Bob but sent into Alice's group (a bug elsewhere) is not forwarded.
-        spoof = {"type": "dashboard.manager", "user_id": b_id, "status": {"state": "spoofed"}}
-        await get_channel_layer().group_send(user_group(a_id), spoof)
-        await web.log.wait_for(rf"dropped dashboard.manager for user '{b_id}' on a socket of user {a_id}", 5)
+        # A message addressed to Bob but published on Alice's channel (a bug elsewhere) is not forwarded.
+        spoof = {"type": "manager", "user_id": b_id, "state": "spoofed", "components": {}}
+        await push.publish(push.user_channel(a_id), spoof)
+        await web.log.wait_for(rf"dropped 'manager' for user '{b_id}' on a socket of user {a_id}", 5)
         await b.wait_for(ticked(b, 6), 10, "more of bob's ticks")
 
         # Nobody ever got anybody else's data.

@@ -14,13 +14,14 @@ import httpx
 import pytest
 import websockets
 from asgiref.sync import sync_to_async
-from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from django.conf import settings
 from django.test import RequestFactory
 
-from dashboard.live import SESSION_ENDED, session_group
+from dashboard.live import SESSION_ENDED
 from dashboard.sessions import end_session
+from livestream import push
 from livestream.presence import PresenceStore
+from livestream.redis import get_redis
 from tests.harness import Stack, login, open_socket, signup
 
 LIVE = "/ws/presence/?live=1"  # the dashboard page's socket: it gets the pushes
@@ -39,7 +40,7 @@ async def post_form(
 
 
 async def user_id_of(ws) -> str:
-    """The user id in the first session-count push a dashboard socket gets."""
+    """The user id in the first session-count push a dashboard socket gets (from the worker)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         message = await asyncio.wait_for(ws.recv(), 10)
@@ -71,6 +72,7 @@ async def test_logout_closes_only_that_sessions_sockets_and_presence_leaves_at_o
             DJANGO_SUPERUSER_PASSWORD=PASSWORD,
         )
         web = stack.start_daphne()
+        stack.start_worker()  # it pushes the session counts
         laptop = await signup(web.url, "carol@example.com", PASSWORD)
         phone = await login(web.url, "carol@example.com", PASSWORD)
         assert laptop != phone
@@ -93,7 +95,7 @@ async def test_logout_closes_only_that_sessions_sockets_and_presence_leaves_at_o
         assert elapsed < 3.0, f"sockets closed {elapsed:.2f}s after logout"
         # Untracked before the close was sent: no waiting for a heartbeat or expiry.
         assert await store.sessions(user_id) == 1
-        await web.log.wait_for(r"closing a socket of user \d+: session logged out", 5, count=2)
+        await web.log.wait_for(r"closing a socket of user \d+: session 'logged out'", 5, count=2)
 
         # The other session is untouched and still answers.
         await other.send('{"type": "ping"}')
@@ -126,12 +128,13 @@ async def test_logout_closes_only_that_sessions_sockets_and_presence_leaves_at_o
 
 async def test_a_logout_outside_a_request_cycle_closes_the_sockets_at_once():
     """end_session() without the middleware (e.g. a test client's logout()) sends right away."""
-    layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
-    channel = await layer.new_channel("probe")
-    await layer.group_add(session_group("abc123"), channel)
+    pubsub = get_redis().pubsub()
+    await pubsub.subscribe(push.session_channel("abc123"))
     request = RequestFactory().get("/", HTTP_COOKIE=f"{settings.SESSION_COOKIE_NAME}=abc123")
     await sync_to_async(end_session)(request, "logged out")
-    assert await asyncio.wait_for(layer.receive(channel), 2) == {
-        "type": "session.ended",
-        "reason": "logged out",
-    }
+    async with asyncio.timeout(2):
+        message = None
+        while message is None:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+    assert json.loads(message["data"]) == {"type": "session.ended", "reason": "logged out"}
+    await pubsub.aclose()

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import Client
 
 from dashboard.consumers import FRAME_TOO_BIG
-from livestream.conf import get_settings
 from livestream.presence import PresenceStore
 from streampai.asgi import application
 from tests.conftest import wait_until
@@ -41,14 +40,8 @@ def communicator(session: str | None, origin: str | None = "http://localhost", h
 
 
 async def worker_inbox() -> list[dict]:
-    """Everything waiting on the presence-manager channel."""
-    layer = get_channel_layer()
-    found = []
-    while True:
-        try:
-            found.append(await asyncio.wait_for(layer.receive(get_settings().WORKER_CHANNEL), 0.3))
-        except TimeoutError:
-            return found
+    """The presence_diffs waiting for the workers (the store's events LIST), taken."""
+    return [json.loads(e) for e in await PresenceStore().take_events(10_000)]
 
 
 async def tracked(user_id: str, sessions: int) -> None:
@@ -100,7 +93,8 @@ async def test_each_connection_is_tracked_and_untracked_with_a_diff():
     first, second = communicator(session), communicator(session)
     assert (await first.connect())[0]
     assert (await second.connect())[0]
-    await tracked(user_id, 2)  # tracking follows the accept
+    # Tracked before the accept: a completed handshake is a present connection.
+    assert await PresenceStore().sessions(user_id) == 2
     presence = await PresenceStore().list()
     metas = presence[user_id]["metas"]
     assert len(metas) == 2
@@ -154,3 +148,151 @@ async def test_heartbeat_retracks_a_connection_that_redis_lost(configure_livestr
     assert (await store.list())[user_id]["metas"][0]["ref"] == ref
     await ws.disconnect()
     assert await store.sessions(user_id) == 0
+
+
+# -- issue 8 item 7 / issue 9: no ghost, limits, deactivation ----------------------
+
+
+async def test_a_failed_untrack_is_retried_until_it_succeeds_and_never_retracked(
+    configure_livestream, monkeypatch, caplog
+):
+    """Redis times out on the disconnect's untrack: the disconnect returns anyway, the
+    untrack is retried in the background until it works, and the heartbeat (running
+    meanwhile) never brings the closed connection back."""
+    configure_livestream(HEARTBEAT_INTERVAL=0.05)
+    user_id, session = await session_for("a@example.com")
+    ws = communicator(session)
+    assert (await ws.connect())[0]
+    store = PresenceStore()
+    assert await store.sessions(user_id) == 1
+    real = PresenceStore.untrack_many
+    failures = 3
+
+    async def flaky(self, connections, **kwargs):
+        nonlocal failures
+        if failures > 0:
+            failures -= 1
+            raise TimeoutError("Timeout connecting to server")
+        return await real(self, connections, **kwargs)
+
+    monkeypatch.setattr(PresenceStore, "untrack_many", flaky)
+    began = asyncio.get_running_loop().time()
+    await ws.disconnect()
+    assert asyncio.get_running_loop().time() - began < 2.0  # UNTRACK_WAIT, not the retries
+    await tracked(user_id, 0)
+    assert failures == 0
+    await asyncio.sleep(0.3)  # several heartbeats later: still gone
+    assert await store.sessions(user_id) == 0
+    assert "untrack of 1 connections failed" in caplog.text
+    assert "re-tracked" not in caplog.text
+
+
+async def test_deactivating_a_user_closes_their_sockets_with_4003():
+    from dashboard.consumers import DEACTIVATED
+
+    user_id, session = await session_for("a@example.com")
+    ws = communicator(session)
+    assert (await ws.connect())[0]
+
+    @database_sync_to_async
+    def deactivate():
+        user = get_user_model().objects.get(pk=user_id)
+        user.is_active = False
+        user.save()
+
+    await deactivate()
+    closed = await next_output(ws, lambda o: o["type"] == "websocket.close")
+    assert closed["code"] == DEACTIVATED
+    assert await PresenceStore().sessions(user_id) == 0  # untracked before the close
+    assert not (await communicator(session).connect())[0]  # and cannot come back
+
+
+async def test_the_per_user_socket_cap_holds_under_racing_connects(configure_livestream, caplog):
+    from dashboard.consumers import TOO_MANY_SOCKETS
+
+    configure_livestream(MAX_SOCKETS_PER_USER=3)
+    user_id, session = await session_for("a@example.com")
+    sockets = [communicator(session) for _ in range(10)]
+    results = await asyncio.gather(*(ws.connect() for ws in sockets))
+    assert all(ok for ok, _ in results)  # accepted, so the page can be told why ...
+
+    async def refused(ws) -> bool:
+        if await ws.receive_nothing(0.5):  # (receive_output's timeout would cancel the consumer)
+            return False
+        output = await ws.receive_output(1)
+        assert output == {"type": "websocket.close", "code": TOO_MANY_SOCKETS}  # ... then closed
+        return True
+
+    outcome = await asyncio.gather(*(refused(ws) for ws in sockets))
+    assert outcome.count(False) == 3, outcome
+    assert await PresenceStore().sessions(user_id) == 3
+    assert "MAX_SOCKETS_PER_USER 3" in caplog.text
+
+
+async def test_handshakes_over_the_per_ip_rate_are_refused(configure_livestream, caplog):
+    configure_livestream(HANDSHAKE_RATE=0.01, HANDSHAKE_BURST=2)
+    user_id, session = await session_for("a@example.com")
+    sockets = [communicator(session) for _ in range(4)]  # kept: a dropped communicator cancels its app
+    results = [(await ws.connect())[0] for ws in sockets]
+    assert results == [True, True, False, False]
+    assert await PresenceStore().sessions(user_id) == 2
+    assert len([r for r in caplog.records if "over HANDSHAKE_RATE" in r.getMessage()]) == 1  # one line
+
+
+async def test_frames_over_the_rate_are_dropped_with_one_log_line(configure_livestream, caplog):
+    configure_livestream(FRAME_RATE=5, FRAME_BURST=5)
+    _, session = await session_for("a@example.com")
+    ws = communicator(session)
+    assert (await ws.connect())[0]
+    for _ in range(30):
+        await ws.send_json_to({"type": "ping"})
+    pongs = 0
+    while not await ws.receive_nothing(0.3):
+        output = await ws.receive_output(1)
+        pongs += output.get("text") == '{"type": "pong"}'
+    assert 5 <= pongs <= 7, pongs  # the burst, plus what refilled meanwhile
+    lines = [r for r in caplog.records if "sends frames faster than" in r.getMessage()]
+    assert len(lines) == 1, lines
+    await ws.disconnect()
+
+
+async def test_the_hub_waits_for_the_last_subscribe_of_a_channel_that_came_and_went():
+    """Subscribe, unsubscribe and subscribe again before Redis answered: a socket joining
+    last is ready only at the reply to the last SUBSCRIBE (before it, Redis may still
+    have the channel unsubscribed, and a push would be lost). Replies fed by hand."""
+    from dashboard.consumers import HUB_HANDLERS
+    from dashboard.hub import Hub
+
+    class FakePubSub:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        async def subscribe(self, *channels: str) -> None:
+            self.sent.append("SUBSCRIBE")
+
+        async def unsubscribe(self, *channels: str) -> None:
+            self.sent.append("UNSUBSCRIBE")
+
+    hub = Hub(HUB_HANDLERS)
+    hub._start = lambda: None  # no Redis: this drives the bookkeeping alone
+    hub._pubsub = pubsub = FakePubSub()
+    writer = asyncio.ensure_future(hub._write_loop())
+    channel = "c"
+    first, second = object(), object()
+    try:
+        joined_first = asyncio.ensure_future(hub.join(first, [channel]))
+        await wait_until(lambda: pubsub.sent == ["SUBSCRIBE"], 1, "the first SUBSCRIBE")
+        hub.leave(first, [channel])
+        await wait_until(lambda: pubsub.sent[-1:] == ["UNSUBSCRIBE"], 1, "the UNSUBSCRIBE")
+        joined_second = asyncio.ensure_future(hub.join(second, [channel]))
+        await wait_until(lambda: len(pubsub.sent) == 3, 1, "the second SUBSCRIBE")
+        await hub._handle({"type": "subscribe", "channel": channel})  # reply to the first
+        await asyncio.sleep(0.01)
+        assert not joined_second.done()
+        await hub._handle({"type": "unsubscribe", "channel": channel})
+        await hub._handle({"type": "subscribe", "channel": channel})  # reply to the last
+        await asyncio.wait_for(joined_second, 1)
+        await asyncio.wait_for(joined_first, 1)
+        assert hub.subscribed() == {channel}
+    finally:
+        writer.cancel()

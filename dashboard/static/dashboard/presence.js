@@ -1,5 +1,16 @@
-// Keeps one WebSocket to /ws/presence/ open while the page is, reconnecting
-// with exponential backoff (0.5 s doubling to 15 s, with jitter) if it drops.
+// Keeps one WebSocket to /ws/presence/ open while the page is.
+//
+// Reconnect policy (tests/reconnect_policy.py is the same policy, for the tests):
+//  - the server restarting (close 1012, or 1001 "going away"; 4012 where 1012 cannot
+//    be sent): reconnect after a random 0.1-2 s, so thousands of tabs handed over by a
+//    stopping daphne do not all arrive in the same millisecond;
+//  - anything else unexpected (dropped, refused handshake, 4009): exponential backoff,
+//    0.5 s doubling to 15 s, +-25% jitter. Each failed attempt waits longer than the
+//    one before (from the last wait, never from scratch), so refused clients never
+//    come back faster or as a bigger wave;
+//  - 4001 (session ended: logout, impersonation): reload the page;
+//  - 4003 (account deactivated): show "signed out", no reconnect;
+//  - 4029 (too many open tabs): show it, and retry only after 30-60 s.
 (function () {
   "use strict";
   var root = document.getElementById("presence");
@@ -9,24 +20,39 @@
   var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
   // data-live: this page renders the pushed manager status (dashboard/live.py).
   var url = scheme + window.location.host + root.dataset.wsPath + (root.dataset.live ? "?live=1" : "");
-  var delay = 500;
-  var maxDelay = 15000;
+  var MIN_DELAY = 500;
+  var MAX_DELAY = 15000;
+  var base = 0; // the last backoff base (ms); 0 once a socket opened
   var socket = null;
   var closedByPage = false;
   var SESSION_ENDED = 4001; // dashboard/live.py
+  var DEACTIVATED = 4003; // dashboard/consumers.py
+  var TOO_MANY = 4029;
+  var RESTART = [1012, 1001, 4012];
 
-  function show(state) {
-    stateEl.textContent = state;
+  function show(state, label) {
+    stateEl.textContent = label || state;
     root.dataset.state = state;
     dot.className = "dot " + state;
     document.dispatchEvent(new CustomEvent("streampai:connection", { detail: { state: state } }));
+  }
+
+  function backoff() {
+    base = Math.min(Math.max(base * 2, MIN_DELAY), MAX_DELAY);
+    return base * (0.75 + Math.random() / 2);
+  }
+
+  function retry(wait, state, label) {
+    root.dataset.retryMs = String(Math.round(wait));
+    show(state || "reconnecting", label);
+    window.setTimeout(connect, wait);
   }
 
   function connect() {
     show("connecting");
     socket = new WebSocket(url);
     socket.onopen = function () {
-      delay = 500;
+      base = 0;
       show("connected");
     };
     socket.onmessage = function (event) {
@@ -44,10 +70,22 @@
         window.setTimeout(function () { window.location.reload(); }, 750);
         return;
       }
-      var wait = Math.min(delay, maxDelay) * (0.75 + Math.random() / 2);
-      show("reconnecting");
-      window.setTimeout(connect, wait);
-      delay = Math.min(delay * 2, maxDelay);
+      if (event.code === DEACTIVATED) {
+        show("signed-out", "signed out");
+        return;
+      }
+      if (event.code === TOO_MANY) {
+        base = MAX_DELAY;
+        retry(30000 + Math.random() * 30000, "too-many", "too many open tabs");
+        return;
+      }
+      if (RESTART.indexOf(event.code) >= 0 && base === 0) {
+        // The server is being restarted (a deploy): come back soon, spread out.
+        base = 100 + Math.random() * 1900;
+        retry(base);
+        return;
+      }
+      retry(backoff());
     };
   }
 
