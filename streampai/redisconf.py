@@ -21,6 +21,8 @@ for ever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -237,15 +239,67 @@ class BoundedConnectionPool(aioredis.BlockingConnectionPool):
 class BlockingSentinelConnectionPool(aiosentinel.SentinelConnectionPool, BoundedConnectionPool):
     """A Sentinel pool (follows the master) that waits for a free connection at its ceiling.
 
-    SentinelConnectionPool decides where connections go; BlockingConnectionPool
+    SentinelConnectionPool decides where connections go; BoundedConnectionPool
     how many there may be. Neither overrides what the other does, so the MRO
     combines them: get_connection/release come from the bounded pool,
     owns_connection/get_master_address from the Sentinel one.
+
+    redis-py asks the sentinels only when it opens a connection. After a
+    switchover (SENTINEL FAILOVER, or a master that was cut off and came back)
+    the old master keeps accepting writes until the sentinels convert it to a
+    replica, about 10 s later, and pooled connections to it would keep writing
+    there: writes lost when it resyncs, reads that contradict them (seen: cleanup
+    timers that never fired). So a checkout asks the sentinels again at most
+    every MASTER_CHECK_INTERVAL, drops idle connections to a former master
+    (get_master_address does that) and closes in-use ones when they come back.
     """
+
+    MASTER_CHECK_INTERVAL = 0.5
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._master_checked = 0.0
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        await self._follow_master()
+        return await super().get_connection(*args, **kwargs)
+
+    async def _follow_master(self) -> None:
+        now = time.monotonic()
+        if not self.is_master or now - self._master_checked < self.MASTER_CHECK_INTERVAL:
+            return
+        self._master_checked = now
+        # Sentinels unreachable: the command itself finds out whether the master is.
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self.get_master_address()
+
+    async def release(self, connection: Any) -> None:
+        stale = self.is_master and self.master_address not in (None, (connection.host, connection.port))
+        if stale:
+            await connection.disconnect()  # reconnects to the current master when next used
+        await super().release(connection)
 
 
 class SyncBlockingSentinelConnectionPool(redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
-    """The same for the synchronous client (the cache)."""
+    """The same for the synchronous client (the cache).
+
+    Its release already drops connections to a former master (owns_connection);
+    the periodic check makes it notice that the master changed.
+    """
+
+    MASTER_CHECK_INTERVAL = BlockingSentinelConnectionPool.MASTER_CHECK_INTERVAL
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._master_checked = 0.0
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if self.is_master and now - self._master_checked >= self.MASTER_CHECK_INTERVAL:
+            self._master_checked = now
+            with contextlib.suppress(redis.RedisError, OSError):
+                self.get_master_address()
+        return super().get_connection(*args, **kwargs)
 
 
 def _max_connections() -> int:

@@ -78,7 +78,7 @@ async def test_clients_layer_and_cache_follow_the_new_master(sentinel_setup):
         await layer.send("chan", {"type": "hello", "n": 1})
         assert (await layer.receive("chan"))["n"] == 1
         # Let the replica catch up, so "before" survives (replication is asynchronous).
-        await client.wait(1, 2000)
+        assert await client.wait(1, 5000) == 1, "the replica did not acknowledge the writes"
 
         old = sentinel_setup.primary.port
         sentinel_setup.primary.kill()
@@ -88,12 +88,12 @@ async def test_clients_layer_and_cache_follow_the_new_master(sentinel_setup):
         assert new == sentinel_setup.replica.port
 
         # The same client objects, no reconfiguration: they ask the sentinels again.
-        assert await eventually(lambda: client.get("k"), 5, "app client") == "before"
-        await eventually(lambda: client.set("k", "after"), 5, "app client write")
+        assert await eventually(lambda: client.get("k"), 10, "app client") == "before"
+        await eventually(lambda: client.set("k", "after"), 10, "app client write")
         assert await asyncio.to_thread(lambda: cache.get("c")) == b"before"
         cache.set("c", "after")
-        await eventually(lambda: layer.send("chan", {"type": "hello", "n": 2}), 5, "layer send")
-        assert (await asyncio.wait_for(layer.receive("chan"), 5))["n"] == 2
+        await eventually(lambda: layer.send("chan", {"type": "hello", "n": 2}), 10, "layer send")
+        assert (await asyncio.wait_for(layer.receive("chan"), 10))["n"] == 2
         back = time.monotonic()
         print(
             f"Sentinel clients: promoted {promoted - killed:.2f}s after kill -9, clients back {back - promoted:.2f}s later"
@@ -114,9 +114,12 @@ async def wait_all_running(workers, user_ids: set[str], timeout: float) -> float
     return time.time()
 
 
-async def test_master_killed_managers_run_again_and_cleanups_fire(
-    tmp_path, migrated_db_template, key_prefix, sentinel_setup
+@pytest.mark.parametrize("how", ["kill-9", "switchover"])
+async def test_master_lost_managers_run_again_and_cleanups_fire(
+    tmp_path, migrated_db_template, key_prefix, sentinel_setup, how
 ):
+    """kill-9: the master crashes. switchover: SENTINEL FAILOVER demotes a live master to a
+    replica, so connections still open to it answer writes with READONLY (a ConnectionError)."""
     env = {
         "REDIS_URL": sentinel_setup.url(),
         "LIVESTREAM_PRESENCE_TTL": "3",
@@ -138,7 +141,10 @@ async def test_master_killed_managers_run_again_and_cleanups_fire(
         await observer.wait(1, 2000)  # the replica has what we wrote so far
 
         old = sentinel_setup.primary.port
-        sentinel_setup.primary.kill()
+        if how == "kill-9":
+            sentinel_setup.primary.kill()
+        else:
+            sentinel_setup.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", "mymaster")
         killed_at = time.time()
         await asyncio.to_thread(sentinel_setup.wait_promoted, old, PROMOTION_WITHIN)
         promoted_at = time.time()
@@ -159,18 +165,20 @@ async def test_master_killed_managers_run_again_and_cleanups_fire(
         leaver = present[0].user_id
         await sockets.pop(leaver).close()
         closed = time.monotonic()
-        await wait_all_running(workers, (user_ids - {leaver}) | {newcomer.user_id}, timeout=CLEANUP + 5)
+        await wait_all_running(workers, (user_ids - {leaver}) | {newcomer.user_id}, timeout=CLEANUP + 8)
         cleanup_took = time.monotonic() - closed
 
         fenced = sum(len(w.log.findall("leases not renewed")) for w in workers)
         print(
-            f"Sentinel failover: promoted {promoted_at - killed_at:.2f}s after kill -9 of the master; "
+            f"Sentinel failover ({how}): promoted {promoted_at - killed_at:.2f}s after losing the master; "
             f"all managers running {back_at - promoted_at:.2f}s after promotion "
-            f"({back_at - killed_at:.2f}s after the kill); fencing lines: {fenced}; "
+            f"({back_at - killed_at:.2f}s after losing it); fencing lines: {fenced}; "
             f"cleanup after failover took {cleanup_took:.2f}s"
         )
         assert back_at - promoted_at <= BACK_WITHIN
-        assert CLEANUP <= cleanup_took <= CLEANUP + 3, cleanup_took
+        # After a switchover a timer written to the old master in its last moments is lost and
+        # the tick schedules it again: up to about two cleanup periods (measured 3.9-4.8 s).
+        assert CLEANUP <= cleanup_took <= 2 * CLEANUP + 3, cleanup_took
         assert not overlapping_runs(manager_runs(workers)), overlapping_runs(manager_runs(workers))
         for proc in [web, *workers]:
             assert proc.alive(), f"{proc.name} died:\n{proc.log.text()[-3000:]}"
