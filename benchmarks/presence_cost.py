@@ -27,6 +27,7 @@ from typing import Any
 from benchmarks.common import (
     BASE_DIR,
     amake_users,
+    commandstats,
     configure_django,
     migrated_template,
     new_prefix,
@@ -39,17 +40,6 @@ from benchmarks.monitor import Monitor, client_ports, round_trips, script_names
 
 PERIODIC = ("leases._BEAT", "presence_manager._EPOCH", "leases._RENEW", "presence._EXPIRE")
 PERIODIC += ("leases._CLAIM_ORPHANS", "presence_manager._UNATTENDED", "timers._CLAIM")
-
-
-def commandstats(url: str) -> dict[str, int]:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        stats = client.info("commandstats")
-    finally:
-        client.close()
-    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
