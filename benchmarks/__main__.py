@@ -33,7 +33,7 @@ BENCHMARKS = [
     ("worker_capacity", 330),
     ("daphne_connections", 360),
     ("join_close_burst", 150),
-    ("reconnect_storm", 420),
+    ("reconnect_storm", 600),
     ("join_flood", 240),
     ("one_user_burst", 600),
     ("placement", 120),

@@ -52,6 +52,7 @@ from benchmarks.common import (
 )
 
 BACK_WITHIN = 5.0
+BACK_WAIT = 60.0  # how long after SIGTERM the tabs are given to come back (and A to exit)
 CLEANUP_TIMEOUT = 5.0
 OPEN_CONCURRENCY = 100  # the initial connects (not measured) go in at a rate daphne accepts
 
@@ -93,18 +94,22 @@ async def storm(tmp: Any, template: Any, server: Any, n: int, offset: int) -> di
         me0 = sample(os.getpid())
         t_term = time.time()
         web_a.signal(signal.SIGTERM)
-        a_exit = asyncio.ensure_future(asyncio.to_thread(web_a.popen.wait, 60))
+
+        def exit_time() -> float:
+            web_a.popen.wait(BACK_WAIT)  # TimeoutExpired if A is still running then
+            return time.time()
+
+        a_exit = asyncio.ensure_future(asyncio.to_thread(exit_time))
 
         def all_back() -> bool:
             return all(t.opens(after=t_term) for t in tabs)
 
-        await wait_until(all_back, timeout=60, what="tabs back", interval=0.05, required=False)
+        await wait_until(all_back, timeout=BACK_WAIT, what="tabs back", interval=0.05, required=False)
         t_back = time.time()
         me1 = sample(os.getpid())
         try:
-            await a_exit
-            result["a_exit_s"] = (web_a.ended_at or time.time()) - t_term
-        except Exception:  # still running after 60 s: stop_all kills it
+            result["a_exit_s"] = await a_exit - t_term
+        except Exception:  # still running BACK_WAIT s after SIGTERM: stop_all kills it
             result["a_exit_s"] = float("nan")
         # Any cleanup the storm scheduled would fire within CLEANUP_TIMEOUT of the last tab back.
         await asyncio.sleep(CLEANUP_TIMEOUT + 3.0)
@@ -123,7 +128,7 @@ async def storm(tmp: Any, template: Any, server: Any, n: int, offset: int) -> di
         until = reopened[0] if reopened else t_back
         storm_events = [e for e in tab.events if t_term - 1 <= e.at <= until]
         closes = [e for e in storm_events if e.kind == "close"]
-        if reopened:
+        if reopened and reopened[0] <= t_back:
             back.append(reopened[0] - t_term)
             if closes:
                 own.append(reopened[0] - closes[0].at)
@@ -136,7 +141,7 @@ async def storm(tmp: Any, template: Any, server: Any, n: int, offset: int) -> di
         {
             "sigterm_to_back_s": summary(back),
             "close_to_back_s": summary(own),
-            "not_back_in_60s": n - len(back),
+            "not_back": n - len(back),
             "all_back_s": max(back) if len(back) == n else float("nan"),
             "back_within_target": sum(b <= BACK_WITHIN for b in back),
             "refused": dict(refusals),
@@ -172,21 +177,21 @@ def run(quick: bool) -> dict[str, Any]:
                 f"{s['p50']:.2f} / {s['p99']:.2f} / {s['max']:.2f}",
                 f"{o['p50']:.2f} / {o['p99']:.2f} / {o['max']:.2f}",
                 f"{r['all_back_s']:.2f}"
-                if r["not_back_in_60s"] == 0
-                else f"{r['not_back_in_60s']} not back in 60 s",
+                if r["not_back"] == 0
+                else f"{r['not_back']} not back in {BACK_WAIT:.0f} s",
                 f"{r['back_within_target']:,}",
                 f"{r['refused_total']:,} ({', '.join(f'{k} {v}' for k, v in sorted(r['refused'].items())) or 'none'})",
                 str(r["wsreject_lines"]),
                 f"{r['managers_stopped']:,} / {r['managers_started']:,}",
                 str(r["fences"]),
                 str(r["killed_on_shutdown"]),
-                f"{r['a_exit_s']:.1f}",
+                f"{r['a_exit_s']:.1f}" if r["a_exit_s"] == r["a_exit_s"] else "n/a",
                 f"{r['client_cpu_percent']:.0f}%",
             ]
         )
     big = results[-1]
     met = all(
-        r["not_back_in_60s"] == 0
+        r["not_back"] == 0
         and r["all_back_s"] <= BACK_WITHIN
         and r["refused_total"] == 0
         and r["managers_stopped"] == 0
@@ -200,8 +205,8 @@ def run(quick: bool) -> dict[str, Any]:
         "headline": f"{big['tabs']:,} tabs: last back after "
         + (
             f"{big['all_back_s']:.1f} s"
-            if big["not_back_in_60s"] == 0
-            else f"> 60 s ({big['not_back_in_60s']} not back)"
+            if big["not_back"] == 0
+            else f"> {BACK_WAIT:.0f} s ({big['not_back']:,} not back)"
         )
         + f", p99 {big['sigterm_to_back_s']['p99']:.1f} s; {big['refused_total']:,} refused; "
         f"{big['managers_stopped']:,} managers stopped, {big['managers_started']:,} started",
@@ -220,7 +225,7 @@ def run(quick: bool) -> dict[str, Any]:
                     "managers stopped / started (worker log)",
                     "fences",
                     "'took too long to shut down' (A)",
-                    "A exited after (s)",
+                    f"A exited after (s; n/a: not within {BACK_WAIT:.0f} s)",
                     "client CPU",
                 ],
                 "rows": rows,
