@@ -153,6 +153,9 @@ async def storm(tmp: Any, template: Any, server: Any, n: int, offset: int) -> di
             "users_stopped": sum(1 for u in stopped if u in wanted),
             "fences": fences(text),
             "killed_on_shutdown": killed(a_text),
+            "killed_on_b": killed(b_text),
+            # daphne's own warning when a socket's presence could not be ended (a ghost until PRESENCE_TTL)
+            "not_untracked_lines": a_text.count("not untracked") + b_text.count("not untracked"),
             "client_cpu_percent": cpu_percent(me0, me1),
             "storm_s": t_back - t_term,
         }
@@ -184,7 +187,7 @@ def run(quick: bool) -> dict[str, Any]:
                 str(r["wsreject_lines"]),
                 f"{r['managers_stopped']:,} / {r['managers_started']:,}",
                 str(r["fences"]),
-                str(r["killed_on_shutdown"]),
+                f"{r['killed_on_shutdown']:,} / {r['killed_on_b']:,}",
                 f"{r['a_exit_s']:.1f}" if r["a_exit_s"] == r["a_exit_s"] else "n/a",
                 f"{r['client_cpu_percent']:.0f}%",
             ]
@@ -224,7 +227,7 @@ def run(quick: bool) -> dict[str, Any]:
                     "WSREJECT lines",
                     "managers stopped / started (worker log)",
                     "fences",
-                    "'took too long to shut down' (A)",
+                    "'took too long to shut down' lines A / B",
                     f"A exited after (s; n/a: not within {BACK_WAIT:.0f} s)",
                     "client CPU",
                 ],
@@ -232,6 +235,12 @@ def run(quick: bool) -> dict[str, Any]:
             }
         ],
         "notes": [
+            *(
+                f"{r['tabs']:,}: daphne logged {r['not_untracked_lines']:,} 'connection of user N not untracked' "
+                "warnings (presence left for the sweeper)"
+                for r in results
+                if r["not_untracked_lines"]
+            ),
             *(
                 f"{r['tabs']:,}: close code each tab saw when A went away: {r['close_codes_seen']}"
                 for r in results
