@@ -120,6 +120,7 @@ async def measure(tmp: Any, template: Any, server: Any, n: int) -> dict[str, Any
         "handshakes_done_s": handshakes_s,
         "handshake_to_console1_s": summary(join),
         "join_not_running_in_60s": len(not_running),
+        "join_over_target": sum(x > JOIN_P99 for x in join),
         "client_cpu_join_percent": cpu_percent(me0, me1),
         "close_to_stopped_s": summary(delays),
         "close_to_scheduled_s": summary(paired(scheduled, closed_at, closed_at.keys())[0]),
@@ -173,7 +174,7 @@ def run(quick: bool) -> dict[str, Any]:
                         "handshake done (client) -> 'Console log #1' (ms)",
                         *(f"{j[k] * 1000:.0f}" for k in ("p50", "p90", "p99", "max")),
                         f"{r['failed_handshakes']} failed handshakes, {r['join_not_running_in_60s']} not running in 60 s",
-                        "p99 <= 100 ms: " + ("yes" if join_met else "NO"),
+                        f"{r['join_over_target']} over {JOIN_P99 * 1000:.0f} ms",
                         f"{r['client_cpu_join_percent']:.0f}%",
                     ],
                     [

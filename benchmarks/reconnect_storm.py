@@ -236,6 +236,12 @@ def run(quick: bool) -> dict[str, Any]:
         ],
         "notes": [
             *(
+                f"{r['tabs']:,}: only {r['open_before']:,} tabs were open when A got SIGTERM (the others count as "
+                "not back)"
+                for r in results
+                if r["open_before"] < r["tabs"]
+            ),
+            *(
                 f"{r['tabs']:,}: daphne logged {r['not_untracked_lines']:,} 'connection of user N not untracked' "
                 "warnings (presence left for the sweeper)"
                 for r in results
