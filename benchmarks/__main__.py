@@ -31,7 +31,12 @@ BENCHMARKS = [
     ("join_to_running", 150),
     ("cleanup_precision", 90),
     ("worker_capacity", 330),
-    ("daphne_connections", 240),
+    ("daphne_connections", 360),
+    ("join_close_burst", 150),
+    ("reconnect_storm", 600),
+    ("join_flood", 240),
+    ("one_user_burst", 600),
+    ("placement", 120),
 ]
 
 

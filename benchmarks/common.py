@@ -257,7 +257,10 @@ def machine_info() -> dict[str, Any]:
 
 def asctime_epoch(asctime: str) -> float:
     """logging's %(asctime)s (local time, millisecond resolution) as epoch seconds."""
-    return datetime.strptime(asctime, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    from tests.harness import log_time
+
+    stamp, _, millis = asctime.partition(",")
+    return log_time(stamp, millis)
 
 
 def utc_epoch(stamp: str) -> float:
@@ -274,21 +277,13 @@ def event_times(text: str, message: str) -> dict[str, float]:
     return times
 
 
-async def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Await ``predicate()`` (sync or async) becoming truthy; RuntimeError on timeout."""
-    import asyncio
-    import inspect
+async def wait_until(
+    predicate: Any, timeout: float, what: str, interval: float = 0.05, required: bool = True
+) -> Any:
+    """tests.harness.wait_until; ``required=False`` returns None on timeout instead of raising."""
+    from tests.harness import wait_until as harness_wait_until
 
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(interval)
+    return await harness_wait_until(predicate, timeout, what, interval, required=required)
 
 
 # -- real processes and sockets ------------------------------------------------------------
@@ -305,8 +300,11 @@ def flushall(server: EmbeddedRedis) -> None:
         client.close()
 
 
-def new_stack(tmp: Path, template: Path, server: EmbeddedRedis, **env: str) -> Any:
+def new_stack(tmp: Path, template: Path, server: EmbeddedRedis, url: str | None = None, **env: str) -> Any:
     """A tests.harness.Stack on a fresh copy of the database and our Redis.
+
+    ``url``: how the processes reach Redis (default: its unix socket; pass
+    ``server.url`` for TCP, so MONITOR and psutil can tell processes apart).
 
     The key prefix is this process's (configure_django), so in-process reads of
     Redis see what daphne and the worker write.
@@ -317,7 +315,7 @@ def new_stack(tmp: Path, template: Path, server: EmbeddedRedis, **env: str) -> A
 
     connections.close_all()  # Stack copies the template over the database file
     return Stack(
-        tmp, template, os.environ["LIVESTREAM_KEY_PREFIX"], env={"REDIS_URL": unix_url(server), **env}
+        tmp, template, os.environ["LIVESTREAM_KEY_PREFIX"], env={"REDIS_URL": url or unix_url(server), **env}
     )
 
 
@@ -331,7 +329,9 @@ def take_failures() -> dict[str, int]:
     return failures
 
 
-async def open_all(url: str, sessions: Sequence[str], concurrency: int) -> list[tuple[Any, float] | None]:
+async def open_all(
+    url: str, sessions: Sequence[str], concurrency: int, path: str = "/ws/presence/"
+) -> list[tuple[Any, float] | None]:
     """Open one socket per session, at most ``concurrency`` handshakes at a time.
 
     Returns, in the order of ``sessions``, (socket, time.time() its handshake
@@ -346,7 +346,7 @@ async def open_all(url: str, sessions: Sequence[str], concurrency: int) -> list[
     async def one(session: str) -> tuple[Any, float] | None:
         async with gate:
             try:
-                ws = await open_socket(url, session, open_timeout=180, close_timeout=30)
+                ws = await open_socket(url, session, path=path, open_timeout=180, close_timeout=30)
             except Exception as exc:
                 FAILURES[f"{type(exc).__name__}: {str(exc)[:80]}"] += 1
                 return None
@@ -355,7 +355,262 @@ async def open_all(url: str, sessions: Sequence[str], concurrency: int) -> list[
     return list(await asyncio.gather(*(one(s) for s in sessions)))
 
 
-async def close_all(sockets: Sequence[Any]) -> None:
+async def close_all(sockets: Sequence[Any], concurrency: int | None = None) -> None:
+    """Close the sockets, all at once or at most ``concurrency`` closing handshakes at a time."""
     import asyncio
 
-    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    gate = asyncio.Semaphore(concurrency or max(1, len(sockets)))
+
+    async def one(ws: Any) -> None:
+        async with gate:
+            await ws.close()
+
+    await asyncio.gather(*(one(ws) for ws in sockets), return_exceptions=True)
+
+
+async def quiet(pid: int, timeout: float = 15.0, step: float = 0.3, below: float = 5.0) -> float:
+    """Wait until process ``pid`` uses less than ``below`` % of a core over ``step`` s; returns the wait."""
+    import asyncio
+
+    started = time.monotonic()
+    last = sample(pid)
+    while time.monotonic() - started < timeout:
+        await asyncio.sleep(step)
+        now = sample(pid)
+        if cpu_percent(last, now) < below:
+            break
+        last = now
+    return time.monotonic() - started
+
+
+# -- the page's reconnect rule and a tab that follows it ---------------------------------------
+
+PAGE_FIRST_DELAY = 0.5  # presence.js: delay = 500 (ms), reset on every open
+PAGE_MAX_DELAY = 15.0  # presence.js: maxDelay = 15000
+SESSION_ENDED = 4001  # presence.js: the page reloads instead of reconnecting
+
+
+def page_backoff(delay: float, close_code: int | None, rng: Any) -> tuple[float, float]:
+    """presence.js's ``onclose``: (seconds to wait before reconnecting, next ``delay``).
+
+    The one place that mirrors the page's rule: if presence.js gets a faster rule
+    for server restarts (close codes 1001 / 1012), change it here. ``close_code``
+    is None when the connection failed before a close frame (the browser's 1006).
+    """
+    wait = min(delay, PAGE_MAX_DELAY) * (0.75 + rng.random() / 2)
+    return wait, min(delay * 2, PAGE_MAX_DELAY)
+
+
+@dataclass
+class TabEvent:
+    at: float  # time.time()
+    kind: str  # "open", "close" (code in detail) or "refused" (why in detail)
+    detail: str = ""
+
+
+class PageTab:
+    """One dashboard tab's socket: open, read pushes, reconnect as presence.js does.
+
+    ``url()`` is asked before every attempt (a load balancer's current target).
+    The first attempt may wait on ``first_gate`` (so a benchmark can open its
+    thousands of tabs at a rate daphne accepts); reconnects never wait on it.
+    """
+
+    def __init__(
+        self, session: str, url: Any, live: bool = True, seed: int = 0, first_gate: Any = None
+    ) -> None:
+        import random
+
+        self.session = session
+        self.url = url
+        self.path = "/ws/presence/?live=1" if live else "/ws/presence/"
+        self.rng = random.Random(seed)
+        self.first_gate = first_gate
+        self.events: list[TabEvent] = []
+        self.messages: Counter[str] = Counter()
+        self.ws: Any = None
+        self.stopping = False
+        self.task: Any = None
+
+    def start(self) -> PageTab:
+        import asyncio
+
+        self.task = asyncio.create_task(self._run())
+        return self
+
+    def opens(self, after: float = 0.0) -> list[float]:
+        return [e.at for e in self.events if e.kind == "open" and e.at >= after]
+
+    def is_open(self) -> bool:
+        return self.ws is not None and self.ws.state.name == "OPEN"
+
+    async def _connect(self) -> Any:
+        from tests.harness import open_socket
+
+        return await open_socket(self.url(), self.session, path=self.path, open_timeout=60, close_timeout=10)
+
+    async def _run(self) -> None:
+        import asyncio
+        import json
+
+        delay = PAGE_FIRST_DELAY
+        first = True
+        while not self.stopping:
+            code: int | None = None
+            try:
+                if first and self.first_gate is not None:
+                    async with self.first_gate:
+                        self.ws = await self._connect()
+                else:
+                    self.ws = await self._connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.events.append(TabEvent(time.time(), "refused", refusal_kind(exc)))
+            else:
+                delay = PAGE_FIRST_DELAY
+                self.events.append(TabEvent(time.time(), "open"))
+                try:
+                    async for raw in self.ws:
+                        try:
+                            kind = json.loads(raw).get("type", "?")
+                        except (ValueError, AttributeError):
+                            kind = "?"
+                        self.messages[kind] += 1
+                except Exception:  # ConnectionClosedError: no close frame
+                    pass
+                code = self.ws.close_code
+                self.events.append(TabEvent(time.time(), "close", str(code)))
+                if code == SESSION_ENDED:
+                    return
+            first = False
+            if self.stopping:
+                return
+            wait, delay = page_backoff(delay, code, self.rng)
+            await asyncio.sleep(wait)
+
+    async def close(self) -> float:
+        """The page's ``pagehide``: no reconnect; returns time.time() just before the close frame."""
+        import asyncio
+
+        self.stopping = True
+        at = time.time()
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        return at
+
+
+def refusal_kind(exc: BaseException) -> str:
+    """A failed handshake, by kind: 'HTTP 403', 'connection refused', 'timeout', ..."""
+    response = getattr(exc, "response", None)
+    if response is not None and getattr(response, "status_code", None):
+        return f"HTTP {response.status_code}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return type(exc).__name__
+
+
+# -- simulated joins (what daphne does on connect, without a socket) ---------------------------
+
+
+async def announce_join(user_id: str, meta: dict[str, Any], store: Any = None) -> None:
+    """Track one connection, as PresenceConsumer.connect does: the track script also
+    announces the join to the workers (livestream/presence.py).
+
+    The only place the benchmarks call the presence API for simulated joins.
+    """
+    from livestream.presence import PresenceStore
+
+    await (store or PresenceStore()).track(user_id, meta)
+
+
+def fake_meta(ref: str) -> dict[str, Any]:
+    return {"email": f"{ref}@example.com", "joined_at": int(time.time()), "ref": ref}
+
+
+# -- pairing events per user without KeyErrors ----------------------------------------------------
+
+
+def paired(ends: dict[str, float], starts: dict[str, float], users: Any) -> tuple[list[float], list[str]]:
+    """``ends[u] - starts[u]`` for every user that has both; and the users missing either.
+
+    Never raises: a user the benchmark could not measure is reported, not a crash.
+    """
+    values, missing = [], []
+    for u in users:
+        if u in ends and u in starts:
+            values.append(ends[u] - starts[u])
+        else:
+            missing.append(u)
+    return values, missing
+
+
+def ms(stats: dict[str, float], *keys: str) -> str:
+    """'12.3 / 45.6' from a summary() in seconds, in ms; 'n/a' when nothing was measured."""
+    if not stats.get("n"):
+        return "n/a"
+    return " / ".join(f"{stats[k] * 1000:.0f}" for k in keys)
+
+
+# -- worker and daphne log lines ---------------------------------------------------------------
+
+FENCE_LINE = re.compile(r"\[PresenceManager\] leases not renewed for \S+s; stopping \d+ managers")
+KILLED_LINE = "took too long to shut down and was killed"
+
+
+def event_counts(text: str, message: str) -> Counter[str]:
+    """uid -> how many ``[PresenceManager] <message>: <uid>`` lines ``text`` has."""
+    pattern = re.compile(r"\[PresenceManager\] " + re.escape(message) + r": (?P<uid>\S+)")
+    return Counter(match["uid"] for match in pattern.finditer(text))
+
+
+def fences(text: str) -> int:
+    return len(FENCE_LINE.findall(text))
+
+
+def killed(text: str) -> int:
+    """daphne's 'took too long to shut down and was killed' lines."""
+    return text.count(KILLED_LINE)
+
+
+def wsrejects(text: str) -> int:
+    """daphne's access-log lines for refused handshakes."""
+    return text.count("WSREJECT")
+
+
+async def start_worker_ready(stack: Any, name: str = "worker", timeout: float = 60, **env: str) -> Any:
+    """A runworker that has logged its start (its PresenceManager is running)."""
+    worker = stack.start_worker(name, **env)
+    await worker.log.wait_for(r"\[PresenceManager\] worker \S+ started", timeout=timeout)
+    return worker
+
+
+# -- Redis as seen from outside ---------------------------------------------------------------------
+
+
+def commandstats(url: str) -> dict[str, int]:
+    """INFO commandstats: command -> calls (commands run by Lua scripts included)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+def redis_connections(pid: int, redis_port: int) -> int:
+    """How many TCP connections process ``pid`` has open to Redis on ``redis_port``."""
+    try:
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return -1
+    return sum(1 for c in conns if c.raddr and c.raddr.port == redis_port and c.status == "ESTABLISHED")

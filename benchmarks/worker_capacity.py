@@ -27,8 +27,10 @@ from typing import Any
 from benchmarks import profiling
 from benchmarks.common import (
     CONSOLE_LINE,
+    announce_join,
     configure_django,
     cpu_percent,
+    fake_meta,
     flushall,
     migrated_template,
     new_prefix,
@@ -43,6 +45,7 @@ from benchmarks.common import (
 )
 
 INTERVAL = 1.0  # CONSOLE_LOG_INTERVAL (the default)
+TARGET_P99 = 0.050  # tick lateness p99 at 10,000 managers with status pushes on
 
 
 def lateness(path: Path, window: tuple[int, int]) -> tuple[list[float], dict[str, int]]:
@@ -92,8 +95,7 @@ async def join(count: int, ramp: float) -> None:
         delay = started + ramp * i / count - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        meta = {"email": f"w{i}@example.com", "joined_at": int(time.time()), "ref": f"ref{i}"}
-        await store.track(f"w{i}", meta)
+        await announce_join(f"w{i}", {**fake_meta(f"w{i}"), "ref": f"ref{i}"}, store)
 
 
 def redis_calls(server: Any) -> int:
@@ -117,11 +119,11 @@ async def one_size(tmp: Path, template: Path, server: Any, n: int, quick: bool, 
         ramp = max(2.0, n / 1000)
         t0 = time.monotonic()
         await join(n, ramp)
-        try:
-            await wait_until(lambda: _at_least(n), timeout=90, what=f"{n} managers running", interval=0.5)
-            all_running: float | None = time.monotonic() - t0
-        except RuntimeError:  # measured all the same: the table says how many ran
-            all_running = None
+        everyone = await wait_until(
+            lambda: _at_least(n), timeout=90, what=f"{n} managers running", interval=0.5, required=False
+        )
+        # measured all the same if not: the table says how many ran
+        all_running: float | None = time.monotonic() - t0 if everyone else None
         await asyncio.sleep(3.0 if quick else 5.0)  # warm-up
         window = 6.0 if quick else 15.0
         start_offset = worker.log.path.stat().st_size
@@ -214,10 +216,10 @@ def run(quick: bool) -> dict[str, Any]:
     big = results[1]
     p99 = big["lateness_s"]["p99"]
     stable = big["restarted_in_window"] == 0 and big["fenced_in_window"] == 0
-    met = big["managers"] >= 10_000 and stable and p99 < 0.1
+    met = big["managers"] >= 10_000 and stable and p99 < TARGET_P99
     return {
         "title": "4. Worker capacity",
-        "target": "10,000 managers in one worker with tick lateness p99 < 100 ms",
+        "target": f"10,000 managers in one worker, status pushes on (defaults), tick lateness p99 < {TARGET_P99 * 1000:.0f} ms",
         "verdict": "met" if met else ("missed" if big["managers"] >= 10_000 else "not run at 10,000"),
         "headline": " / ".join(
             f"{r['managers']:,} ({'defaults' if r['settings'] == 'defaults' else 'no status pushes'}): "

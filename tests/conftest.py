@@ -23,6 +23,7 @@ from django.conf import settings as django_settings
 
 from streampai.embedded_redis import EmbeddedRedis
 from streampai.redisconf import caches, channel_layers
+from tests.harness import wait_until  # noqa: F401  (the tests import it from here)
 
 _redis: EmbeddedRedis | None = None
 _tmp: Path | None = None
@@ -148,17 +149,3 @@ async def run_worker():
     yield start
     for worker in started:
         await worker.stop()
-
-
-async def wait_until(predicate, timeout: float, message: str = "condition", interval: float = 0.01):
-    """Poll an (async or sync) predicate until it is truthy; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        await asyncio.sleep(interval)

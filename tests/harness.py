@@ -169,10 +169,19 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    def start_daphne(self, name: str = "daphne", port: int | None = None, **extra_env: str) -> Proc:
-        """A daphne on ``port`` (a free one by default; pass a dead daphne's port to restart it)."""
+    def start_daphne(
+        self,
+        name: str = "daphne",
+        port: int | None = None,
+        app: str = "streampai.asgi:application",
+        **extra_env: str,
+    ) -> Proc:
+        """A daphne on ``port`` (a free one by default; pass a dead daphne's port to restart it).
+
+        ``app`` is the ASGI application to load (the benchmarks' floor apps, for one).
+        """
         port = port or free_port()
-        args = [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "streampai.asgi:application"]
+        args = [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), app]
         proc = self._spawn(name, args, **extra_env)
         proc.port, proc.url = port, f"http://127.0.0.1:{port}"
         wait_listening(port, proc)
@@ -203,6 +212,32 @@ class Stack:
 
     def logs(self) -> dict[str, str]:
         return {proc.name: proc.log.text() for proc in self.procs}
+
+
+class TimedOut(AssertionError):
+    """wait_until gave up."""
+
+
+async def wait_until(
+    predicate: Any, timeout: float, message: str = "condition", interval: float = 0.01, required: bool = True
+) -> Any:
+    """Poll an (async or sync) predicate until it is truthy and return its value.
+
+    After ``timeout``: TimedOut if ``required``, else None (for callers that
+    report what they saw instead of failing, such as the benchmarks).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value) or asyncio.isfuture(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            if required:
+                raise TimedOut(f"timed out after {timeout}s waiting for {message}")
+            return None
+        await asyncio.sleep(interval)
 
 
 def wait_listening(port: int, proc: Proc, timeout: float = 30) -> None:
