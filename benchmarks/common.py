@@ -385,20 +385,7 @@ async def quiet(pid: int, timeout: float = 15.0, step: float = 0.3, below: float
 
 # -- the page's reconnect rule and a tab that follows it ---------------------------------------
 
-PAGE_FIRST_DELAY = 0.5  # presence.js: delay = 500 (ms), reset on every open
-PAGE_MAX_DELAY = 15.0  # presence.js: maxDelay = 15000
 SESSION_ENDED = 4001  # presence.js: the page reloads instead of reconnecting
-
-
-def page_backoff(delay: float, close_code: int | None, rng: Any) -> tuple[float, float]:
-    """presence.js's ``onclose``: (seconds to wait before reconnecting, next ``delay``).
-
-    The one place that mirrors the page's rule: if presence.js gets a faster rule
-    for server restarts (close codes 1001 / 1012), change it here. ``close_code``
-    is None when the connection failed before a close frame (the browser's 1006).
-    """
-    wait = min(delay, PAGE_MAX_DELAY) * (0.75 + rng.random() / 2)
-    return wait, min(delay * 2, PAGE_MAX_DELAY)
 
 
 @dataclass
@@ -453,7 +440,9 @@ class PageTab:
         import asyncio
         import json
 
-        delay = PAGE_FIRST_DELAY
+        from tests.reconnect_policy import ReconnectPolicy  # presence.js's rule, written once
+
+        policy = ReconnectPolicy(self.rng)
         first = True
         while not self.stopping:
             code: int | None = None
@@ -468,7 +457,7 @@ class PageTab:
             except Exception as exc:
                 self.events.append(TabEvent(time.time(), "refused", refusal_kind(exc)))
             else:
-                delay = PAGE_FIRST_DELAY
+                policy.opened()
                 self.events.append(TabEvent(time.time(), "open"))
                 try:
                     async for raw in self.ws:
@@ -486,7 +475,9 @@ class PageTab:
             first = False
             if self.stopping:
                 return
-            wait, delay = page_backoff(delay, code, self.rng)
+            wait = policy.next_wait(code)
+            if wait is None:  # 4001 / 4003: the page reloads or stops
+                return
             await asyncio.sleep(wait)
 
     async def close(self) -> float:

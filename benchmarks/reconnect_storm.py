@@ -3,7 +3,7 @@
 N tabs of N distinct users, opened as the page opens them (``?live=1``), are
 connected to daphne A; a worker runs their managers. daphne B starts and the
 "load balancer" (the URL the tabs reconnect to) switches to it; A gets SIGTERM.
-Every tab reconnects with the page's backoff (common.page_backoff, which
+Every tab reconnects with the page's policy (tests/reconnect_policy.py, which
 mirrors presence.js). Reported:
 
 * per tab: SIGTERM -> open again on B, and its own close -> open again
