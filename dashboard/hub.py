@@ -39,6 +39,8 @@ from livestream.redis import key
 logger = logging.getLogger(__name__)
 
 # Channels per SUBSCRIBE / UNSUBSCRIBE command (one round trip each).
+# Messages handed to sockets between two yields to the loop.
+YIELD_EVERY = 50
 BATCH = 500
 
 
@@ -137,6 +139,7 @@ class Hub:
                 try:
                     self._wake.set()
                     first = True
+                    handled = 0
                     while True:
                         message = await self._pubsub.get_message(timeout=1.0)
                         if first and lost_at is not None and self._pubsub.connection is not None:
@@ -149,6 +152,12 @@ class Hub:
                         first = False
                         if message is not None:
                             await self._handle(message)
+                            handled += 1
+                            if handled % YIELD_EVERY == 0:
+                                # Buffered messages are read without suspending: a worker's
+                                # pass of a thousand pushes must not hold up the sockets' own
+                                # handlers (a close's untrack: the cleanup clock starts there).
+                                await asyncio.sleep(0)
                         elif writer.done():
                             writer.result()  # raises what broke the writer
                 finally:

@@ -35,8 +35,9 @@ from livestream.redis import get_redis
 
 Message = dict[str, Any]
 
-# Publishes per pipeline: one round trip each, small enough not to hold Redis up.
-BATCH = 1000
+# Publishes per pipeline: one round trip each (a yield to the loop between two),
+# small enough not to hold Redis or the worker up.
+BATCH = 250
 
 
 def user_channel(user_id: str) -> str:

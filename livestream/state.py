@@ -165,7 +165,7 @@ async def read_state(client: aioredis.Redis | None = None) -> Snapshot:
 # -- the write side: each worker publishes its managers every reconcile tick -----
 
 # Managers serialised per round trip (each one a yield to the worker's loop).
-PUBLISH_CHUNK = 500
+PUBLISH_CHUNK = 200
 
 
 async def publish_managers(

@@ -46,7 +46,7 @@ Status = dict[str, Any]
 # restoring 200 tabs sends each tab a few counts, not 200 each.
 SESSIONS_PUSH_INTERVAL = 0.5
 # Statuses read between two yields to the loop during a full pass.
-YIELD_EVERY = 500
+YIELD_EVERY = 100
 
 
 def manager_status(manager: UserStreamManager, state: str | None = None) -> Status:
