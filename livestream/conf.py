@@ -82,6 +82,13 @@ class LivestreamSettings:
     # and the socket is not read for a moment. 0 disables it.
     FRAME_RATE: float = 20.0
     FRAME_BURST: int = 60
+    # Dashboard handshakes doing their work (session and user lookups, checks, the
+    # track) at once per daphne process; the others wait their turn in arrival
+    # order, and one that could not start within HANDSHAKE_QUEUE_WAIT seconds is
+    # refused at once (HTTP 403) rather than timing out after the work
+    # (dashboard/admission.py). Keep the wait under daphne's 5 s handshake timeout.
+    MAX_PENDING_HANDSHAKES: int = 32
+    HANDSHAKE_QUEUE_WAIT: float = 3.0
 
     # --- Production (issue 9) ---
     # Ceiling of every Redis connection pool of a process (the app's client per
@@ -162,6 +169,14 @@ def validate(conf: LivestreamSettings) -> None:
         f"need 0 < RESTART_BACKOFF ({conf.RESTART_BACKOFF}) <= RESTART_BACKOFF_MAX ({conf.RESTART_BACKOFF_MAX})",
     )
     need(conf.MAX_FRAME_BYTES > 0, f"MAX_FRAME_BYTES must be > 0 (is {conf.MAX_FRAME_BYTES})")
+    need(
+        conf.MAX_PENDING_HANDSHAKES >= 1,
+        f"MAX_PENDING_HANDSHAKES must be >= 1 (is {conf.MAX_PENDING_HANDSHAKES})",
+    )
+    need(
+        0 < conf.HANDSHAKE_QUEUE_WAIT < 5,
+        f"HANDSHAKE_QUEUE_WAIT must be > 0 and under daphne's 5 s handshake timeout (is {conf.HANDSHAKE_QUEUE_WAIT})",
+    )
     need(
         conf.REDIS_MAX_CONNECTIONS >= 4,
         f"REDIS_MAX_CONNECTIONS must be >= 4 (is {conf.REDIS_MAX_CONNECTIONS})",

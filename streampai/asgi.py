@@ -21,6 +21,7 @@ from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter
 from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
+from dashboard.admission import HandshakeGate
 from dashboard.routing import websocket_urlpatterns
 from livestream.conf import get_settings
 from livestream.consumers import PresenceManagerConsumer
@@ -32,7 +33,8 @@ application = ProtocolTypeRouter(
         "http": http_app,
         # Origin is checked by the consumer itself (same-origin, logged), so
         # that a refusal says why.
-        "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+        # Admission first: a storm of handshakes waits its turn before any work.
+        "websocket": HandshakeGate(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
         "channel": ChannelNameRouter({get_settings().WORKER_CHANNEL: PresenceManagerConsumer.as_asgi()}),
     }
 )

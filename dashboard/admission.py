@@ -1,0 +1,85 @@
+"""Admission control for dashboard handshakes: a few at a time, the rest wait their turn.
+
+Each handshake costs daphne its session and user lookups (AuthMiddlewareStack,
+in Django's one thread for database work), the origin check and the track. When
+thousands arrive at once (a deploy hands every tab of a daphne to this one), all
+of them starting that work together made each take longer than daphne's handshake
+timeout: they were refused after the work was done, the pages backed off and came
+back as a wave, and the throughput collapsed. So at most MAX_PENDING_HANDSHAKES run
+their handshake at once in a process; the others wait in arrival order (costing a
+socket and a coroutine, nothing else), and one that cannot start within
+HANDSHAKE_QUEUE_WAIT is refused at once (HTTP 403, before any work) so the page
+retries later with its backoff instead of timing out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from typing import Any
+
+from livestream.conf import get_settings
+
+logger = logging.getLogger("dashboard.consumers")
+
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+_refused = {"count": 0, "logged_at": 0.0}
+
+
+def _semaphore() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    slots = _slots.get(loop)
+    if slots is None:
+        slots = _slots[loop] = asyncio.Semaphore(get_settings().MAX_PENDING_HANDSHAKES)
+    return slots
+
+
+class HandshakeGate:
+    """ASGI middleware for the ``websocket`` scope (see the module docstring)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        slots = _semaphore()
+        try:
+            async with asyncio.timeout(get_settings().HANDSHAKE_QUEUE_WAIT):
+                await slots.acquire()
+        except TimeoutError:
+            await _refuse(receive, send)
+            return
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                slots.release()
+
+        async def send_and_release(message: dict[str, Any]) -> None:
+            if message.get("type") in ("websocket.accept", "websocket.close"):
+                release()  # the handshake is over: the next one may start
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_release)
+        finally:
+            release()
+
+
+async def _refuse(receive: Any, send: Any) -> None:
+    message = await receive()
+    if message.get("type") == "websocket.connect":
+        await send({"type": "websocket.close"})  # before accept: daphne answers 403
+    _refused["count"] += 1
+    now = time.monotonic()
+    if now - _refused["logged_at"] >= 1.0:  # one line a second, however many
+        logger.warning(
+            "[PresenceConsumer] refused %d handshakes that waited %.0fs for one of %d slots",
+            _refused["count"],
+            get_settings().HANDSHAKE_QUEUE_WAIT,
+            get_settings().MAX_PENDING_HANDSHAKES,
+        )
+        _refused.update(count=0, logged_at=now)
