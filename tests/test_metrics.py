@@ -143,8 +143,8 @@ async def test_a_worker_measures_join_to_running(run_worker, aredis):
     worker = await run_worker()
     await ticks(worker.manager.worker_id, 0, aredis)
     # No more reconcile ticks: the joins, not a tick's orphan claim, must start the managers.
-    reconcile = await wait_until(
-        lambda: next((t for t in worker.manager.scope.tasks if t.get_name() == "reconcile tick"), None),
+    (reconcile,) = await wait_until(  # a list: wait_until would await a task it is given
+        lambda: [t for t in worker.manager.scope.tasks if t.get_name() == "reconcile tick"],
         5,
         "the reconcile loop",
     )
