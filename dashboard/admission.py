@@ -50,23 +50,34 @@ class HandshakeGate:
         except TimeoutError:
             await _refuse(receive, send)
             return
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                slots.release()
-
-        async def send_and_release(message: dict[str, Any]) -> None:
-            if message.get("type") in ("websocket.accept", "websocket.close"):
-                release()  # the handshake is over: the next one may start
-            await send(message)
-
+        gated = _ReleasingSend(send, slots)
         try:
-            await self.app(scope, receive, send_and_release)
+            await self.app(scope, receive, gated.send)
         finally:
-            release()
+            gated.release()
+
+
+class _ReleasingSend:
+    """``send`` for the app: frees the slot when the handshake ends (accept or close).
+
+    Keeps the wrapped callable as ``real_send``, the way Channels' session middleware
+    does, so PresenceConsumer can still find daphne's protocol under both.
+    """
+
+    def __init__(self, real_send: Any, slots: asyncio.Semaphore) -> None:
+        self.real_send = real_send
+        self.slots = slots
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.slots.release()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message.get("type") in ("websocket.accept", "websocket.close"):
+            self.release()  # the handshake is over: the next one may start
+        await self.real_send(message)
 
 
 async def _refuse(receive: Any, send: Any) -> None:

@@ -361,7 +361,8 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     def _protocol(self) -> Any:
         """daphne's WebSocketProtocol: its ``send`` is ``partial(server.handle_reply, protocol)``,
-        wrapped by Channels' session middleware (``InstanceSessionWrapper.send``)."""
+        wrapped by dashboard.admission's and Channels' session middleware (each keeps the
+        callable it wraps as ``real_send``)."""
         send = getattr(self, "base_send", None)
         for _ in range(5):
             if isinstance(send, partial):
