@@ -14,6 +14,7 @@ on them, and publish each batch as one merged diff to the channel-layer group
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -27,6 +28,9 @@ from livestream.presence import Change
 logger = logging.getLogger(__name__)
 
 Diff = dict[str, Any]
+
+# A topic publish that takes longer than this (seconds) is given up, with a line.
+PUBLISH_TIMEOUT = 5.0
 
 
 def presence_diff(joins: Iterable[Change] = (), leaves: Iterable[Change] = ()) -> Diff:
@@ -49,7 +53,8 @@ async def publish_to_topic(diff: Diff) -> None:
     is logged, not raised: presence itself is in Redis.
     """
     try:
-        await get_channel_layer().group_send(get_settings().TOPIC, diff)
+        async with asyncio.timeout(PUBLISH_TIMEOUT):
+            await get_channel_layer().group_send(get_settings().TOPIC, diff)
     except Exception as exc:
         logger.warning("[presence] diff not published to %s: %r", get_settings().TOPIC, exc)
 

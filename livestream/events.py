@@ -43,6 +43,7 @@ async def read(
     """Hand every batch to ``on_diffs`` / ``on_starts`` until ``closing()``."""
     client = redis_client()  # a connection of its own: BLPOP holds it
     events, starts = store.events_key, leases.starts_key()
+    pending: set[asyncio.Task[None]] = set()
     try:
         while not closing():
             try:
@@ -66,8 +67,13 @@ async def read(
                 logger.warning(
                     "[PresenceManager] presence events failed (%r); the reconcile tick repairs", exc
                 )
-            await diffs.publish_to_topic(diffs.merge(batch))
+            # In the background: the topic's listeners must never hold up the next batch.
+            publishing = asyncio.ensure_future(diffs.publish_to_topic(diffs.merge(batch)))
+            pending.add(publishing)
+            publishing.add_done_callback(pending.discard)
     finally:
+        for publishing in pending:
+            publishing.cancel()
         await client.aclose()
 
 
