@@ -6,5 +6,6 @@ class DashboardConfig(AppConfig):
     verbose_name = "Dashboard"
 
     def ready(self) -> None:
-        # Signal receivers: audit log of impersonation, sockets closed when a session ends.
-        from dashboard import impersonation, sessions  # noqa: F401
+        # Signal receivers: audit log of impersonation, sockets closed when a session ends,
+        # the handshake cache forgetting a saved or deleted user (in every process that saves one).
+        from dashboard import impersonation, sessions, ws_auth  # noqa: F401

@@ -89,6 +89,11 @@ class LivestreamSettings:
     # (dashboard/admission.py). Keep the wait under daphne's 5 s handshake timeout.
     MAX_PENDING_HANDSHAKES: int = 32
     HANDSHAKE_QUEUE_WAIT: float = 3.0
+    # A dashboard handshake finds its session's user in a Redis cache instead of
+    # the database (dashboard/ws_auth.py): an entry lives this long at most
+    # (seconds) and is dropped at once on logout, session rotation and any save of
+    # the user. 0 turns the cache off (every handshake asks the database).
+    WS_AUTH_CACHE_TTL: float = 300.0
 
     # --- Production (issue 9) ---
     # Ceiling of every Redis connection pool of a process (the app's client per
@@ -148,7 +153,13 @@ def validate(conf: LivestreamSettings) -> None:
         "PRESENCE_TTL",
     ):
         need(getattr(conf, name) > 0, f"{name} must be > 0 (is {getattr(conf, name)})")
-    for name in ("CLEANUP_TIMEOUT", "STATUS_PUSH_INTERVAL", "SHUTDOWN_TIMEOUT", "STAFF_STOP_HOLD"):
+    for name in (
+        "CLEANUP_TIMEOUT",
+        "STATUS_PUSH_INTERVAL",
+        "SHUTDOWN_TIMEOUT",
+        "STAFF_STOP_HOLD",
+        "WS_AUTH_CACHE_TTL",
+    ):
         need(getattr(conf, name) >= 0, f"{name} must be >= 0 (is {getattr(conf, name)})")
     # A worker fences (stops its managers) when it could not renew for
     # LEASE_TTL - RECONCILE_INTERVAL: that must leave room for at least one tick.

@@ -18,6 +18,9 @@
   metrics:join_to_running         HASH   histogram buckets                        metrics.py
   metrics:restarts                HASH   component -> restarts
   push:user:<user>, push:session:<hash>   pub/sub channels to open tabs           push.py
+  wsauth:s:<hash>                 STRING a session's user, for handshakes     dashboard/ws_auth.py
+  wsauth:u:<user>                 SET    that user's wsauth:s keys
+  wsauth:gen                      STRING bumped on every invalidation
 
 The channel layer's keys live under ``<KEY_PREFIX>:asgi`` (channels-redis' own
 layout). None of these are Redis Cluster ready: scripts touch keys of several users.
@@ -88,3 +91,15 @@ def metrics(name: str) -> str:
 
 def push(*parts: str) -> str:
     return key("push", *parts)
+
+
+def ws_auth_session(session_hash: str) -> str:
+    return key("wsauth", "s", session_hash)
+
+
+def ws_auth_user(user_id: str) -> str:
+    return key("wsauth", "u", user_id)
+
+
+def ws_auth_generation() -> str:
+    return key("wsauth", "gen")

@@ -16,13 +16,13 @@ with exit_on_bad_configuration():
     django_asgi_app = get_asgi_application()
 
 # Only now, with Django set up:
-from channels.auth import AuthMiddlewareStack
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter
 from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
 from dashboard.admission import HandshakeGate
 from dashboard.routing import websocket_urlpatterns
+from dashboard.ws_auth import CachedAuthMiddlewareStack
 from livestream.conf import get_settings
 from livestream.consumers import PresenceManagerConsumer
 
@@ -34,7 +34,8 @@ application = ProtocolTypeRouter(
         # Origin is checked by the consumer itself (same-origin, logged), so
         # that a refusal says why.
         # Admission first: a storm of handshakes waits its turn before any work.
-        "websocket": HandshakeGate(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # The session's user comes from a Redis cache when it can (dashboard/ws_auth.py).
+        "websocket": HandshakeGate(CachedAuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
         "channel": ChannelNameRouter({get_settings().WORKER_CHANNEL: PresenceManagerConsumer.as_asgi()}),
     }
 )

@@ -127,6 +127,10 @@ INSTALLED_APPS = [
     "hijack.contrib.admin",
 ]
 
+# Database sessions that also drop the WebSocket handshake cache's entry when deleted
+# (dashboard/ws_auth.py).
+SESSION_ENGINE = "dashboard.session_store"
+
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
