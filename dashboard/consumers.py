@@ -182,8 +182,10 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     def _untrack(self, cleanup_delay: float | None = None) -> asyncio.Future[Any] | None:
         """Queue this connection's untrack (once); forgets it for heartbeats first."""
+        if self.handed_off:  # dashboard/shutdown.py took the ref and untracks it
+            return None
         ref, self.ref = self.ref, None
-        if ref is None or self.handed_off or self.user_id is None:
+        if ref is None or self.user_id is None:
             return None
         tracker = get_tracker()
         if cleanup_delay is None and tracker.stopping:

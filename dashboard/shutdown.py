@@ -72,19 +72,33 @@ def _hand_off_all() -> Any:
     from twisted.internet import defer
 
     consumers = list(_open)
-    # Synchronously, before any cancelled consumer runs its finally: they must not
-    # untrack themselves with the normal delay.
+    # Synchronously, before any consumer runs again: daphne may have cancelled some of
+    # them already (kill_all_applications), and a cancelled consumer's own untrack
+    # must neither run with the normal delay nor drop its ref before we read it.
+    pairs = take_refs(consumers)
+    return defer.Deferred.fromFuture(asyncio.ensure_future(hand_off(consumers, pairs)))
+
+
+def take_refs(consumers: list[Any]) -> list[tuple[str, str]]:
+    """Mark ``consumers`` handed off and take their (user id, ref) to untrack here."""
+    pairs = []
     for consumer in consumers:
         consumer.handed_off = True
-    return defer.Deferred.fromFuture(asyncio.ensure_future(hand_off(consumers)))
+        ref, user_id = consumer.ref, consumer.user_id
+        consumer.ref = None
+        if ref is not None and user_id is not None:
+            pairs.append((user_id, ref))
+    return pairs
 
 
-async def hand_off(consumers: list[Any]) -> None:
-    """Untrack ``consumers`` with the hand-off delay, then close them with 1012; never raises."""
+async def hand_off(consumers: list[Any], pairs: list[tuple[str, str]]) -> None:
+    """Untrack ``pairs`` with the hand-off delay, then close ``consumers`` with 1012; never raises."""
     from dashboard.tracker import BATCH, get_tracker
 
     tracker = get_tracker()
     tracker.stopping = True
+    for _, ref in pairs:
+        tracker.forget(ref)
     delay = handoff_delay()
     started = time.monotonic()
     logger.info(
@@ -92,14 +106,6 @@ async def hand_off(consumers: list[Any]) -> None:
         len(consumers),
         delay,
     )
-    pairs = []
-    for consumer in consumers:
-        consumer.handed_off = True
-        ref, user_id = consumer.ref, consumer.user_id
-        consumer.ref = None
-        if ref is not None and user_id is not None:
-            tracker.forget(ref)
-            pairs.append((user_id, ref))
     store = tracker.store()
     for start in range(0, len(pairs), BATCH):
         batch = pairs[start : start + BATCH]
