@@ -29,6 +29,7 @@ import time
 import weakref
 from typing import Any
 
+from dashboard.memory import Trimmer
 from livestream.conf import get_settings
 from livestream.presence import Change, Meta, PresenceStore
 
@@ -48,6 +49,7 @@ class Tracker:
         self._untrack_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._client: Any = None
+        self.trimmer = Trimmer()  # memory back to the system after a burst closed
 
     def store(self) -> PresenceStore:
         if self._client is None:
@@ -86,6 +88,7 @@ class Tracker:
         """
         self._start()
         self.open.pop(ref, None)
+        self.trimmer.seen(len(self.open))
         future: asyncio.Future[Change | None] = asyncio.get_running_loop().create_future()
         self._untracks.append((user_id, ref, cleanup_delay, future))
         self._untrack_wake.set()
@@ -93,6 +96,7 @@ class Tracker:
 
     def watch(self, user_id: str, meta: Meta) -> None:
         self.open[meta["ref"]] = (user_id, meta)
+        self.trimmer.seen(len(self.open))
 
     def forget(self, ref: str) -> None:
         self.open.pop(ref, None)

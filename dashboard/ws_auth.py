@@ -27,11 +27,13 @@ reach Redis is logged, and the entry ends with its TTL.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import logging
 import threading
+import weakref
 from typing import Any
 
 import redis
@@ -48,7 +50,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from livestream import keys
 from livestream.conf import get_settings
-from livestream.redis import get_redis, run_script, script
+from livestream.redis import run_script, script
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +108,61 @@ def _entry_of(user: Any) -> str:
     return json.dumps(data, separators=(",", ":"))
 
 
+class _Reads:
+    """The cache reads of concurrent handshakes, one MGET per batch on one connection
+    (like the tracker's tracks): a burst of handshakes neither waits on one round
+    trip each nor opens a pooled connection each."""
+
+    BATCH = 500
+
+    def __init__(self) -> None:
+        from dashboard.hub import named_client
+
+        self.client = named_client("auth")
+        self.pending: list[tuple[str, asyncio.Future[tuple[str | None, str]]]] = []
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def get(self, entry: str) -> tuple[str | None, str]:
+        """The entry's value (None: not cached) and the generation read with it."""
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._loop())
+        future: asyncio.Future[tuple[str | None, str]] = asyncio.get_running_loop().create_future()
+        self.pending.append((entry, future))
+        self.wake.set()
+        return await asyncio.shield(future)
+
+    async def _loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.pending:
+                batch, self.pending = self.pending[: self.BATCH], self.pending[self.BATCH :]
+                try:
+                    generation, *values = await self.client.mget(
+                        keys.ws_auth_generation(), *(entry for entry, _ in batch)
+                    )
+                except Exception as exc:  # each handshake falls back to the database
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), value in zip(batch, values, strict=True):
+                    if not future.done():
+                        future.set_result((value, generation or "0"))
+
+
+_reads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Reads] = weakref.WeakKeyDictionary()
+
+
+def _reader() -> _Reads:
+    loop = asyncio.get_running_loop()
+    reads = _reads.get(loop)
+    if reads is None:
+        reads = _reads[loop] = _Reads()
+    return reads
+
+
 async def cached_user(scope: dict[str, Any]) -> Any:
     """scope's user: from the cache, else as Channels finds it (and then cached)."""
     ttl = get_settings().WS_AUTH_CACHE_TTL
@@ -113,10 +170,10 @@ async def cached_user(scope: dict[str, Any]) -> Any:
     if not session_key or ttl <= 0:
         return await get_user(scope)
     entry = session_entry(session_key)
-    client = get_redis()
+    reads = _reader()
     try:
-        raw, generation = await client.mget(entry, keys.ws_auth_generation())
-    except RedisError:
+        raw, generation = await reads.get(entry)
+    except Exception:  # Redis away: ask the database (the consumer then refuses, it cannot track)
         return await get_user(scope)
     if raw is not None:
         user = _user_from(raw)
@@ -125,12 +182,12 @@ async def cached_user(scope: dict[str, Any]) -> Any:
     user = await get_user(scope)
     if user.is_authenticated and user.is_active:
         # Not cached if Redis fails: the next handshake asks the database again.
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(Exception):
             await run_script(
-                client,
+                reads.client,
                 _FILL,
                 [keys.ws_auth_generation(), entry, keys.ws_auth_user(str(user.pk))],
-                generation or "0",
+                generation,
                 _entry_of(user),
                 max(1, int(ttl)),
             )
