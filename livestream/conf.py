@@ -99,7 +99,7 @@ class LivestreamSettings:
     REDIS_MAX_CONNECTIONS: int = 64
 
 
-_DEFAULTS = {f.name: f.default for f in fields(LivestreamSettings)}
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(LivestreamSettings)}
 
 
 def _coerce(name: str, value: Any) -> Any:

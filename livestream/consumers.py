@@ -34,6 +34,7 @@ class PresenceManagerConsumer:
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await cls()(scope, receive, send)
 
+        # What Channels' own as_asgi sets (routing introspects it); a function has no such attribute to mypy.
         app.consumer_class = cls  # type: ignore[attr-defined]
         return app
 

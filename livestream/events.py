@@ -23,6 +23,7 @@ from typing import Any
 from livestream import diffs
 from livestream.leases import LeaseStore
 from livestream.presence import PresenceStore
+from livestream.redis import text, texts
 from streampai.redisconf import redis_client
 
 logger = logging.getLogger(__name__)
@@ -50,15 +51,16 @@ async def read(
                 head = await client.blpop([starts, events], timeout=1)
                 if head is None:
                     continue
-                rest = await client.lpop(head[0], BATCH - 1) or []
+                source, first = text(head[0]), text(head[1])
+                rest = texts(await client.lpop(source, BATCH - 1) or [])
             except Exception as exc:
                 logger.warning("[PresenceManager] reading presence events failed: %r", exc)
                 await asyncio.sleep(1.0)
                 continue
-            if head[0] == starts:
-                await on_starts([head[1], *rest])
+            if source == starts:
+                await on_starts([first, *rest])
                 continue
-            batch = parse([head[1], *rest])
+            batch = parse([first, *rest])
             if not batch:
                 continue
             try:

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from livestream import keys
 from livestream.conf import get_settings
 from livestream.liveness import is_dead
-from livestream.redis import LUA_NOW, get_redis, run_script, script
+from livestream.redis import LUA_NOW, get_redis, run_script, script, text_map, text_or_none, texts
 
 # A lease whose value starts with this is a staff hold, not a worker
 # (livestream/control.py): a join ends it.
@@ -238,7 +238,7 @@ class LeaseStore:
         )
 
     async def owner(self, user_id: str) -> str | None:
-        return await self.redis.get(self.lease_key(user_id))
+        return text_or_none(await self.redis.get(self.lease_key(user_id)))
 
     async def renew(self, user_ids: list[str]) -> list[str]:
         """Extend our leases; returns the users whose lease another worker holds now."""
@@ -320,7 +320,7 @@ class LeaseStore:
         return int(await run_script(self.redis, _BEAT, names, self.worker_id, horizon, load, *fields))
 
     async def worker_info(self, worker_id: str) -> dict[str, str]:
-        return await self.redis.hgetall(keys.worker(worker_id))
+        return text_map(await self.redis.hgetall(keys.worker(worker_id)))
 
     async def leave(self) -> None:
         """Forget this worker (clean shutdown)."""
@@ -337,7 +337,7 @@ class LeaseStore:
         whose leases every worker's orphan claim takes at once instead of after
         LEASE_TTL. livestream/liveness.py says why a live worker is never judged dead.
         """
-        ids = [w for w in await self.redis.zrange(self.workers_key, 0, -1) if w != self.worker_id]
+        ids = [w for w in texts(await self.redis.zrange(self.workers_key, 0, -1)) if w != self.worker_id]
         if not ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:

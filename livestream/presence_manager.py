@@ -189,7 +189,7 @@ class PresenceManager:
         are read and its timers scheduled here."""
         joins, leaves = diffs.user_ids(message)
         users = [*joins, *leaves]
-        counts = dict(zip(users, await self.store.session_counts(users), strict=True))
+        counts: dict[str, int] = dict(zip(users, await self.store.session_counts(users), strict=True))
         cleanup = get_settings().CLEANUP_TIMEOUT
         for user_id in joins:
             await self.timers.cancel(cleanup_timer(user_id))
