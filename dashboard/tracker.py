@@ -31,6 +31,7 @@ from typing import Any
 
 from livestream.conf import get_settings
 from livestream.presence import Change, Meta, PresenceStore
+from livestream.tasks import retry_delay
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Tracker:
                         future.set_result(change)
 
     async def _untrack_loop(self) -> None:
-        backoff = 0.1
+        failures = 0
         failing_since: float | None = None
         while True:
             await self._untrack_wake.wait()
@@ -140,14 +141,14 @@ class Tracker:
                             len(self._untracks),
                             exc,
                         )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    failures += 1
+                    await asyncio.sleep(retry_delay(failures))
                     continue
                 if failing_since is not None:
                     logger.warning(
                         "[PresenceConsumer] untracks work again after %.1fs", time.monotonic() - failing_since
                     )
-                    failing_since, backoff = None, 0.1
+                    failing_since, failures = None, 0
                 done = {id(item) for item in batch}
                 self._untracks = [item for item in self._untracks if id(item) not in done]
                 for (_, _, _, future), change in zip(batch, changes, strict=True):

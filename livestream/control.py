@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from channels.layers import get_channel_layer
 
-from livestream import ids
+from livestream import ids, logformats
 from livestream.conf import get_settings
 from livestream.leases import HOLD_PREFIX, LeaseStore
 from livestream.redis import run_script, script
@@ -29,7 +29,7 @@ from livestream.redis import run_script, script
 if TYPE_CHECKING:
     from livestream.presence_manager import PresenceManager
 
-logger = logging.getLogger("livestream.presence_manager")  # the worker's own log lines
+logger = logging.getLogger(logformats.WORKER_LOGGER)  # the worker's own log lines
 
 STOP = "manager.stop"
 RESTART = "manager.restart"

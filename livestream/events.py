@@ -20,15 +20,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from livestream import diffs
+from livestream import diffs, logformats
 from livestream.leases import LeaseStore
 from livestream.presence import PresenceStore
 from livestream.redis import text, texts
+from livestream.tasks import retry_delay
 from streampai.redisconf import redis_client
 
 logger = logging.getLogger(__name__)
 # The worker's own log lines (their format is part of the interface).
-worker_log = logging.getLogger("livestream.presence_manager")
+worker_log = logging.getLogger(logformats.WORKER_LOGGER)
 
 # Entries taken per batch (one LPOP).
 BATCH = 1000
@@ -45,6 +46,7 @@ async def read(
     client = redis_client()  # a connection of its own: BLPOP holds it
     events, starts = store.events_key, leases.starts_key()
     pending: set[asyncio.Task[None]] = set()
+    failures = 0
     try:
         while not closing():
             try:
@@ -55,8 +57,10 @@ async def read(
                 rest = texts(await client.lpop(source, BATCH - 1) or [])
             except Exception as exc:
                 logger.warning("[PresenceManager] reading presence events failed: %r", exc)
-                await asyncio.sleep(1.0)
+                failures += 1
+                await asyncio.sleep(retry_delay(failures, cap=1.0))
                 continue
+            failures = 0
             if source == starts:
                 await on_starts([first, *rest])
                 continue
@@ -100,13 +104,11 @@ def changes(batch: list[dict[str, Any]]) -> tuple[list[str], dict[str, int]]:
         counts: dict[str, int] = diff.get("sessions") or {}
         for user_id, entry in diff["joins"].items():
             for _ in entry["metas"] or [None]:
-                worker_log.info("[PresenceManager] presence join: %s", user_id)
+                worker_log.info(logformats.PRESENCE_JOIN, user_id)
             joined[user_id] = None
         for user_id, entry in diff["leaves"].items():
             for _ in entry["metas"] or [None]:
-                worker_log.info(
-                    "[PresenceManager] presence leave: %s (%d sessions left)", user_id, counts.get(user_id, 0)
-                )
+                worker_log.info(logformats.PRESENCE_LEAVE, user_id, counts.get(user_id, 0))
             if user_id in (diff.get("cleanup") or {}):
                 log_cleanup(user_id, diff["cleanup"][user_id])
         sessions.update(counts)
@@ -114,4 +116,4 @@ def changes(batch: list[dict[str, Any]]) -> tuple[list[str], dict[str, int]]:
 
 
 def log_cleanup(user_id: str, delay: float) -> None:
-    worker_log.info("[PresenceManager] cleanup scheduled: %s in %ss", user_id, f"{delay:g}")
+    worker_log.info(logformats.CLEANUP_SCHEDULED, user_id, f"{delay:g}")

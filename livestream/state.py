@@ -16,6 +16,7 @@ most one RECONCILE_INTERVAL old.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -208,6 +209,21 @@ async def publish_managers(
             pipe.delete(state_key)
         await pipe.execute()
     return statuses
+
+
+class StatePublisher:
+    """One worker's write side: its managers every reconcile tick (and after a staff action),
+    one publish at a time (each writes the same scratch key), each followed by ``then(statuses)``
+    (the restart totals, livestream/metrics.py)."""
+
+    def __init__(self, worker_id: str, then: Callable[[dict[str, dict[str, Any]]], Awaitable[None]]) -> None:
+        self.worker_id, self.then = worker_id, then
+        self._publishing = asyncio.Lock()
+
+    async def publish(self, managers: Mapping[str, Publishable]) -> None:
+        async with self._publishing:
+            statuses = await publish_managers(self.worker_id, managers, get_settings().LEASE_TTL * 3)
+            await self.then(statuses)
 
 
 def run_sync(fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
