@@ -35,6 +35,7 @@ from benchmarks.common import (
     wait_until,
     workdir,
 )
+from livestream import logformats
 
 TARGET = (5.00, 5.10)
 
@@ -58,7 +59,7 @@ async def measure(
         uids = {uid for uid, _ in users} - bad
 
         def all_started() -> bool:
-            return uids <= event_times(worker.log.text(), "UserStreamManager started").keys()
+            return uids <= event_times(worker.log.text(), logformats.MANAGER_STARTED).keys()
 
         await wait_until(all_started, timeout=120, what="all managers started", interval=0.2, required=False)
         mark = worker.log.mark()
@@ -80,15 +81,15 @@ async def measure(
         await asyncio.gather(*(close_user(uid, by_user[uid]) for uid in uids))
 
         def all_stopped() -> bool:
-            return uids <= event_times(worker.log.text()[mark:], "UserStreamManager stopped").keys()
+            return uids <= event_times(worker.log.text()[mark:], logformats.MANAGER_STOPPED).keys()
 
         await wait_until(all_stopped, timeout=60, what="all managers stopped", interval=0.2, required=False)
         text = worker.log.text()[mark:]
     finally:
         stack.stop_all()
         flushall(server)
-    stopped = event_times(text, "UserStreamManager stopped")
-    scheduled = event_times(text, "cleanup scheduled")
+    stopped = event_times(text, logformats.MANAGER_STOPPED)
+    scheduled = event_times(text, logformats.CLEANUP_SCHEDULED)
     delays, not_stopped = paired(stopped, closed_at, uids)
     return {
         "users": users_count,

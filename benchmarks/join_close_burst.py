@@ -47,6 +47,7 @@ from benchmarks.common import (
     wait_until,
     workdir,
 )
+from livestream import logformats
 
 JOIN_P99 = 0.100
 CLOSE_WINDOW = (5.00, 5.10)
@@ -100,7 +101,7 @@ async def measure(tmp: Any, template: Any, server: Any, n: int) -> dict[str, Any
 
         def all_stopped() -> bool:
             return (
-                closed_at.keys() <= event_times(worker.log.text()[mark:], "UserStreamManager stopped").keys()
+                closed_at.keys() <= event_times(worker.log.text()[mark:], logformats.MANAGER_STOPPED).keys()
             )
 
         await wait_until(all_stopped, timeout=30, what="managers stopped", interval=0.2, required=False)
@@ -110,8 +111,8 @@ async def measure(tmp: Any, template: Any, server: Any, n: int) -> dict[str, Any
         flushall(server)
     uids = [uid for uid, _ in users]
     join, not_running = paired(running, handshake, handshake.keys())
-    stopped = event_times(text, "UserStreamManager stopped")
-    scheduled = event_times(text, "cleanup scheduled")
+    stopped = event_times(text, logformats.MANAGER_STOPPED)
+    scheduled = event_times(text, logformats.CLEANUP_SCHEDULED)
     delays, not_stopped = paired(stopped, closed_at, closed_at.keys())
     return {
         "users": n,

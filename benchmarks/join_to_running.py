@@ -42,6 +42,7 @@ from benchmarks.common import (
     wait_until,
     workdir,
 )
+from livestream import logformats
 
 PRESENCE_TTL = 600.0  # long, and no heartbeat inside the run: the expiry score stays the track time
 
@@ -88,7 +89,7 @@ async def one_size(tmp: Any, template: Any, server: Any, users_count: int, offse
         store = PresenceStore()
         scores = await store.redis.zrange(store.expiry_key, 0, -1, withscores=True)
         accepted = {member.rsplit("|", 1)[0]: score - PRESENCE_TTL for member, score in scores}
-        started = event_times(worker.log.text(), "UserStreamManager started")
+        started = event_times(worker.log.text(), logformats.MANAGER_STARTED)
         sockets = [o[0] for o in opened if o is not None]
         await close_all(sockets)
     finally:

@@ -50,6 +50,7 @@ from benchmarks.common import (
     wait_until,
     workdir,
 )
+from livestream import logformats
 
 CLOSE_SPREAD = 3.0
 OPEN_CONCURRENCY = 200
@@ -127,10 +128,10 @@ async def iteration(
     ghosts = len((await store.list()).get(uid, {}).get("metas", []))
 
     def stopped() -> bool:
-        return uid in event_times(worker.log.text()[w_mark:], "UserStreamManager stopped")
+        return uid in event_times(worker.log.text()[w_mark:], logformats.MANAGER_STOPPED)
 
     await wait_until(stopped, timeout=CLEANUP[1] + 10, what="manager stopped", interval=0.1, required=False)
-    stop_at = event_times(worker.log.text()[w_mark:], "UserStreamManager stopped").get(uid)
+    stop_at = event_times(worker.log.text()[w_mark:], logformats.MANAGER_STOPPED).get(uid)
     for task in readers:
         task.cancel()
     await asyncio.sleep(1.0)  # let daphne settle before reading its connections and RSS

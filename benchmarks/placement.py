@@ -29,6 +29,7 @@ from benchmarks.common import (
     wait_until,
     workdir,
 )
+from livestream import logformats
 
 USERS = 12
 
@@ -37,7 +38,7 @@ def owners(workers: list[Any], uids: list[str]) -> dict[str, list[str]]:
     """uid -> the workers that logged 'UserStreamManager started' for it."""
     found: dict[str, list[str]] = {u: [] for u in uids}
     for w in workers:
-        started = event_times(w.log.text(), "UserStreamManager started")
+        started = event_times(w.log.text(), logformats.MANAGER_STARTED)
         for u in uids:
             if u in started:
                 found[u].append(w.name)

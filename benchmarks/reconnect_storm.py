@@ -50,6 +50,7 @@ from benchmarks.common import (
     workdir,
     wsrejects,
 )
+from livestream import logformats
 
 BACK_WITHIN = 5.0
 BACK_WAIT = 60.0  # how long after SIGTERM the tabs are given to come back (and A to exit)
@@ -83,7 +84,7 @@ async def storm(tmp: Any, template: Any, server: Any, n: int, offset: int) -> di
         )
 
         def started_all() -> bool:
-            return set(uids) <= event_counts(worker.log.text(), "UserStreamManager started").keys()
+            return set(uids) <= event_counts(worker.log.text(), logformats.MANAGER_STARTED).keys()
 
         await wait_until(started_all, timeout=120, what="managers started", interval=0.5, required=False)
         await asyncio.sleep(2.0)
@@ -135,8 +136,8 @@ async def storm(tmp: Any, template: Any, server: Any, n: int, offset: int) -> di
         if closes:
             close_codes[closes[0].detail] += 1
         refusals.update(e.detail for e in storm_events if e.kind == "refused")
-    stopped = event_counts(text, "UserStreamManager stopped")
-    started = event_counts(text, "UserStreamManager started")
+    stopped = event_counts(text, logformats.MANAGER_STOPPED)
+    started = event_counts(text, logformats.MANAGER_STARTED)
     result.update(
         {
             "sigterm_to_back_s": summary(back),

@@ -18,7 +18,9 @@ workers take back the leases that vanished with the data (see _EPOCH).
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 
 import redis.asyncio as aioredis
 
@@ -202,6 +204,11 @@ end
 return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[2]), '+inf')
 """,
 )
+
+
+def new_worker_id() -> str:
+    """``host:pid:random``: unique per worker process, and says where it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class LeaseStore:

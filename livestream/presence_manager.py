@@ -10,9 +10,9 @@ reads facts from Redis, asks livestream/ownership.py what to do, and does it.
            that worker's start list. A leave needs nothing: the script that
            removed the last connection scheduled ``cleanup:<user>`` already.
   timers   due cleanups, claimed by the lease owner (livestream/timers.py).
-  tick     every RECONCILE_INTERVAL: expire connections whose heartbeats
-           stopped, claim present users nobody runs (a fair share), schedule the
-           cleanups lost leaves never scheduled, publish state.
+  tick     every RECONCILE_INTERVAL (livestream/reconcile.py): expire connections
+           whose heartbeats stopped, claim present users nobody runs (a fair
+           share), schedule the cleanups lost leaves never scheduled, publish state.
   renewal  on a thread of its own (livestream/lease_keeper.py): a busy worker is
            never mistaken for a dead one; the fence checks its clock.
   channel  ``presence-manager`` messages (staff actions, hand-written diffs),
@@ -30,19 +30,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
-import socket
 import time
 from typing import Any
 
 from channels.layers import get_channel_layer
 
-from livestream import cleanups, control, events, ids, inbox, logformats, metrics
+from livestream import cleanups, control, events, ids, inbox, logformats, metrics, reconcile
 from livestream.conf import get_settings
 from livestream.lease_keeper import LeaseKeeper, Renewal
-from livestream.leases import LeaseStore
-from livestream.liveness import process_identity
+from livestream.leases import LeaseStore, new_worker_id
+from livestream.liveness import worker_identity
 from livestream.local_managers import LocalManagers
 from livestream.ownership import Ownership
 from livestream.presence import PresenceStore
@@ -51,10 +48,6 @@ from livestream.tasks import TaskScope
 from livestream.timers import TimerPump, TimerStore
 
 logger = logging.getLogger(logformats.WORKER_LOGGER)
-
-
-def new_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class PresenceManager:
@@ -91,8 +84,7 @@ class PresenceManager:
         """Start the loops. Nothing here needs Redis: a worker started before Redis is up
         retries in its loops instead of failing to start."""
         self.inbox = await get_channel_layer().new_channel("presence-manager-inbox")
-        self._info = {"inbox": self.inbox, "host": socket.gethostname(), "pid": str(os.getpid())}
-        self._info["proc"] = process_identity()  # lets workers on this machine see that we died
+        self._info = {"inbox": self.inbox, **worker_identity()}
         self.keeper.start()
         # Often: after a freeze (a paused VM, SIGSTOP) this timer should come due first.
         self.scope.every("fence", lambda: get_settings().RECONCILE_INTERVAL / 10, self._check_fence)
@@ -178,10 +170,10 @@ class PresenceManager:
         self.pump.wake()
 
     async def on_presence_cleanup(self, message: dict[str, Any]) -> None:
-        await self.take_timers([{**message, "user_id": _user_id(message)}])
+        await self.take_timers([{**message, "user_id": ids.user_id(message.get("user_id"))}])
 
     async def on_presence_stop(self, message: dict[str, Any]) -> None:
-        user_id = _user_id(message)
+        user_id = ids.user_id(message.get("user_id"))
         self.scope.spawn(self.stop_manager(user_id), f"stop:{user_id}")
 
     async def on_presence_reconcile(self, message: dict[str, Any]) -> None:
@@ -193,8 +185,6 @@ class PresenceManager:
     async def on_manager_restart(self, message: dict[str, Any]) -> None:
         await control.route(self, message, control.restart)
 
-    # -- leases ------------------------------------------------------------------
-
     def _renewed(self, renewal: Renewal) -> None:
         self.live_workers = renewal.live_workers
         self.local.renewed(renewal)
@@ -202,32 +192,9 @@ class PresenceManager:
     async def _check_fence(self) -> None:
         self.local.fence(self.keeper.last_renewal)
 
-    # -- the reconcile tick ----------------------------------------------------
-
     async def tick(self) -> None:
-        """One level-triggered pass over everything this worker is responsible for."""
-        for dead in await self.leases.bury_dead_workers():
-            logger.warning("[PresenceManager] worker %s died; its users are taken over now", dead)
-        for change in await self.store.expire_stale():  # their leaves reach the events LIST
-            logger.info(
-                "[PresenceManager] expired connection %s of %s", change.meta.get("ref"), change.user_id
-            )
-        plan = self.core.tick(self.keeper.last_renewal, time.monotonic())
-        if plan.claim_orphans:
-            running = len(self.managers) + len(self.core.fenced)
-            claimed = await self.leases.claim_orphans(self.store.users_key, self.live_workers, running)
-            await self.local.start_many(claimed, time.monotonic())
-        if plan.schedule_cleanups:
-            for user_id in await self.store.unattended(list(self.managers)):
-                await self.schedule_cleanup(user_id)
-        await self.publish_state()
-
-    async def schedule_cleanup(self, user_id: str) -> None:
-        """For a lost leave (the reconcile tick): the store's scripts schedule all others."""
-        delay = get_settings().CLEANUP_TIMEOUT
-        await cleanups.schedule(self.timers, user_id, delay)
-        self.pump.wake()
-        events.log_cleanup(user_id, delay)
+        """One reconcile pass (livestream/reconcile.py)."""
+        await reconcile.tick(self)
 
     async def publish_state(self) -> None:
         """Our managers, for presence_debug, the admin and metrics (livestream/state.py)."""
@@ -235,7 +202,3 @@ class PresenceManager:
 
     async def forward(self, owner: str, message: dict[str, Any]) -> None:
         await inbox.forward(self.leases, owner, message)
-
-
-def _user_id(message: dict[str, Any]) -> str:
-    return ids.user_id(message.get("user_id"))
