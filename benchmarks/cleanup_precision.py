@@ -21,19 +21,14 @@ from typing import Any
 
 from benchmarks.common import (
     amake_users,
-    configure_django,
+    environment,
     event_times,
     flushall,
-    migrated_template,
-    new_prefix,
     new_stack,
     open_all,
     paired,
-    private_redis,
     summary,
-    unix_url,
     wait_until,
-    workdir,
 )
 from livestream import logformats
 
@@ -110,9 +105,7 @@ SPREADS = (5.0, 1.0)  # seconds over which the users' tabs close: steady churn, 
 
 def run(quick: bool) -> dict[str, Any]:
     users = 30 if quick else 200
-    with workdir("cleanup") as tmp, private_redis() as server:
-        template = migrated_template(tmp)
-        configure_django(unix_url(server), tmp / "db.sqlite3", new_prefix())
+    with environment("cleanup") as (tmp, template, server):
         results = [asyncio.run(measure(tmp, template, server, users, spread)) for spread in SPREADS]
     for r, spread in zip(results, SPREADS, strict=True):
         r["spread_s"] = spread

@@ -130,6 +130,19 @@ def workdir(name: str) -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def environment(
+    name: str, tcp: bool = False, **livestream: Any
+) -> Iterator[tuple[Path, Path, EmbeddedRedis]]:
+    """What every benchmark starts with: ``(tmp, template, server)``: a work dir (its logs kept,
+    see workdir), a private Redis (also on TCP if asked), a migrated database template, and
+    this process's Django pointed at them (``livestream``: LIVESTREAM overrides)."""
+    with workdir(name) as tmp, private_redis(tcp=tcp) as server:
+        template = migrated_template(tmp)
+        configure_django(unix_url(server), tmp / "db.sqlite3", new_prefix(), **livestream)
+        yield tmp, template, server
+
+
 def migrated_template(tmp: Path) -> Path:
     """A migrated SQLite file, for Stack to copy."""
     directory = tmp / "template"
@@ -227,7 +240,7 @@ async def wait_until(
 
 
 def new_stack(tmp: Path, template: Path, server: EmbeddedRedis, url: str | None = None, **env: str) -> Any:
-    """A tests.harness.Stack on a fresh copy of the database and our Redis.
+    """A devtools Stack on a fresh copy of the database and our Redis.
 
     ``url``: how the processes reach Redis (default: its unix socket; pass
     ``server.url`` for TCP, so MONITOR and psutil can tell processes apart).

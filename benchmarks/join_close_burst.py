@@ -27,25 +27,20 @@ from typing import Any
 from benchmarks.common import (
     CONSOLE_LINE,
     amake_users,
-    configure_django,
     cpu_percent,
+    environment,
     event_times,
     flushall,
-    migrated_template,
     ms,
-    new_prefix,
     new_stack,
     open_all,
     paired,
-    private_redis,
     sample,
     start_worker_ready,
     summary,
     take_failures,
-    unix_url,
     utc_epoch,
     wait_until,
-    workdir,
 )
 from livestream import logformats
 
@@ -135,9 +130,7 @@ async def measure(tmp: Any, template: Any, server: Any, n: int) -> dict[str, Any
 
 def run(quick: bool) -> dict[str, Any]:
     n = 100 if quick else 500
-    with workdir("burst") as tmp, private_redis() as server:
-        template = migrated_template(tmp)
-        configure_django(unix_url(server), tmp / "db.sqlite3", new_prefix())
+    with environment("burst") as (tmp, template, server):
         r = asyncio.run(measure(tmp, template, server, n))
     j, c = r["handshake_to_console1_s"], r["close_to_stopped_s"]
     join_met = (

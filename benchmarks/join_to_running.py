@@ -26,21 +26,16 @@ from benchmarks.common import (
     CONSOLE_LINE,
     amake_users,
     close_all,
-    configure_django,
+    environment,
     event_times,
     flushall,
-    migrated_template,
-    new_prefix,
     new_stack,
     open_all,
     paired,
-    private_redis,
     summary,
     take_failures,
-    unix_url,
     utc_epoch,
     wait_until,
-    workdir,
 )
 from livestream import logformats
 
@@ -116,9 +111,7 @@ async def one_size(tmp: Any, template: Any, server: Any, users_count: int, offse
 
 def run(quick: bool) -> dict[str, Any]:
     sizes = [1, 20, 100] if quick else [1, 100, 1000]
-    with workdir("join") as tmp, private_redis() as server:
-        template = migrated_template(tmp)
-        configure_django(unix_url(server), tmp / "db.sqlite3", new_prefix())
+    with environment("join") as (tmp, template, server):
         results = []
         for i, n in enumerate(sizes):
             results.append(asyncio.run(one_size(tmp, template, server, n, offset=i * 100_000)))

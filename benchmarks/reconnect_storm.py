@@ -32,22 +32,17 @@ from typing import Any
 from benchmarks.common import (
     PageTab,
     amake_users,
-    configure_django,
     cpu_percent,
+    environment,
     event_counts,
     fences,
     flushall,
     killed,
-    migrated_template,
-    new_prefix,
     new_stack,
-    private_redis,
     sample,
     start_worker_ready,
     summary,
-    unix_url,
     wait_until,
-    workdir,
     wsrejects,
 )
 from livestream import logformats
@@ -166,9 +161,7 @@ async def storm(tmp: Any, template: Any, server: Any, n: int, offset: int) -> di
 
 def run(quick: bool) -> dict[str, Any]:
     sizes = [100, 300] if quick else [1000, 3000]
-    with workdir("storm") as tmp, private_redis() as server:
-        template = migrated_template(tmp)
-        configure_django(unix_url(server), tmp / "db.sqlite3", new_prefix())
+    with environment("storm") as (tmp, template, server):
         results = [
             asyncio.run(storm(tmp, template, server, n, offset=i * 100_000)) for i, n in enumerate(sizes)
         ]
