@@ -4,7 +4,8 @@ Processes, clients, users with sessions, the private Redis and the log grammar c
 from devtools/ (shared with the tests; re-exported here under the names the
 benchmarks have always imported); this module adds what only a benchmark needs:
 percentiles, CPU/RSS sampling, many sockets at once, a tab that reconnects as
-presence.js does.
+presence.js does. (Over 300 lines: it is the benchmarks' toolbox, a section per
+kind of tool; the benchmarks import every name from here.)
 """
 
 from __future__ import annotations

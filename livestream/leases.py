@@ -14,6 +14,10 @@ leases are free at once rather than after LEASE_TTL (livestream/liveness.py).
 ``<prefix>:epoch`` tells a restarted-empty Redis from one that kept its data;
 ``<prefix>:epoch:hold`` (LEASE_TTL after a loss) grants no new lease while the
 workers take back the leases that vanished with the data (see _EPOCH).
+
+(Over 300 lines on purpose: half of it is its eight Lua scripts, each kept beside
+the method that runs it with its KEYS/ARGV header. Leases, placement and the
+worker registry share those scripts' keys, which is why they are one store.)
 """
 
 from __future__ import annotations

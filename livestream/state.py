@@ -12,6 +12,9 @@ A worker that stopped beating (killed) is dropped at once, although its last
 published HASH lingers until its TTL: only workers seen within LEASE_TTL count,
 the same horizon the workers use among themselves. Published statuses are at
 most one RECONCILE_INTERVAL old.
+
+The write side (publish_managers, StatePublisher) is here too, so one module
+writes and reads ``managers:*``; that is why it is a little over 300 lines.
 """
 
 from __future__ import annotations
