@@ -1,4 +1,5 @@
-"""The worker side of the ``presence-manager`` channel.
+"""The worker side of the ``presence-manager`` channel (the browser side, the WebSocket
+consumer, is dashboard/consumers.py).
 
 A thin adapter: lifecycle messages from livestream.worker.Worker start and stop
 the process's PresenceManager, everything else is handed to it. Unlike a stock

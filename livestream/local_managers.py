@@ -8,7 +8,7 @@ interleaving. Starting and stopping log the worker's lines
     [PresenceManager] UserStreamManager started: <user>
     [PresenceManager] UserStreamManager stopped: <user>
 
-and push the status to the user's tabs (livestream/user_status.py). ``apply``
+and push the status to the user's tabs (livestream/status_push.py). ``apply``
 performs one Action of the pure core; ``renewed`` and ``fence`` turn a renewal
 round or a renewal that failed for too long into such actions.
 """
@@ -27,8 +27,8 @@ from livestream.lease_keeper import Renewal
 from livestream.leases import LeaseStore
 from livestream.ownership import Action, Forward, Ownership, Release, ReleaseHold, Start, Stop
 from livestream.presence import PresenceStore
+from livestream.status_push import StatusPusher
 from livestream.tasks import TaskScope
-from livestream.user_status import StatusPusher
 from livestream.user_stream_manager import UserStreamManager, component_classes
 
 logger = logging.getLogger(logformats.WORKER_LOGGER)

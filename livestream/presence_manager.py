@@ -51,6 +51,9 @@ logger = logging.getLogger(logformats.WORKER_LOGGER)
 
 
 class PresenceManager:
+    """Schedules this worker's share of UserStreamManagers: places joined users, starts the ones
+    whose lease it holds, stops them on their cleanup, and repairs what events missed (the tick)."""
+
     def __init__(self, worker_id: str | None = None) -> None:
         conf = get_settings()
         self.worker_id = worker_id or new_worker_id()

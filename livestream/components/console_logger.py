@@ -1,3 +1,5 @@
+"""ConsoleLogger: the seed's component, a log line a second while the user's manager runs."""
+
 from __future__ import annotations
 
 import asyncio
