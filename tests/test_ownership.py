@@ -103,3 +103,14 @@ def test_the_tick_schedules_no_cleanup_while_presence_is_rebuilt_after_redis_los
         claim_orphans=True, schedule_cleanups=False
     )
     assert ownership.tick(last_renewal=22.0, now=22.0).schedule_cleanups is True
+
+
+def test_due_timers_split_into_cleanups_with_valid_ids_and_every_other_message():
+    from livestream.cleanups import split_due
+
+    due = [
+        {"type": "presence.cleanup", "user_id": "1"},
+        {"type": "presence.cleanup", "user_id": "bad\nid"},  # dropped: never reaches a decision
+        {"type": "presence.reconcile"},
+    ]
+    assert split_due(due) == (["1"], [{"type": "presence.reconcile"}])
