@@ -10,6 +10,7 @@ AuthMiddlewareStack checks, and the sign-up form has tests of its own.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import secrets
 import subprocess
@@ -105,7 +106,7 @@ def logged_in(emails: list[str], username: Any = None) -> dict[str, tuple[str, s
     for user in user_model.objects.filter(email__in=emails).order_by("-pk"):
         users[user.email] = user  # the first of any duplicates, as .first() would
     store = SessionStore()
-    expires = timezone.now() + timezone.timedelta(days=1)
+    expires = timezone.now() + datetime.timedelta(days=1)
     sessions, out = [], {}
     for email in emails:
         user = users[email]

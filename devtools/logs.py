@@ -15,12 +15,28 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from livestream import logformats
 
-if TYPE_CHECKING:
-    from devtools.processes import Proc
+
+class Log(Protocol):
+    path: Path
+
+    def text(self) -> str: ...
+    def lines(self) -> list[str]: ...
+
+
+class Proc(Protocol):
+    """What reading a process's log needs of it (devtools.processes.Proc)."""
+
+    name: str
+    log: Log
+    ended_at: float | None
+
+    def alive(self) -> bool: ...
+
 
 # What each printf conversion the formats use may match.
 _CONVERSIONS = {"%s": r"(\S+)", "%d": r"(\d+)", "%.1f": r"([\d.]+)", "%r": r"(.+)"}

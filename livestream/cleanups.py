@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from livestream import control, diffs, ids
+from livestream import diffs, ids
 from livestream.conf import get_settings
-from livestream.leases import LeaseStore
+from livestream.leases import LeaseStore, held_by
 from livestream.ownership import CleanupFacts
 from livestream.presence import PresenceStore, cleanup_timer
 from livestream.redis import text_or_none
@@ -56,7 +56,7 @@ async def facts(store: PresenceStore, leases: LeaseStore, user_ids: list[str]) -
     found = []
     for i in range(len(user_ids)):
         owner = text_or_none(replies[2 * i + 1])
-        found.append(CleanupFacts(int(replies[2 * i]), owner, control.held_by(owner) is not None))
+        found.append(CleanupFacts(int(replies[2 * i]), owner, held_by(owner) is not None))
     return found
 
 

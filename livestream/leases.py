@@ -210,6 +210,13 @@ return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[2]), '+inf')
 )
 
 
+def held_by(lease_value: str | None) -> str | None:
+    """The staff id holding a user down, if ``lease_value`` is a hold rather than a worker."""
+    if lease_value and lease_value.startswith(HOLD_PREFIX):
+        return lease_value.removeprefix(HOLD_PREFIX)
+    return None
+
+
 def new_worker_id() -> str:
     """``host:pid:random``: unique per worker process, and says where it runs."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -249,7 +256,13 @@ class LeaseStore:
         )
 
     async def owner(self, user_id: str) -> str | None:
+        """The lease's value as it is: a worker id, a staff hold (``held-by-staff:<id>``), or None."""
         return text_or_none(await self.redis.get(self.lease_key(user_id)))
+
+    async def runner(self, user_id: str) -> str | None:
+        """The worker running ``user_id``'s manager; None if nobody does (a staff hold included)."""
+        owner = await self.owner(user_id)
+        return None if held_by(owner) is not None else owner
 
     async def renew(self, user_ids: list[str]) -> list[str]:
         """Extend our leases; returns the users whose lease another worker holds now."""

@@ -18,18 +18,38 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from livestream import cleanups, events, logformats
 from livestream.conf import get_settings
-
-if TYPE_CHECKING:
-    from livestream.presence_manager import PresenceManager
+from livestream.lease_keeper import LeaseKeeper
+from livestream.leases import LeaseStore
+from livestream.local_managers import LocalManagers
+from livestream.ownership import Ownership
+from livestream.presence import PresenceStore
+from livestream.timers import TimerPump, TimerStore
+from livestream.user_stream_manager import UserStreamManager
 
 logger = logging.getLogger(logformats.WORKER_LOGGER)
 
 
-async def tick(pm: PresenceManager) -> None:
+class Worker(Protocol):
+    """What the tick uses of the worker (the PresenceManager)."""
+
+    store: PresenceStore
+    leases: LeaseStore
+    timers: TimerStore
+    pump: TimerPump
+    core: Ownership
+    keeper: LeaseKeeper
+    local: LocalManagers
+    managers: dict[str, UserStreamManager]
+    live_workers: int
+
+    async def publish_state(self) -> None: ...
+
+
+async def tick(pm: Worker) -> None:
     for dead in await pm.leases.bury_dead_workers():
         logger.warning("[PresenceManager] worker %s died; its users are taken over now", dead)
     for change in await pm.store.expire_stale():  # their leaves reach the events LIST
@@ -45,7 +65,7 @@ async def tick(pm: PresenceManager) -> None:
     await pm.publish_state()
 
 
-async def schedule_cleanup(pm: PresenceManager, user_id: str) -> None:
+async def schedule_cleanup(pm: Worker, user_id: str) -> None:
     """For a lost leave: the store's scripts schedule all others."""
     delay = get_settings().CLEANUP_TIMEOUT
     await cleanups.schedule(pm.timers, user_id, delay)

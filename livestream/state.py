@@ -32,9 +32,9 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from redis.typing import EncodableT
 
-from livestream import control, keys
+from livestream import keys
 from livestream.conf import get_settings
-from livestream.leases import LeaseStore
+from livestream.leases import LeaseStore, held_by
 from livestream.presence import CLEANUP_TIMER_PREFIX, Meta, PresenceStore
 from livestream.redis import get_redis, texts_or_none
 from livestream.timers import TimerStore
@@ -151,7 +151,7 @@ async def read_state(client: aioredis.Redis | None = None) -> Snapshot:
     users = sorted(set(presence) | set(candidates), key=natural)
     lease_keys = [LeaseStore("", redis).lease_key(u) for u in users]
     owners = dict(zip(users, texts_or_none(await redis.mget(lease_keys)), strict=True)) if users else {}
-    held = {uid: by for uid in presence if (by := control.held_by(owners.get(uid))) is not None}
+    held = {uid: by for uid in presence if (by := held_by(owners.get(uid))) is not None}
 
     return Snapshot(
         presence={uid: presence[uid] for uid in sorted(presence, key=natural)},
