@@ -61,7 +61,7 @@ class PresenceManager:
         self.store, self.timers, self.leases = PresenceStore(), TimerStore(), LeaseStore(self.worker_id)
         self.scope = TaskScope("PresenceManager", logger)
         self.local = LocalManagers(self.core, self.store, self.leases, self.scope, self.forward)
-        # What control.py, the comp branch's handlers and the tests use of the local managers.
+        # The local managers under the PresenceManager's own names (control.py, handlers, tests use them).
         self.managers, self.lock, self.status = self.local.managers, self.local.lock, self.local.status
         self.start_local, self.stop_local = self.local.start, self.local.stop
         self.stop_manager = self.local.stop_if_absent
