@@ -31,7 +31,7 @@ from typing import Any
 
 from livestream.conf import get_settings
 from livestream.presence import Change, Meta, PresenceStore
-from livestream.tasks import retry_delay
+from livestream.tasks import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class Tracker:
                         future.set_result(change)
 
     async def _untrack_loop(self) -> None:
-        failures = 0
+        backoff = Backoff()
         failing_since: float | None = None
         while True:
             await self._untrack_wake.wait()
@@ -141,14 +141,14 @@ class Tracker:
                             len(self._untracks),
                             exc,
                         )
-                    failures += 1
-                    await asyncio.sleep(retry_delay(failures))
+                    await asyncio.sleep(backoff.failed())
                     continue
                 if failing_since is not None:
                     logger.warning(
                         "[PresenceConsumer] untracks work again after %.1fs", time.monotonic() - failing_since
                     )
-                    failing_since, failures = None, 0
+                    failing_since = None
+                    backoff.reset()
                 done = {id(item) for item in batch}
                 self._untracks = [item for item in self._untracks if id(item) not in done]
                 for (_, _, _, future), change in zip(batch, changes, strict=True):

@@ -24,7 +24,7 @@ from livestream import diffs, logformats
 from livestream.leases import LeaseStore
 from livestream.presence import PresenceStore
 from livestream.redis import text, texts
-from livestream.tasks import retry_delay
+from livestream.tasks import Backoff
 from streampai.redisconf import redis_client
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ async def read(
     client = redis_client()  # a connection of its own: BLPOP holds it
     events, starts = store.events_key, leases.starts_key()
     pending: set[asyncio.Task[None]] = set()
-    failures = 0
+    backoff = Backoff(cap=1.0)
     try:
         while not closing():
             try:
@@ -57,10 +57,9 @@ async def read(
                 rest = texts(await client.lpop(source, BATCH - 1) or [])
             except Exception as exc:
                 logger.warning("[PresenceManager] reading presence events failed: %r", exc)
-                failures += 1
-                await asyncio.sleep(retry_delay(failures, cap=1.0))
+                await asyncio.sleep(backoff.failed())
                 continue
-            failures = 0
+            backoff.reset()
             if source == starts:
                 await on_starts([first, *rest])
                 continue

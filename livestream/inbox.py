@@ -19,7 +19,7 @@ from channels.layers import get_channel_layer
 
 from livestream import logformats
 from livestream.leases import LeaseStore
-from livestream.tasks import retry_delay
+from livestream.tasks import Backoff
 
 logger = logging.getLogger(logformats.WORKER_LOGGER)
 
@@ -39,7 +39,7 @@ async def receive(
 ) -> None:
     """Hand each message of ``inbox`` to ``handle`` until ``closing()``."""
     layer = get_channel_layer()
-    failures = 0
+    backoff = Backoff(cap=1.0)
     while not closing():
         try:
             message = await layer.receive(inbox)
@@ -47,8 +47,7 @@ async def receive(
             raise
         except Exception as exc:
             logger.warning("[PresenceManager] inbox receive failed: %r", exc)
-            failures += 1
-            await asyncio.sleep(retry_delay(failures, cap=1.0))
+            await asyncio.sleep(backoff.failed())
             continue
-        failures = 0
+        backoff.reset()
         await handle(message)

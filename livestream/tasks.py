@@ -11,7 +11,8 @@ supervisor, the dashboard's tracker):
   shutdown  ``cancel_and_wait``: cancel, wait a bounded time, return the stuck
             tasks (``describe`` names them, with where each is stuck).
   retries   ``retry_delay``: the one backoff policy of every retry loop: ``first``
-            after the first failure, doubling with each failure in a row, capped.
+            after the first failure, doubling with each failure in a row, capped
+            (``Backoff`` counts the failures for a loop).
 """
 
 from __future__ import annotations
@@ -27,6 +28,21 @@ MAX_BACKOFF = 5.0
 def retry_delay(failures: int, first: float = 0.1, cap: float = MAX_BACKOFF) -> float:
     """How long to wait after ``failures`` failures in a row (1 or more) before trying again."""
     return min(first * 2 ** (max(failures, 1) - 1), cap)
+
+
+class Backoff:
+    """A retry loop's failures in a row, and how long to wait after each (``retry_delay``)."""
+
+    def __init__(self, first: float = 0.1, cap: float = MAX_BACKOFF) -> None:
+        self.first, self.cap, self.failures = first, cap, 0
+
+    def failed(self) -> float:
+        """Count a failure; returns how long to wait before trying again."""
+        self.failures += 1
+        return retry_delay(self.failures, self.first, self.cap)
+
+    def reset(self) -> None:
+        self.failures = 0
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], timeout: float) -> set[asyncio.Task[Any]]:

@@ -21,7 +21,7 @@ import signal
 
 from channels.worker import Worker as ChannelsWorker
 
-from livestream.tasks import cancel_and_wait, describe, retry_delay
+from livestream.tasks import Backoff, cancel_and_wait, describe
 
 logger = logging.getLogger("livestream.worker")
 
@@ -93,19 +93,18 @@ class Worker(ChannelsWorker):
         return self.get_or_create_application_instance(channel, {"type": "channel", "channel": channel})
 
     async def listener(self, channel: str) -> None:
-        failures = 0
+        backoff = Backoff()
         while not self._stopping():
             try:
                 message = await self.channel_layer.receive(channel)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                failures += 1
-                backoff = retry_delay(failures)
-                logger.warning("Receiving on %s failed (%r); retrying in %.1fs", channel, exc, backoff)
-                await asyncio.sleep(backoff)
+                delay = backoff.failed()
+                logger.warning("Receiving on %s failed (%r); retrying in %.1fs", channel, exc, delay)
+                await asyncio.sleep(delay)
                 continue
-            failures = 0
+            backoff.reset()
             if self._stopping():
                 logger.warning("Worker stopping: message of type %r left undelivered", message.get("type"))
                 return
