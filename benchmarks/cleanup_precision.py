@@ -21,20 +21,16 @@ from typing import Any
 
 from benchmarks.common import (
     amake_users,
-    configure_django,
+    environment,
     event_times,
     flushall,
-    migrated_template,
-    new_prefix,
     new_stack,
     open_all,
     paired,
-    private_redis,
     summary,
-    unix_url,
     wait_until,
-    workdir,
 )
+from livestream import logformats
 
 TARGET = (5.00, 5.10)
 
@@ -58,7 +54,7 @@ async def measure(
         uids = {uid for uid, _ in users} - bad
 
         def all_started() -> bool:
-            return uids <= event_times(worker.log.text(), "UserStreamManager started").keys()
+            return uids <= event_times(worker.log.text(), logformats.MANAGER_STARTED).keys()
 
         await wait_until(all_started, timeout=120, what="all managers started", interval=0.2, required=False)
         mark = worker.log.mark()
@@ -80,15 +76,15 @@ async def measure(
         await asyncio.gather(*(close_user(uid, by_user[uid]) for uid in uids))
 
         def all_stopped() -> bool:
-            return uids <= event_times(worker.log.text()[mark:], "UserStreamManager stopped").keys()
+            return uids <= event_times(worker.log.text()[mark:], logformats.MANAGER_STOPPED).keys()
 
         await wait_until(all_stopped, timeout=60, what="all managers stopped", interval=0.2, required=False)
         text = worker.log.text()[mark:]
     finally:
         stack.stop_all()
         flushall(server)
-    stopped = event_times(text, "UserStreamManager stopped")
-    scheduled = event_times(text, "cleanup scheduled")
+    stopped = event_times(text, logformats.MANAGER_STOPPED)
+    scheduled = event_times(text, logformats.CLEANUP_SCHEDULED)
     delays, not_stopped = paired(stopped, closed_at, uids)
     return {
         "users": users_count,
@@ -109,9 +105,7 @@ SPREADS = (5.0, 1.0)  # seconds over which the users' tabs close: steady churn, 
 
 def run(quick: bool) -> dict[str, Any]:
     users = 30 if quick else 200
-    with workdir("cleanup") as tmp, private_redis() as server:
-        template = migrated_template(tmp)
-        configure_django(unix_url(server), tmp / "db.sqlite3", new_prefix())
+    with environment("cleanup") as (tmp, template, server):
         results = [asyncio.run(measure(tmp, template, server, users, spread)) for spread in SPREADS]
     for r, spread in zip(results, SPREADS, strict=True):
         r["spread_s"] = spread

@@ -1,15 +1,17 @@
-"""Plumbing shared by the benchmarks: private Redis, Django set-up, users, stats.
+"""Plumbing shared by the benchmarks: Django set-up, stats, CPU/RSS sampling, tabs.
 
-Processes come from tests/harness.py (Stack, LogFile, open_socket); this module
-only adds what a benchmark needs on top: many users with sessions written
-straight into the SQLite file, percentiles, CPU/RSS sampling and log parsing.
+Processes, clients, users with sessions, the private Redis and the log grammar come
+from devtools/ (shared with the tests; re-exported here under the names the
+benchmarks have always imported); this module adds what only a benchmark needs:
+percentiles, CPU/RSS sampling, many sockets at once, a tab that reconnects as
+presence.js does. (Over 300 lines: it is the benchmarks' toolbox, a section per
+kind of tool; the benchmarks import every name from here.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import resource
 import secrets
 import shutil
@@ -20,23 +22,52 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from devtools import processes
+from devtools.clients import amake_users, make_users, open_socket
+from devtools.logs import (
+    ASCTIME,
+    CONSOLE_LINE,
+    FENCE_LINE,
+    KILLED_LINE,
+    asctime_epoch,
+    event_counts,
+    event_times,
+    fences,
+    killed,
+    utc_epoch,
+    wsrejects,
+)
+from devtools.processes import Stack, migrate_template, start_worker_ready
+from devtools.redis import flushall, private_redis, unix_url
 from streampai.embedded_redis import EmbeddedRedis
+
+__all__ = [  # re-exported from devtools: what the benchmarks import from here
+    "ASCTIME",
+    "CONSOLE_LINE",
+    "FENCE_LINE",
+    "KILLED_LINE",
+    "amake_users",
+    "asctime_epoch",
+    "event_counts",
+    "event_times",
+    "fences",
+    "flushall",
+    "killed",
+    "make_users",
+    "private_redis",
+    "start_worker_ready",
+    "unix_url",
+    "utc_epoch",
+    "wsrejects",
+]
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var" / "bench"
-
-# The worker's interface log lines (see COMMON.md); parsed, never changed.
-ASCTIME = r"(?P<asctime>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
-CONSOLE_LINE = re.compile(
-    r"\[UserStreamManager:(?P<uid>[^\]]+)\] Console log #(?P<n>\d+) - "
-    r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6})Z"
-)
 
 
 def quick_mode(argv: Sequence[str] = ()) -> bool:
@@ -86,25 +117,6 @@ def load_average() -> str:
 
 
 @contextlib.contextmanager
-def private_redis(tcp: bool = False) -> Iterator[EmbeddedRedis]:
-    """A redis-server of our own in a temp dir (unix socket; also TCP if asked)."""
-    from tests.harness import free_port
-
-    directory = Path(tempfile.mkdtemp(prefix="streampai-bench-redis-"))
-    server = EmbeddedRedis(directory, port=free_port() if tcp else 0)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def unix_url(server: EmbeddedRedis) -> str:
-    return f"unix://{server.socket_path}?db=0"
-
-
-@contextlib.contextmanager
 def workdir(name: str) -> Iterator[Path]:
     """A temp dir for one benchmark; its process logs are kept under var/bench/logs/<name>/."""
     directory = Path(tempfile.mkdtemp(prefix=f"streampai-bench-{name}-"))
@@ -119,10 +131,21 @@ def workdir(name: str) -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def migrated_template(tmp: Path) -> Path:
-    """A migrated SQLite file (tests/harness.py's), for Stack to copy."""
-    from tests.harness import migrate_template
+@contextlib.contextmanager
+def environment(
+    name: str, tcp: bool = False, **livestream: Any
+) -> Iterator[tuple[Path, Path, EmbeddedRedis]]:
+    """What every benchmark starts with: ``(tmp, template, server)``: a work dir (its logs kept,
+    see workdir), a private Redis (also on TCP if asked), a migrated database template, and
+    this process's Django pointed at them (``livestream``: LIVESTREAM overrides)."""
+    with workdir(name) as tmp, private_redis(tcp=tcp) as server:
+        template = migrated_template(tmp)
+        configure_django(unix_url(server), tmp / "db.sqlite3", new_prefix(), **livestream)
+        yield tmp, template, server
 
+
+def migrated_template(tmp: Path) -> Path:
+    """A migrated SQLite file, for Stack to copy."""
     directory = tmp / "template"
     directory.mkdir(parents=True, exist_ok=True)
     return migrate_template(directory)
@@ -153,54 +176,6 @@ def configure_django(redis_url: str, db_path: Path, key_prefix: str, **livestrea
 
 def new_prefix() -> str:
     return f"bench{uuid.uuid4().hex[:8]}"
-
-
-def make_users(count: int, start: int = 0) -> list[tuple[str, str]]:
-    """``count`` users with a logged-in session each, written straight to the DB.
-
-    Returns (user id, session key) pairs. No password hashing: the sessions are
-    what the WebSocket's AuthMiddlewareStack checks.
-    """
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
-    from django.contrib.auth.hashers import make_password
-    from django.contrib.sessions.backends.db import SessionStore
-    from django.contrib.sessions.models import Session
-    from django.utils import timezone
-
-    user_model = get_user_model()
-    unusable = make_password(None)
-    names = [f"bench{i}" for i in range(start, start + count)]
-    user_model.objects.bulk_create(
-        [user_model(username=n, email=f"{n}@example.com", password=unusable) for n in names], batch_size=500
-    )
-    users = list(user_model.objects.filter(username__in=names).order_by("pk"))
-    store = SessionStore()
-    expires = timezone.now() + timezone.timedelta(days=1)
-    sessions = []
-    pairs = []
-    for user in users:
-        session_key = secrets.token_hex(16)
-        data = {
-            SESSION_KEY: str(user.pk),
-            BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend",
-            HASH_SESSION_KEY: user.get_session_auth_hash(),
-        }
-        sessions.append(
-            Session(session_key=session_key, session_data=store.encode(data), expire_date=expires)
-        )
-        pairs.append((str(user.pk), session_key))
-    Session.objects.bulk_create(sessions, batch_size=500)
-    from django.db import connections
-
-    connections.close_all()  # Stack copies a fresh database over the file for the next run
-    return pairs
-
-
-async def amake_users(count: int, start: int = 0) -> list[tuple[str, str]]:
-    """make_users from async code (the ORM refuses to run on the event loop's thread)."""
-    import asyncio
-
-    return await asyncio.to_thread(make_users, count, start)
 
 
 # -- processes -------------------------------------------------------------------------
@@ -255,53 +230,18 @@ def machine_info() -> dict[str, Any]:
 # -- log parsing -------------------------------------------------------------------------
 
 
-def asctime_epoch(asctime: str) -> float:
-    """logging's %(asctime)s (local time, millisecond resolution) as epoch seconds."""
-    from tests.harness import log_time
-
-    stamp, _, millis = asctime.partition(",")
-    return log_time(stamp, millis)
-
-
-def utc_epoch(stamp: str) -> float:
-    """The ConsoleLogger's ``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC, microseconds) as epoch seconds."""
-    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
-
-
-def event_times(text: str, message: str) -> dict[str, float]:
-    """uid -> epoch of the first ``[PresenceManager] <message>: <uid>`` worker log line."""
-    pattern = re.compile(ASCTIME + r" \S+ \S+ \[PresenceManager\] " + re.escape(message) + r": (?P<uid>\S+)")
-    times: dict[str, float] = {}
-    for match in pattern.finditer(text):
-        times.setdefault(match["uid"], asctime_epoch(match["asctime"]))
-    return times
-
-
 async def wait_until(
     predicate: Any, timeout: float, what: str, interval: float = 0.05, required: bool = True
 ) -> Any:
-    """tests.harness.wait_until; ``required=False`` returns None on timeout instead of raising."""
-    from tests.harness import wait_until as harness_wait_until
-
-    return await harness_wait_until(predicate, timeout, what, interval, required=required)
+    """devtools' wait_until, polling every 50 ms; ``required=False`` returns None on timeout."""
+    return await processes.wait_until(predicate, timeout, what, interval, required=required)
 
 
 # -- real processes and sockets ------------------------------------------------------------
 
 
-def flushall(server: EmbeddedRedis) -> None:
-    """Empty OUR private redis-server between runs (never the machine's shared one)."""
-    import redis
-
-    client = redis.Redis.from_url(unix_url(server))
-    try:
-        client.flushall()
-    finally:
-        client.close()
-
-
 def new_stack(tmp: Path, template: Path, server: EmbeddedRedis, url: str | None = None, **env: str) -> Any:
-    """A tests.harness.Stack on a fresh copy of the database and our Redis.
+    """A devtools Stack on a fresh copy of the database and our Redis.
 
     ``url``: how the processes reach Redis (default: its unix socket; pass
     ``server.url`` for TCP, so MONITOR and psutil can tell processes apart).
@@ -310,8 +250,6 @@ def new_stack(tmp: Path, template: Path, server: EmbeddedRedis, url: str | None 
     Redis see what daphne and the worker write.
     """
     from django.db import connections
-
-    from tests.harness import Stack
 
     connections.close_all()  # Stack copies the template over the database file
     return Stack(
@@ -348,8 +286,6 @@ async def open_all(
     completed), or None where the handshake failed (counted in FAILURES).
     """
     import asyncio
-
-    from tests.harness import open_socket
 
     gate = asyncio.Semaphore(concurrency)
 
@@ -442,8 +378,6 @@ class PageTab:
         return self.ws is not None and self.ws.state.name == "OPEN"
 
     async def _connect(self) -> Any:
-        from tests.harness import open_socket
-
         return await open_socket(self.url(), self.session, path=self.path, open_timeout=60, close_timeout=10)
 
     async def _run(self) -> None:
@@ -558,39 +492,6 @@ def ms(stats: dict[str, float], *keys: str) -> str:
     if not stats.get("n"):
         return "n/a"
     return " / ".join(f"{stats[k] * 1000:.0f}" for k in keys)
-
-
-# -- worker and daphne log lines ---------------------------------------------------------------
-
-FENCE_LINE = re.compile(r"\[PresenceManager\] leases not renewed for \S+s; stopping \d+ managers")
-KILLED_LINE = "took too long to shut down and was killed"
-
-
-def event_counts(text: str, message: str) -> Counter[str]:
-    """uid -> how many ``[PresenceManager] <message>: <uid>`` lines ``text`` has."""
-    pattern = re.compile(r"\[PresenceManager\] " + re.escape(message) + r": (?P<uid>\S+)")
-    return Counter(match["uid"] for match in pattern.finditer(text))
-
-
-def fences(text: str) -> int:
-    return len(FENCE_LINE.findall(text))
-
-
-def killed(text: str) -> int:
-    """daphne's 'took too long to shut down and was killed' lines."""
-    return text.count(KILLED_LINE)
-
-
-def wsrejects(text: str) -> int:
-    """daphne's access-log lines for refused handshakes."""
-    return text.count("WSREJECT")
-
-
-async def start_worker_ready(stack: Any, name: str = "worker", timeout: float = 60, **env: str) -> Any:
-    """A runworker that has logged its start (its PresenceManager is running)."""
-    worker = stack.start_worker(name, **env)
-    await worker.log.wait_for(r"\[PresenceManager\] worker \S+ started", timeout=timeout)
-    return worker
 
 
 # -- Redis as seen from outside ---------------------------------------------------------------------

@@ -38,21 +38,17 @@ from benchmarks.common import (
     amake_users,
     close_all,
     commandstats,
-    configure_django,
     cpu_percent,
+    environment,
     flushall,
-    migrated_template,
-    new_prefix,
     new_stack,
     open_all,
-    private_redis,
     quiet,
     raise_fd_limit,
     sample,
     start_worker_ready,
     take_failures,
     unix_url,
-    workdir,
 )
 from benchmarks.monitor import Monitor, client_ports, round_trips, script_names
 
@@ -244,9 +240,7 @@ def run(quick: bool) -> dict[str, Any]:
     sizes = [200, 1000] if quick else [1000, 5000]
     hold = 12.0 if quick else 25.0
     cycles = 200 if quick else 1000
-    with workdir("daphne") as tmp, private_redis(tcp=True) as server:
-        template = migrated_template(tmp)
-        configure_django(unix_url(server), tmp / "db.sqlite3", new_prefix())
+    with environment("daphne", tcp=True) as (tmp, template, server):
         costs = [
             asyncio.run(connect_cost(tmp, template, server, *spec, cycles=cycles, offset=(i + 10) * 100_000))
             for i, spec in enumerate(APPS)

@@ -27,26 +27,22 @@ from typing import Any
 from benchmarks.common import (
     CONSOLE_LINE,
     amake_users,
-    configure_django,
     cpu_percent,
+    environment,
     event_times,
     flushall,
-    migrated_template,
     ms,
-    new_prefix,
     new_stack,
     open_all,
     paired,
-    private_redis,
     sample,
     start_worker_ready,
     summary,
     take_failures,
-    unix_url,
     utc_epoch,
     wait_until,
-    workdir,
 )
+from livestream import logformats
 
 JOIN_P99 = 0.100
 CLOSE_WINDOW = (5.00, 5.10)
@@ -100,7 +96,7 @@ async def measure(tmp: Any, template: Any, server: Any, n: int) -> dict[str, Any
 
         def all_stopped() -> bool:
             return (
-                closed_at.keys() <= event_times(worker.log.text()[mark:], "UserStreamManager stopped").keys()
+                closed_at.keys() <= event_times(worker.log.text()[mark:], logformats.MANAGER_STOPPED).keys()
             )
 
         await wait_until(all_stopped, timeout=30, what="managers stopped", interval=0.2, required=False)
@@ -110,8 +106,8 @@ async def measure(tmp: Any, template: Any, server: Any, n: int) -> dict[str, Any
         flushall(server)
     uids = [uid for uid, _ in users]
     join, not_running = paired(running, handshake, handshake.keys())
-    stopped = event_times(text, "UserStreamManager stopped")
-    scheduled = event_times(text, "cleanup scheduled")
+    stopped = event_times(text, logformats.MANAGER_STOPPED)
+    scheduled = event_times(text, logformats.CLEANUP_SCHEDULED)
     delays, not_stopped = paired(stopped, closed_at, closed_at.keys())
     return {
         "users": n,
@@ -134,9 +130,7 @@ async def measure(tmp: Any, template: Any, server: Any, n: int) -> dict[str, Any
 
 def run(quick: bool) -> dict[str, Any]:
     n = 100 if quick else 500
-    with workdir("burst") as tmp, private_redis() as server:
-        template = migrated_template(tmp)
-        configure_django(unix_url(server), tmp / "db.sqlite3", new_prefix())
+    with environment("burst") as (tmp, template, server):
         r = asyncio.run(measure(tmp, template, server, n))
     j, c = r["handshake_to_console1_s"], r["close_to_stopped_s"]
     join_met = (

@@ -26,18 +26,13 @@ from typing import Any
 from benchmarks.common import (
     FENCE_LINE,
     announce_join,
-    configure_django,
     cpu_percent,
+    environment,
     fake_meta,
     flushall,
-    migrated_template,
-    new_prefix,
     new_stack,
-    private_redis,
     sample,
     start_worker_ready,
-    unix_url,
-    workdir,
 )
 
 ALL_RUNNING_WITHIN = 60.0
@@ -45,8 +40,8 @@ JOIN_CONCURRENCY = 500
 
 
 async def flood(tmp: Any, template: Any, server: Any, n: int, watch: float) -> dict[str, Any]:
+    from devtools.logs import RunTracker
     from livestream.presence import PresenceStore
-    from tests.harness import RunTracker
 
     stack = new_stack(tmp, template, server, LIVESTREAM_PRESENCE_TTL="86400")
     uids = [f"f{i}" for i in range(n)]
@@ -110,9 +105,7 @@ async def flood(tmp: Any, template: Any, server: Any, n: int, watch: float) -> d
 
 def run(quick: bool) -> dict[str, Any]:
     n, watch = (2000, 30.0) if quick else (12_000, 75.0)
-    with workdir("flood") as tmp, private_redis() as server:
-        template = migrated_template(tmp)
-        configure_django(unix_url(server), tmp / "db.sqlite3", new_prefix(), PRESENCE_TTL=86400)
+    with environment("flood", PRESENCE_TTL=86400) as (tmp, template, server):
         r = asyncio.run(flood(tmp, template, server, n, watch))
     all_s = r["all_running_s"]
     met = (
@@ -163,7 +156,7 @@ def run(quick: bool) -> dict[str, Any]:
         ],
         "notes": [
             *([f"Joins that raised, by error: {r['join_errors']}"] if r["join_errors"] else []),
-            "From the worker's log: 'UserStreamManager started/stopped: <uid>' (tests.harness.RunTracker) and the "
+            "From the worker's log: 'UserStreamManager started/stopped: <uid>' (devtools.logs.RunTracker) and the "
             "fence line. 'All running' = the log time of the start that completed the set, minus the first join.",
             "Worker CPU in % of one core over the watch; client CPU = the benchmark process while sending joins.",
         ],

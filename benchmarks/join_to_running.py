@@ -26,22 +26,18 @@ from benchmarks.common import (
     CONSOLE_LINE,
     amake_users,
     close_all,
-    configure_django,
+    environment,
     event_times,
     flushall,
-    migrated_template,
-    new_prefix,
     new_stack,
     open_all,
     paired,
-    private_redis,
     summary,
     take_failures,
-    unix_url,
     utc_epoch,
     wait_until,
-    workdir,
 )
+from livestream import logformats
 
 PRESENCE_TTL = 600.0  # long, and no heartbeat inside the run: the expiry score stays the track time
 
@@ -88,7 +84,7 @@ async def one_size(tmp: Any, template: Any, server: Any, users_count: int, offse
         store = PresenceStore()
         scores = await store.redis.zrange(store.expiry_key, 0, -1, withscores=True)
         accepted = {member.rsplit("|", 1)[0]: score - PRESENCE_TTL for member, score in scores}
-        started = event_times(worker.log.text(), "UserStreamManager started")
+        started = event_times(worker.log.text(), logformats.MANAGER_STARTED)
         sockets = [o[0] for o in opened if o is not None]
         await close_all(sockets)
     finally:
@@ -115,9 +111,7 @@ async def one_size(tmp: Any, template: Any, server: Any, users_count: int, offse
 
 def run(quick: bool) -> dict[str, Any]:
     sizes = [1, 20, 100] if quick else [1, 100, 1000]
-    with workdir("join") as tmp, private_redis() as server:
-        template = migrated_template(tmp)
-        configure_django(unix_url(server), tmp / "db.sqlite3", new_prefix())
+    with environment("join") as (tmp, template, server):
         results = []
         for i, n in enumerate(sizes):
             results.append(asyncio.run(one_size(tmp, template, server, n, offset=i * 100_000)))

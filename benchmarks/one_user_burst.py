@@ -33,23 +33,19 @@ from typing import Any
 
 from benchmarks.common import (
     amake_users,
-    configure_django,
     cpu_percent,
+    environment,
     event_times,
     flushall,
     killed,
-    migrated_template,
-    new_prefix,
     new_stack,
-    private_redis,
     redis_connections,
     refusal_kind,
     sample,
     start_worker_ready,
-    unix_url,
     wait_until,
-    workdir,
 )
+from livestream import logformats
 
 CLOSE_SPREAD = 3.0
 OPEN_CONCURRENCY = 200
@@ -65,8 +61,8 @@ PLAIN_BUDGET = 270.0  # s for the plain bursts; a slower machine runs fewer (rep
 async def iteration(
     web: Any, worker: Any, server: Any, uid: str, session: str, n: int, live: bool, seed: int
 ) -> dict[str, Any]:
+    from devtools.clients import open_socket
     from livestream.presence import PresenceStore
-    from tests.harness import open_socket
 
     path = "/ws/presence/?live=1" if live else "/ws/presence/"
     w_mark, d_mark = worker.log.mark(), web.log.mark()
@@ -127,10 +123,10 @@ async def iteration(
     ghosts = len((await store.list()).get(uid, {}).get("metas", []))
 
     def stopped() -> bool:
-        return uid in event_times(worker.log.text()[w_mark:], "UserStreamManager stopped")
+        return uid in event_times(worker.log.text()[w_mark:], logformats.MANAGER_STOPPED)
 
     await wait_until(stopped, timeout=CLEANUP[1] + 10, what="manager stopped", interval=0.1, required=False)
-    stop_at = event_times(worker.log.text()[w_mark:], "UserStreamManager stopped").get(uid)
+    stop_at = event_times(worker.log.text()[w_mark:], logformats.MANAGER_STOPPED).get(uid)
     for task in readers:
         task.cancel()
     await asyncio.sleep(1.0)  # let daphne settle before reading its connections and RSS
@@ -164,7 +160,7 @@ async def measure(
     tmp: Any, template: Any, server: Any, n: int, plain: int, live: int, budget: float = 1e9
 ) -> dict[str, Any]:
     """``plain`` bursts (fewer if they take more than ``budget`` s in all), then ``live`` with ?live=1."""
-    from tests.harness import open_socket
+    from devtools.clients import open_socket
 
     stack = new_stack(tmp, template, server, url=server.url)
     (uid, session), *_ = await amake_users(1)
@@ -208,9 +204,7 @@ async def measure(
 
 def run(quick: bool) -> dict[str, Any]:
     n, plain, live = (300, 3, 1) if quick else (2000, 10, 1)
-    with workdir("oneuser") as tmp, private_redis(tcp=True) as server:
-        template = migrated_template(tmp)
-        configure_django(unix_url(server), tmp / "db.sqlite3", new_prefix())
+    with environment("oneuser", tcp=True) as (tmp, template, server):
         r = asyncio.run(measure(tmp, template, server, n, plain, live, budget=PLAIN_BUDGET))
     base, its = r["baseline"], r["iterations"]
     rows = []

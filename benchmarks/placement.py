@@ -17,18 +17,14 @@ from typing import Any
 
 from benchmarks.common import (
     amake_users,
-    configure_django,
+    environment,
     event_times,
     flushall,
-    migrated_template,
-    new_prefix,
     new_stack,
-    private_redis,
     start_worker_ready,
-    unix_url,
     wait_until,
-    workdir,
 )
+from livestream import logformats
 
 USERS = 12
 
@@ -37,7 +33,7 @@ def owners(workers: list[Any], uids: list[str]) -> dict[str, list[str]]:
     """uid -> the workers that logged 'UserStreamManager started' for it."""
     found: dict[str, list[str]] = {u: [] for u in uids}
     for w in workers:
-        started = event_times(w.log.text(), "UserStreamManager started")
+        started = event_times(w.log.text(), logformats.MANAGER_STARTED)
         for u in uids:
             if u in started:
                 found[u].append(w.name)
@@ -45,7 +41,7 @@ def owners(workers: list[Any], uids: list[str]) -> dict[str, list[str]]:
 
 
 async def round_of(web: Any, workers: list[Any], users: list[tuple[str, str]]) -> dict[str, Any]:
-    from tests.harness import open_socket
+    from devtools.clients import open_socket
 
     sockets = []
     failed = 0
@@ -100,9 +96,7 @@ async def measure(tmp: Any, template: Any, server: Any, n: int) -> dict[str, Any
 
 def run(quick: bool) -> dict[str, Any]:
     n = 6 if quick else USERS
-    with workdir("placement") as tmp, private_redis() as server:
-        template = migrated_template(tmp)
-        configure_django(unix_url(server), tmp / "db.sqlite3", new_prefix())
+    with environment("placement") as (tmp, template, server):
         r = asyncio.run(measure(tmp, template, server, n))
     a, b = r["two_workers"], r["third_worker"]
 

@@ -140,7 +140,8 @@ async def connect_path(users: int, concurrency: int) -> dict[str, Any]:
 async def end_to_end(redis: Any, tmp: Path, template: Path, sockets: int) -> dict[str, Any]:
     from django.db import connections
 
-    from tests.harness import Stack, open_socket
+    from devtools.clients import open_socket
+    from devtools.processes import Stack
 
     connections.close_all()
     tcp_url = redis.url

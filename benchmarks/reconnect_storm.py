@@ -32,24 +32,20 @@ from typing import Any
 from benchmarks.common import (
     PageTab,
     amake_users,
-    configure_django,
     cpu_percent,
+    environment,
     event_counts,
     fences,
     flushall,
     killed,
-    migrated_template,
-    new_prefix,
     new_stack,
-    private_redis,
     sample,
     start_worker_ready,
     summary,
-    unix_url,
     wait_until,
-    workdir,
     wsrejects,
 )
+from livestream import logformats
 
 BACK_WITHIN = 5.0
 BACK_WAIT = 60.0  # how long after SIGTERM the tabs are given to come back (and A to exit)
@@ -83,7 +79,7 @@ async def storm(tmp: Any, template: Any, server: Any, n: int, offset: int) -> di
         )
 
         def started_all() -> bool:
-            return set(uids) <= event_counts(worker.log.text(), "UserStreamManager started").keys()
+            return set(uids) <= event_counts(worker.log.text(), logformats.MANAGER_STARTED).keys()
 
         await wait_until(started_all, timeout=120, what="managers started", interval=0.5, required=False)
         await asyncio.sleep(2.0)
@@ -135,8 +131,8 @@ async def storm(tmp: Any, template: Any, server: Any, n: int, offset: int) -> di
         if closes:
             close_codes[closes[0].detail] += 1
         refusals.update(e.detail for e in storm_events if e.kind == "refused")
-    stopped = event_counts(text, "UserStreamManager stopped")
-    started = event_counts(text, "UserStreamManager started")
+    stopped = event_counts(text, logformats.MANAGER_STOPPED)
+    started = event_counts(text, logformats.MANAGER_STARTED)
     result.update(
         {
             "sigterm_to_back_s": summary(back),
@@ -165,9 +161,7 @@ async def storm(tmp: Any, template: Any, server: Any, n: int, offset: int) -> di
 
 def run(quick: bool) -> dict[str, Any]:
     sizes = [100, 300] if quick else [1000, 3000]
-    with workdir("storm") as tmp, private_redis() as server:
-        template = migrated_template(tmp)
-        configure_django(unix_url(server), tmp / "db.sqlite3", new_prefix())
+    with environment("storm") as (tmp, template, server):
         results = [
             asyncio.run(storm(tmp, template, server, n, offset=i * 100_000)) for i, n in enumerate(sizes)
         ]

@@ -28,20 +28,16 @@ from benchmarks import profiling
 from benchmarks.common import (
     CONSOLE_LINE,
     announce_join,
-    configure_django,
     cpu_percent,
+    environment,
     fake_meta,
     flushall,
-    migrated_template,
-    new_prefix,
     new_stack,
-    private_redis,
     sample,
     summary,
     unix_url,
     utc_epoch,
     wait_until,
-    workdir,
 )
 
 INTERVAL = 1.0  # CONSOLE_LOG_INTERVAL (the default)
@@ -187,9 +183,7 @@ def run(quick: bool) -> dict[str, Any]:
     big_n = 1000 if quick else 10_000
     variants = [(200 if quick else 1000, "defaults", {}), (big_n, "defaults", {})]
     variants.append((big_n, "periodic status pushes off (STATUS_PUSH_INTERVAL=0)", NO_PUSH))
-    with workdir("capacity") as tmp, private_redis() as server:
-        template = migrated_template(tmp)
-        configure_django(unix_url(server), tmp / "db.sqlite3", new_prefix(), PRESENCE_TTL=86400)
+    with environment("capacity", PRESENCE_TTL=86400) as (tmp, template, server):
         results = []
         for n, label, env in variants:
             result = asyncio.run(one_size(tmp, template, server, n, quick, **env))

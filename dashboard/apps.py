@@ -1,3 +1,5 @@
+"""The dashboard app's config: connects its signal receivers (impersonation audit, session ends)."""
+
 from django.apps import AppConfig
 
 

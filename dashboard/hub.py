@@ -207,6 +207,8 @@ class Hub:
     async def _handle(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         channel = message.get("channel")
+        if not isinstance(channel, str):
+            return  # pongs name no channel
         if kind == "subscribe":
             due = self._due.get(channel, 0) - 1
             if due > 0:
@@ -226,12 +228,11 @@ class Hub:
             return
         raw = message.get("data")
         try:
-            event = json.loads(raw)
+            event = json.loads(raw) if isinstance(raw, str | bytes) else None
         except (TypeError, ValueError, RecursionError):
             event = None
-        name = self.handlers.get(event.get("type")) if isinstance(event, dict) else None
-        if isinstance(event, dict) and not isinstance(event.get("type"), str):
-            name = None
+        kind_of = event.get("type") if isinstance(event, dict) else None
+        name = self.handlers.get(kind_of) if isinstance(kind_of, str) else None
         if name is None:
             self.dropped += 1
             logger.warning(

@@ -6,7 +6,7 @@ subscribed to:
   push.user_channel(user_id)       (sockets opened with ``?live=1``, as the dashboard
                                    page's are) the worker publishes that user's
                                    manager status and, coalesced, their open-session
-                                   count (livestream/user_status.py);
+                                   count (livestream/status_push.py);
   push.session_channel(key)        logging out or starting/ending impersonation in
                                    that session closes its sockets with 4001
                                    (dashboard/sessions.py), because Channels checks

@@ -1,3 +1,5 @@
+"""WebSocket routes: ``/ws/presence/`` (dashboard.consumers.PresenceConsumer, the browser side)."""
+
 from django.urls import path
 
 from dashboard.consumers import PresenceConsumer

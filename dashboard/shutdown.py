@@ -64,7 +64,9 @@ def _install() -> None:
         return
     from twisted.internet import reactor
 
-    reactor.addSystemEventTrigger("before", "shutdown", _hand_off_all)
+    # twisted types the reactor as its zope Interface, whose methods have no ``self``: without
+    # the mypy-zope plugin, mypy reads "before" as self and every argument one place off.
+    reactor.addSystemEventTrigger("before", "shutdown", _hand_off_all)  # type: ignore[arg-type]
     _installed = True
 
 

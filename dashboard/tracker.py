@@ -32,6 +32,7 @@ from typing import Any
 from dashboard.memory import Trimmer
 from livestream.conf import get_settings
 from livestream.presence import Change, Meta, PresenceStore
+from livestream.tasks import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class Tracker:
                         future.set_result(change)
 
     async def _untrack_loop(self) -> None:
-        backoff = 0.1
+        backoff = Backoff()
         failing_since: float | None = None
         while True:
             await self._untrack_wake.wait()
@@ -144,14 +145,14 @@ class Tracker:
                             len(self._untracks),
                             exc,
                         )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    await asyncio.sleep(backoff.failed())
                     continue
                 if failing_since is not None:
                     logger.warning(
                         "[PresenceConsumer] untracks work again after %.1fs", time.monotonic() - failing_since
                     )
-                    failing_since, backoff = None, 0.1
+                    failing_since = None
+                    backoff.reset()
                 done = {id(item) for item in batch}
                 self._untracks = [item for item in self._untracks if id(item) not in done]
                 for (_, _, _, future), change in zip(batch, changes, strict=True):

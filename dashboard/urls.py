@@ -1,3 +1,5 @@
+"""The dashboard pages' URLs under ``/dashboard/``."""
+
 from django.urls import path
 
 from dashboard import views

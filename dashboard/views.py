@@ -1,3 +1,5 @@
+"""The dashboard pages (login required); each opens the presence socket (presence.js)."""
+
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render

@@ -1,0 +1,1 @@
+"""The livestream app: presence-driven UserStreamManagers, run by the presence-manager workers (README "The flow")."""

@@ -101,6 +101,8 @@ class OnlineFilter(admin.SimpleListFilter):
 _RegisteredUserAdmin: type[admin.ModelAdmin] = type(admin.site._registry[User])
 
 
+# The base is whatever admin the project registered for User (known at run time only), so mypy
+# cannot check it as a base class.
 class OnlineUserAdmin(_RegisteredUserAdmin):  # type: ignore[valid-type,misc]
     # After username and email, where it is seen without scrolling.
     list_display = (*_RegisteredUserAdmin.list_display[:2], "online", *_RegisteredUserAdmin.list_display[2:])

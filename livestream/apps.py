@@ -1,3 +1,5 @@
+"""The livestream app's config: validates the LIVESTREAM settings as every process starts."""
+
 from django.apps import AppConfig
 
 

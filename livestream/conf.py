@@ -64,7 +64,7 @@ class LivestreamSettings:
     # WebSocket frames larger than this close the socket.
     MAX_FRAME_BYTES: int = 64 * 1024
     # How often the worker pushes changed manager statuses to their users' open
-    # dashboards (seconds; see livestream/user_status.py). At most one group_send
+    # dashboards (seconds; see livestream/status_push.py). At most one group_send
     # per running manager per push; 0 leaves only the lifecycle pushes.
     STATUS_PUSH_INTERVAL: float = 1.0
     # Dashboard socket limits (dashboard/consumers.py). Open dashboard sockets per
@@ -104,7 +104,7 @@ class LivestreamSettings:
     REDIS_MAX_CONNECTIONS: int = 64
 
 
-_DEFAULTS = {f.name: f.default for f in fields(LivestreamSettings)}
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(LivestreamSettings)}
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -1,4 +1,5 @@
-"""The worker side of the ``presence-manager`` channel.
+"""The worker side of the ``presence-manager`` channel (the browser side, the WebSocket
+consumer, is dashboard/consumers.py).
 
 A thin adapter: lifecycle messages from livestream.worker.Worker start and stop
 the process's PresenceManager, everything else is handed to it. Unlike a stock
@@ -34,6 +35,7 @@ class PresenceManagerConsumer:
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await cls()(scope, receive, send)
 
+        # What Channels' own as_asgi sets (routing introspects it); a function has no such attribute to mypy.
         app.consumer_class = cls  # type: ignore[attr-defined]
         return app
 

@@ -16,20 +16,22 @@ restart, or after STAFF_STOP_HOLD seconds, whichever comes first.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
 
-from livestream import ids
+from livestream import ids, logformats
 from livestream.conf import get_settings
-from livestream.leases import HOLD_PREFIX, LeaseStore
+from livestream.leases import HOLD_PREFIX, LeaseStore, held_by  # noqa: F401  (held_by: its old home)
+from livestream.presence import PresenceStore
 from livestream.redis import run_script, script
+from livestream.tasks import TaskScope
+from livestream.user_stream_manager import UserStreamManager
 
-if TYPE_CHECKING:
-    from livestream.presence_manager import PresenceManager
-
-logger = logging.getLogger("livestream.presence_manager")  # the worker's own log lines
+logger = logging.getLogger(logformats.WORKER_LOGGER)  # the worker's own log lines
 
 STOP = "manager.stop"
 RESTART = "manager.restart"
@@ -56,13 +58,6 @@ if cur and string.sub(cur, 1, #ARGV[1]) == ARGV[1] then return redis.call('DEL',
 return 0
 """,
 )
-
-
-def held_by(lease_value: str | None) -> str | None:
-    """The staff id holding a user down, if ``lease_value`` is a hold rather than a worker."""
-    if lease_value and lease_value.startswith(HOLD_PREFIX):
-        return lease_value.removeprefix(HOLD_PREFIX)
-    return None
 
 
 async def hold(leases: LeaseStore, user_id: str, by: str) -> bool:
@@ -96,12 +91,31 @@ async def request(action: str, user_id: str, by: str) -> None:
 # -- the worker side: what the owner of a user's manager does ----------------------
 
 
-async def route(pm: PresenceManager, message: dict[str, Any], action: Any) -> None:
+class Owner(Protocol):
+    """What staff actions use of the worker (the PresenceManager)."""
+
+    worker_id: str
+    managers: dict[str, UserStreamManager]
+    leases: LeaseStore
+    store: PresenceStore
+    scope: TaskScope
+
+    def lock(self, user_id: str) -> asyncio.Lock: ...
+    def start_local(self, user_id: str) -> UserStreamManager: ...
+    async def stop_local(self, user_id: str, *, release: bool) -> None: ...
+    async def forward(self, owner: str, message: dict[str, Any]) -> None: ...
+    async def publish_state(self) -> None: ...
+
+
+StaffAction = Callable[[Owner, str, str], Coroutine[Any, Any, None]]
+
+
+async def route(pm: Owner, message: dict[str, Any], action: StaffAction) -> None:
     """The owner of the user's manager acts; any other worker forwards the request to it, once."""
     user_id, by = parse(message)
     if user_id not in pm.managers:
-        owner = await pm.leases.owner(user_id)
-        if owner and owner != pm.worker_id and held_by(owner) is None:
+        owner = await pm.leases.runner(user_id)
+        if owner and owner != pm.worker_id:
             if message.get("forwarded"):
                 logger.warning("[PresenceManager] %s of %s dropped: owner moved", message["type"], user_id)
             else:
@@ -110,7 +124,7 @@ async def route(pm: PresenceManager, message: dict[str, Any], action: Any) -> No
     pm.scope.spawn(action(pm, user_id, by), f"staff:{user_id}")
 
 
-async def stop(pm: PresenceManager, user_id: str, by: str) -> None:
+async def stop(pm: Owner, user_id: str, by: str) -> None:
     """Stop now; a user still present is held down until their next join."""
     async with pm.lock(user_id):
         present = await pm.store.sessions(user_id) > 0
@@ -128,7 +142,7 @@ async def stop(pm: PresenceManager, user_id: str, by: str) -> None:
     await pm.publish_state()
 
 
-async def restart(pm: PresenceManager, user_id: str, by: str) -> None:
+async def restart(pm: Owner, user_id: str, by: str) -> None:
     """A fresh manager now, for a user who has one, or is present (held or not)."""
     async with pm.lock(user_id):
         held = await release_hold(pm.leases, user_id)

@@ -20,14 +20,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from livestream import diffs
+from livestream import diffs, logformats
 from livestream.leases import LeaseStore
 from livestream.presence import PresenceStore
+from livestream.redis import text, texts
+from livestream.tasks import Backoff
 from streampai.redisconf import redis_client
 
 logger = logging.getLogger(__name__)
 # The worker's own log lines (their format is part of the interface).
-worker_log = logging.getLogger("livestream.presence_manager")
+worker_log = logging.getLogger(logformats.WORKER_LOGGER)
 
 # Entries taken per batch (one LPOP).
 BATCH = 1000
@@ -44,21 +46,24 @@ async def read(
     client = redis_client()  # a connection of its own: BLPOP holds it
     events, starts = store.events_key, leases.starts_key()
     pending: set[asyncio.Task[None]] = set()
+    backoff = Backoff(cap=1.0)
     try:
         while not closing():
             try:
                 head = await client.blpop([starts, events], timeout=1)
                 if head is None:
                     continue
-                rest = await client.lpop(head[0], BATCH - 1) or []
+                source, first = text(head[0]), text(head[1])
+                rest = texts(await client.lpop(source, BATCH - 1) or [])
             except Exception as exc:
                 logger.warning("[PresenceManager] reading presence events failed: %r", exc)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(backoff.failed())
                 continue
-            if head[0] == starts:
-                await on_starts([head[1], *rest])
+            backoff.reset()
+            if source == starts:
+                await on_starts([first, *rest])
                 continue
-            batch = parse([head[1], *rest])
+            batch = parse([first, *rest])
             if not batch:
                 continue
             try:
@@ -98,13 +103,11 @@ def changes(batch: list[dict[str, Any]]) -> tuple[list[str], dict[str, int]]:
         counts: dict[str, int] = diff.get("sessions") or {}
         for user_id, entry in diff["joins"].items():
             for _ in entry["metas"] or [None]:
-                worker_log.info("[PresenceManager] presence join: %s", user_id)
+                worker_log.info(logformats.PRESENCE_JOIN, user_id)
             joined[user_id] = None
         for user_id, entry in diff["leaves"].items():
             for _ in entry["metas"] or [None]:
-                worker_log.info(
-                    "[PresenceManager] presence leave: %s (%d sessions left)", user_id, counts.get(user_id, 0)
-                )
+                worker_log.info(logformats.PRESENCE_LEAVE, user_id, counts.get(user_id, 0))
             if user_id in (diff.get("cleanup") or {}):
                 log_cleanup(user_id, diff["cleanup"][user_id])
         sessions.update(counts)
@@ -112,4 +115,4 @@ def changes(batch: list[dict[str, Any]]) -> tuple[list[str], dict[str, int]]:
 
 
 def log_cleanup(user_id: str, delay: float) -> None:
-    worker_log.info("[PresenceManager] cleanup scheduled: %s in %ss", user_id, f"{delay:g}")
+    worker_log.info(logformats.CLEANUP_SCHEDULED, user_id, f"{delay:g}")

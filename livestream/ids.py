@@ -9,11 +9,12 @@ where it enters, so no id can carry a newline (a forged log line), a ``:`` or
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def is_user_id(value: object) -> bool:
+def is_user_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and USER_ID.fullmatch(value) is not None
 
 
@@ -21,4 +22,4 @@ def user_id(value: object, what: str = "user_id") -> str:
     """``value`` if it is a valid user id; ValueError naming it (as repr, never raw) otherwise."""
     if not is_user_id(value):
         raise ValueError(f"bad {what} {value!r:.80}")
-    return value  # type: ignore[return-value]
+    return value

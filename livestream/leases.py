@@ -14,18 +14,24 @@ leases are free at once rather than after LEASE_TTL (livestream/liveness.py).
 ``<prefix>:epoch`` tells a restarted-empty Redis from one that kept its data;
 ``<prefix>:epoch:hold`` (LEASE_TTL after a loss) grants no new lease while the
 workers take back the leases that vanished with the data (see _EPOCH).
+
+(Over 300 lines on purpose: half of it is its eight Lua scripts, each kept beside
+the method that runs it with its KEYS/ARGV header. Leases, placement and the
+worker registry share those scripts' keys, which is why they are one store.)
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 
 import redis.asyncio as aioredis
 
 from livestream import keys
 from livestream.conf import get_settings
 from livestream.liveness import is_dead
-from livestream.redis import LUA_NOW, get_redis, run_script, script
+from livestream.redis import LUA_NOW, get_redis, run_script, script, text_map, text_or_none, texts
 
 # A lease whose value starts with this is a staff hold, not a worker
 # (livestream/control.py): a join ends it.
@@ -204,6 +210,18 @@ return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[2]), '+inf')
 )
 
 
+def held_by(lease_value: str | None) -> str | None:
+    """The staff id holding a user down, if ``lease_value`` is a hold rather than a worker."""
+    if lease_value and lease_value.startswith(HOLD_PREFIX):
+        return lease_value.removeprefix(HOLD_PREFIX)
+    return None
+
+
+def new_worker_id() -> str:
+    """``host:pid:random``: unique per worker process, and says where it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
 class LeaseStore:
     """Leases held by one worker (``worker_id``)."""
 
@@ -238,7 +256,13 @@ class LeaseStore:
         )
 
     async def owner(self, user_id: str) -> str | None:
-        return await self.redis.get(self.lease_key(user_id))
+        """The lease's value as it is: a worker id, a staff hold (``held-by-staff:<id>``), or None."""
+        return text_or_none(await self.redis.get(self.lease_key(user_id)))
+
+    async def runner(self, user_id: str) -> str | None:
+        """The worker running ``user_id``'s manager; None if nobody does (a staff hold included)."""
+        owner = await self.owner(user_id)
+        return None if held_by(owner) is not None else owner
 
     async def renew(self, user_ids: list[str]) -> list[str]:
         """Extend our leases; returns the users whose lease another worker holds now."""
@@ -320,7 +344,7 @@ class LeaseStore:
         return int(await run_script(self.redis, _BEAT, names, self.worker_id, horizon, load, *fields))
 
     async def worker_info(self, worker_id: str) -> dict[str, str]:
-        return await self.redis.hgetall(keys.worker(worker_id))
+        return text_map(await self.redis.hgetall(keys.worker(worker_id)))
 
     async def leave(self) -> None:
         """Forget this worker (clean shutdown)."""
@@ -337,7 +361,7 @@ class LeaseStore:
         whose leases every worker's orphan claim takes at once instead of after
         LEASE_TTL. livestream/liveness.py says why a live worker is never judged dead.
         """
-        ids = [w for w in await self.redis.zrange(self.workers_key, 0, -1) if w != self.worker_id]
+        ids = [w for w in texts(await self.redis.zrange(self.workers_key, 0, -1)) if w != self.worker_id]
         if not ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 from pathlib import Path
 
 _PROC = Path("/proc")
@@ -49,6 +50,12 @@ def process_identity(pid: int | None = None) -> str:
     if not machine or stat is None:
         return ""
     return f"{machine}/{pid}/{stat[1]}"
+
+
+def worker_identity() -> dict[str, str]:
+    """What a worker publishes about its process with its heartbeat: host and pid for people,
+    ``proc`` so that workers on this machine can see that it died."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "proc": process_identity()}
 
 
 def is_dead(identity: str) -> bool:

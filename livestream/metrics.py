@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from livestream import keys
-from livestream.redis import get_redis
+from livestream.redis import get_redis, text_map
 from livestream.state import Snapshot, read_state
 
 # Seconds. A join handled promptly starts a manager in milliseconds; the upper
@@ -152,8 +152,8 @@ class LivestreamCollector(Collector):
             "Component restarts by their supervisor, since metrics began.",
             labels=["component"],
         )
-        for name, n in sorted(self.restarts.items()):
-            restarts.add_metric([name], int(n))
+        for name, times in sorted(self.restarts.items()):
+            restarts.add_metric([name], int(times))
         yield restarts
 
         counts = [int(self.latency.get(str(i), 0)) for i in range(len(BUCKETS) + 1)]
@@ -172,8 +172,8 @@ class LivestreamCollector(Collector):
 async def read_metrics(client: aioredis.Redis | None = None) -> LivestreamCollector:
     redis = client or get_redis()
     snapshot = await read_state(redis)
-    latency = await redis.hgetall(_latency_key())
-    restarts = await redis.hgetall(_restarts_key())
+    latency = text_map(await redis.hgetall(_latency_key()))
+    restarts = text_map(await redis.hgetall(_restarts_key()))
     return LivestreamCollector(snapshot, latency, restarts)
 
 

@@ -1,3 +1,5 @@
+"""No real models: a placeholder that gives the staff presence debug page its admin URL."""
+
 from django.db import models
 
 

@@ -22,6 +22,10 @@ The rules:
             nothing, since the sockets' heartbeats have not re-tracked them yet.
   cleanup   A user still present: nothing. Held by staff: the hold ends. Ours:
             stop. Another worker's: forward the stop to it.
+  tick      The reconcile tick claims present users nobody runs only while the
+            fence is not due (a worker about to lose its leases takes no more),
+            and schedules the cleanups that lost leaves never scheduled only
+            while presence is not being rebuilt.
 """
 
 from __future__ import annotations
@@ -60,6 +64,14 @@ class Forward:
 
 
 Action = Start | Stop | Release | ReleaseHold | Forward
+
+
+@dataclass(frozen=True)
+class TickPlan:
+    """What one reconcile tick may do, besides expiring dead connections and publishing state."""
+
+    claim_orphans: bool  # claim present users nobody runs
+    schedule_cleanups: bool  # schedule the cleanup of users away without one
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,13 @@ class Ownership:
     def started(self, user_id: str) -> None:
         """A manager started here (however): it is no longer fenced."""
         self.fenced.discard(user_id)
+
+    # -- the reconcile tick -------------------------------------------------------
+
+    def tick(self, last_renewal: float, now: float) -> TickPlan:
+        return TickPlan(
+            claim_orphans=not self.fence_due(last_renewal, now), schedule_cleanups=not self.rebuilding(now)
+        )
 
     # -- cleanup -----------------------------------------------------------------
 

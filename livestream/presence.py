@@ -16,6 +16,9 @@ processes never race on "first" or "last" connection. The same script announces
 the change (``:events``) and schedules or cancels the user's ``cleanup:<user_id>``
 timer (livestream/timers.py). Deadlines use Redis' own clock (TIME), so servers
 with skewed clocks agree on who expired.
+
+(Over 300 lines on purpose: half of it is its five Lua scripts, kept beside the
+methods that run them with their KEYS/ARGV layout.)
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import redis.asyncio as aioredis
 
 from livestream import keys
 from livestream.conf import get_settings
-from livestream.redis import LUA_NOW, get_redis, run_script, script
+from livestream.redis import LUA_NOW, Script, get_redis, run_script, script, text_set, texts
 
 Meta = dict[str, Any]
 
@@ -233,11 +236,11 @@ class PresenceStore:
         self.gone_prefix = f"{base}:gone:"
         self.events_key = f"{base}:events"
 
-    async def _run(self, script: str, *args: Any) -> Any:
+    async def _run(self, lua: Script, *args: Any) -> Any:
         conf = get_settings()
         names = [self.users_key, self.expiry_key, keys.timers(), keys.timer_payloads(), self.events_key]
         common = (self.user_prefix, self.gone_prefix, CLEANUP_TIMER_PREFIX, conf.WORKER_CHANNEL, EVENTS_CAP)
-        return await run_script(self.redis, script, names, *common, *args)
+        return await run_script(self.redis, lua, names, *common, *args)
 
     async def track(self, user_id: str, meta: Meta) -> Change | None:
         """Add one connection. Returns the join, or None if that ref was already tracked."""
@@ -297,19 +300,7 @@ class PresenceStore:
 
     async def take_events(self, limit: int) -> list[str]:
         """Up to ``limit`` presence_diffs (JSON) from the head of the events LIST, removed."""
-        return await self.redis.lpop(self.events_key, limit) or []
-
-    async def list(self) -> dict[str, dict[str, list[Meta]]]:
-        """Phoenix.Presence.list/1: ``{user_id: {"metas": [...]}}``, metas by join time."""
-        flat = await run_script(self.redis, _LIST, [self.users_key], self.user_prefix)
-        presence: dict[str, dict[str, list[Meta]]] = {}
-        for i in range(0, len(flat), 2):
-            pairs = flat[i + 1]
-            metas = [json.loads(pairs[j + 1]) for j in range(0, len(pairs), 2)]
-            if metas:
-                metas.sort(key=lambda m: (m.get("joined_at", 0), m.get("ref", "")))
-                presence[flat[i]] = {"metas": metas}
-        return presence
+        return texts(await self.redis.lpop(self.events_key, limit) or [])
 
     async def session_counts(self, user_ids: Sequence[str]) -> list[int]:
         """How many connections each of ``user_ids`` has open (one round trip)."""
@@ -323,7 +314,20 @@ class PresenceStore:
         return int(await self.redis.hlen(self.user_prefix + user_id))
 
     async def user_ids(self) -> set[str]:
-        return set(await self.redis.smembers(self.users_key))
+        return set(text_set(await self.redis.smembers(self.users_key)))
+
+    # Last: inside the class body, ``list`` would name this method in the annotations below it.
+    async def list(self) -> dict[str, dict[str, list[Meta]]]:
+        """Phoenix.Presence.list/1: ``{user_id: {"metas": [...]}}``, metas by join time."""
+        flat = await run_script(self.redis, _LIST, [self.users_key], self.user_prefix)
+        presence: dict[str, dict[str, list[Meta]]] = {}
+        for i in range(0, len(flat), 2):
+            pairs = flat[i + 1]
+            metas = [json.loads(pairs[j + 1]) for j in range(0, len(pairs), 2)]
+            if metas:
+                metas.sort(key=lambda m: (m.get("joined_at", 0), m.get("ref", "")))
+                presence[flat[i]] = {"metas": metas}
+        return presence
 
 
 def _ttl() -> float:

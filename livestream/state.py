@@ -12,26 +12,31 @@ A worker that stopped beating (killed) is dropped at once, although its last
 published HASH lingers until its TTL: only workers seen within LEASE_TTL count,
 the same horizon the workers use among themselves. Published statuses are at
 most one RECONCILE_INTERVAL old.
+
+The write side (publish_managers, StatePublisher) is here too, so one module
+writes and reads ``managers:*``; that is why it is a little over 300 lines.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from asgiref.sync import async_to_sync
 from django.conf import settings
+from redis.typing import EncodableT
 
-from livestream import control, keys
+from livestream import keys
 from livestream.conf import get_settings
-from livestream.leases import LeaseStore
+from livestream.leases import LeaseStore, held_by
 from livestream.presence import CLEANUP_TIMER_PREFIX, Meta, PresenceStore
-from livestream.redis import get_redis
+from livestream.redis import get_redis, texts_or_none
 from livestream.timers import TimerStore
 from streampai.redisconf import redis_client
 
@@ -145,8 +150,8 @@ async def read_state(client: aioredis.Redis | None = None) -> Snapshot:
 
     users = sorted(set(presence) | set(candidates), key=natural)
     lease_keys = [LeaseStore("", redis).lease_key(u) for u in users]
-    owners = dict(zip(users, await redis.mget(lease_keys), strict=True)) if users else {}
-    held = {uid: by for uid in presence if (by := control.held_by(owners.get(uid))) is not None}
+    owners = dict(zip(users, texts_or_none(await redis.mget(lease_keys)), strict=True)) if users else {}
+    held = {uid: by for uid in presence if (by := held_by(owners.get(uid))) is not None}
 
     return Snapshot(
         presence={uid: presence[uid] for uid in sorted(presence, key=natural)},
@@ -168,8 +173,14 @@ async def read_state(client: aioredis.Redis | None = None) -> Snapshot:
 PUBLISH_CHUNK = 200
 
 
+class Publishable(Protocol):
+    """What publishing needs of a manager (a UserStreamManager)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
 async def publish_managers(
-    worker_id: str, managers: Mapping[str, Any], ttl: float
+    worker_id: str, managers: Mapping[str, Publishable], ttl: float
 ) -> dict[str, dict[str, Any]]:
     """Write ``worker_id``'s running managers (user id -> UserStreamManager) to
     ``<prefix>:managers:<worker_id>``, replacing what it wrote before; returns their statuses.
@@ -185,11 +196,12 @@ async def publish_managers(
     statuses: dict[str, dict[str, Any]] = {}
     await redis.delete(scratch)
     for start in range(0, len(running), PUBLISH_CHUNK):
-        chunk = {}
+        chunk: dict[EncodableT, EncodableT] = {}
         for uid, manager in running[start : start + PUBLISH_CHUNK]:
-            if managers.get(uid) is manager:  # not stopped while we yielded
-                statuses[uid] = manager.status()
-                chunk[uid] = json.dumps(statuses[uid])
+            if managers.get(uid) is not manager:
+                continue  # stopped while we yielded
+            statuses[uid] = manager.status()
+            chunk[uid] = json.dumps(statuses[uid])
         if chunk:
             await redis.hset(scratch, mapping=chunk)
     async with redis.pipeline(transaction=True) as pipe:
@@ -200,6 +212,21 @@ async def publish_managers(
             pipe.delete(state_key)
         await pipe.execute()
     return statuses
+
+
+class StatePublisher:
+    """One worker's write side: its managers every reconcile tick (and after a staff action),
+    one publish at a time (each writes the same scratch key), each followed by ``then(statuses)``
+    (the restart totals, livestream/metrics.py)."""
+
+    def __init__(self, worker_id: str, then: Callable[[dict[str, dict[str, Any]]], Awaitable[None]]) -> None:
+        self.worker_id, self.then = worker_id, then
+        self._publishing = asyncio.Lock()
+
+    async def publish(self, managers: Mapping[str, Publishable]) -> None:
+        async with self._publishing:
+            statuses = await publish_managers(self.worker_id, managers, get_settings().LEASE_TTL * 3)
+            await self.then(statuses)
 
 
 def run_sync(fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:

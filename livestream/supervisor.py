@@ -19,6 +19,7 @@ from typing import Any
 
 from livestream.components.base import Component
 from livestream.conf import get_settings
+from livestream.tasks import cancel_and_wait, retry_delay
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class ComponentSupervisor:
             self._crashes.append(now)
             self.restarts += 1
             self.state = State.RESTARTING
-            delay = min(conf.RESTART_BACKOFF * 2 ** (len(self._crashes) - 1), conf.RESTART_BACKOFF_MAX)
+            delay = retry_delay(len(self._crashes), conf.RESTART_BACKOFF, conf.RESTART_BACKOFF_MAX)
             logger.warning(
                 "[UserStreamManager:%s] %s restarting in %.2fs (restart %d)",
                 self.user_id,
@@ -106,10 +107,8 @@ class ComponentSupervisor:
             if self.state != State.FAILED:
                 self.state = State.STOPPED
             return
-        task.cancel()
         timeout = get_settings().SHUTDOWN_TIMEOUT
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if not done:
+        if await cancel_and_wait([task], timeout):
             logger.error(
                 "[UserStreamManager:%s] %s ignored cancellation for %ss; abandoned",
                 self.user_id,

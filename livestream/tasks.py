@@ -5,18 +5,68 @@ siblings keep running; shutdown is "trigger, then wait": ``close()`` cancels
 every child and waits a bounded time, naming the ones that ignored cancellation
 (on Python 3.11 a cancellation can be lost inside a client library, and a stuck
 child must never hang a worker's shutdown). ``every`` is the one loop for periodic
-work, with the one retry policy: a failing step is logged and retried after the
-interval, backing off to ``MAX_BACKOFF``.
+work. The same two rules serve code outside a scope (the worker, a component's
+supervisor, the dashboard's tracker):
+
+  shutdown  ``cancel_and_wait``: cancel, wait a bounded time, return the stuck
+            tasks (``describe`` names them, with where each is stuck).
+  retries   ``retry_delay``: the one backoff policy of every retry loop: ``first``
+            after the first failure, doubling with each failure in a row, capped
+            (``Backoff`` counts the failures for a loop).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 MAX_BACKOFF = 5.0
+
+
+def retry_delay(failures: int, first: float = 0.1, cap: float = MAX_BACKOFF) -> float:
+    """How long to wait after ``failures`` failures in a row (1 or more) before trying again."""
+    return min(first * 2 ** (max(failures, 1) - 1), cap)
+
+
+class Backoff:
+    """A retry loop's failures in a row, and how long to wait after each (``retry_delay``)."""
+
+    def __init__(self, first: float = 0.1, cap: float = MAX_BACKOFF) -> None:
+        self.first, self.cap, self.failures = first, cap, 0
+
+    def failed(self) -> float:
+        """Count a failure; returns how long to wait before trying again."""
+        self.failures += 1
+        return retry_delay(self.failures, self.first, self.cap)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], timeout: float) -> set[asyncio.Task[Any]]:
+    """Cancel ``tasks`` and wait for them at most ``timeout``; returns those still running."""
+    running = [task for task in tasks if not task.done()]
+    for task in running:
+        task.cancel()
+    if not running:
+        return set()
+    _, stuck = await asyncio.wait(running, timeout=timeout)
+    return stuck
+
+
+def describe(tasks: Iterable[asyncio.Task[Any]]) -> str:
+    """``name at file:line function`` of each task, for a log line about stuck tasks."""
+    return "; ".join(f"{task.get_name()} at {_where(task)}" for task in tasks)
+
+
+def _where(task: asyncio.Task[Any]) -> str:
+    frames = task.get_stack(limit=1)
+    if not frames:
+        return "?"
+    code = frames[-1].f_code
+    return f"{code.co_filename.rsplit('/', 2)[-1]}:{frames[-1].f_lineno} {code.co_name}"
 
 
 class TaskScope:
@@ -54,7 +104,7 @@ class TaskScope:
                 except Exception as exc:
                     failures += 1
                     self.logger.warning("[%s] %s failed: %r", self.name, name, exc)
-                wait = interval() if failures == 0 else min(interval() * 2 ** (failures - 1), MAX_BACKOFF)
+                wait = interval() if failures == 0 else retry_delay(failures, interval())
                 await asyncio.sleep(wait)
 
         return self.spawn(loop(), name)
@@ -62,12 +112,7 @@ class TaskScope:
     async def close(self, timeout: float) -> list[str]:
         """Cancel every child and wait at most ``timeout``; returns the names of those still running."""
         self.closing = True
-        tasks = [t for t in self.tasks if not t.done()]
-        for task in tasks:
-            task.cancel()
-        if not tasks:
-            return []
-        _, stuck = await asyncio.wait(tasks, timeout=timeout)
+        stuck = await cancel_and_wait(self.tasks, timeout)
         names = sorted(t.get_name() for t in stuck)
         if names:
             self.logger.warning("[%s] tasks ignored cancellation: %s", self.name, names)

@@ -1,3 +1,5 @@
+"""livestream's URLs: ``/metrics`` (Prometheus; off unless METRICS_ENABLED)."""
+
 from django.urls import path
 
 from livestream import views

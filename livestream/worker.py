@@ -21,6 +21,8 @@ import signal
 
 from channels.worker import Worker as ChannelsWorker
 
+from livestream.tasks import Backoff, cancel_and_wait, describe
+
 logger = logging.getLogger("livestream.worker")
 
 SHUTDOWN_TIMEOUT = 15.0
@@ -44,17 +46,12 @@ class Worker(ChannelsWorker):
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         loop.run_until_complete(self.arun())
-        leftovers = [task for task in asyncio.all_tasks(loop) if not task.done()]
-        for task in leftovers:
-            task.cancel()
-        if leftovers:
-            _done, stuck = loop.run_until_complete(asyncio.wait(leftovers, timeout=ABANDON_TIMEOUT))
-            if stuck:
-                logger.error(
-                    "Worker exiting with %d task(s) that ignore cancellation: %s",
-                    len(stuck),
-                    "; ".join(f"{t.get_name()} at {_where(t)}" for t in stuck),
-                )
+        leftovers = list(asyncio.all_tasks(loop))
+        stuck = loop.run_until_complete(cancel_and_wait(leftovers, ABANDON_TIMEOUT))
+        if stuck:
+            logger.error(
+                "Worker exiting with %d task(s) that ignore cancellation: %s", len(stuck), describe(stuck)
+            )
         # Not loop.close(): with tasks still pending it would only add warnings. The process ends here.
 
     def request_stop(self) -> None:
@@ -73,11 +70,9 @@ class Worker(ChannelsWorker):
         listeners = [asyncio.create_task(self.listener(channel)) for channel in self.channels]
         await stop.wait()
         logger.info("Worker shutting down")
-        for task in listeners:
-            task.cancel()
         # Bounded: redis-py can lose a cancellation that lands mid-command, and the
         # listener then checks the stop flag at its next turn instead.
-        await asyncio.wait(listeners, timeout=2.0)
+        await cancel_and_wait(listeners, timeout=2.0)
         futures = []
         for channel in self.channels:
             self._instance(channel).put_nowait({"type": "worker.shutdown"})
@@ -88,7 +83,7 @@ class Worker(ChannelsWorker):
             logger.error(
                 "Worker applications did not stop within %ss; still running: %s",
                 SHUTDOWN_TIMEOUT,
-                "; ".join(f"{t.get_name()} at {_where(t)}" for t in stuck),
+                describe(stuck),
             )
 
     def _stopping(self) -> bool:
@@ -98,18 +93,18 @@ class Worker(ChannelsWorker):
         return self.get_or_create_application_instance(channel, {"type": "channel", "channel": channel})
 
     async def listener(self, channel: str) -> None:
-        backoff = 0.1
+        backoff = Backoff()
         while not self._stopping():
             try:
                 message = await self.channel_layer.receive(channel)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("Receiving on %s failed (%r); retrying in %.1fs", channel, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                delay = backoff.failed()
+                logger.warning("Receiving on %s failed (%r); retrying in %.1fs", channel, exc, delay)
+                await asyncio.sleep(delay)
                 continue
-            backoff = 0.1
+            backoff.reset()
             if self._stopping():
                 logger.warning("Worker stopping: message of type %r left undelivered", message.get("type"))
                 return
@@ -117,11 +112,3 @@ class Worker(ChannelsWorker):
                 logger.warning("Dropped a message without a type on %s: %.200r", channel, message)
                 continue
             await self._instance(channel).put(message)
-
-
-def _where(task: asyncio.Task) -> str:
-    frames = task.get_stack(limit=1)
-    if not frames:
-        return "?"
-    code = frames[-1].f_code
-    return f"{code.co_filename.rsplit('/', 2)[-1]}:{frames[-1].f_lineno} {code.co_name}"

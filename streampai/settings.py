@@ -168,7 +168,7 @@ ASGI_APPLICATION = "streampai.asgi.application"
 SUPPORTED_DATABASES = {"django.db.backends.sqlite3", "django.db.backends.postgresql"}
 
 
-def database(url: str | None) -> dict:
+def database(url: str | None) -> dj_database_url.DBConfig:
     """DATABASES["default"] from DATABASE_URL, or the SQLite file under var/ (created if missing)."""
     if url is None:
         # A fresh clone has no var/: create it, or migrate fails with "unable to open database file".

@@ -1,3 +1,5 @@
+"""The project's URLs: the dashboard, allauth, hijack, the admin and livestream's /metrics."""
+
 from django.contrib import admin
 from django.urls import include, path
 

@@ -9,9 +9,8 @@ keys), so nothing is ever flushed and tests cannot see each other's data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,21 +20,17 @@ import pytest
 import redis.asyncio as aioredis
 from django.conf import settings as django_settings
 
-from streampai.embedded_redis import EmbeddedRedis
+from devtools.redis import private_redis
 from streampai.redisconf import caches, channel_layers
 from tests.harness import wait_until  # noqa: F401  (the tests import it from here)
 
-_redis: EmbeddedRedis | None = None
-_tmp: Path | None = None
+_private = contextlib.ExitStack()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _redis, _tmp
     url = os.environ.get("REDIS_URL")
     if not url:
-        _tmp = Path(tempfile.mkdtemp(prefix="streampai-test-"))
-        _redis = EmbeddedRedis(_tmp / "redis")
-        url = _redis.start()
+        url = _private.enter_context(private_redis(prefix="streampai-test-")).url
     os.environ["REDIS_URL"] = url  # for the daphne / runworker subprocesses
     django_settings.REDIS_URL = url
     django_settings.CHANNEL_LAYERS = channel_layers(url)
@@ -46,10 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _redis is not None:
-        _redis.stop()
-    if _tmp is not None:
-        shutil.rmtree(_tmp, ignore_errors=True)
+    _private.close()
 
 
 @pytest.fixture(scope="session")

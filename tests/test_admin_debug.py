@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import re
-import subprocess
 import time
 
 import httpx
@@ -28,7 +27,7 @@ from livestream.presence_manager import PresenceManager
 from livestream.state import read_state, run_sync
 from livestream.timers import TimerStore
 from tests.conftest import wait_until
-from tests.harness import BASE_DIR, PYTHON, Stack, login, open_socket, signup
+from tests.harness import Stack, login, open_socket, signup
 from tests.staff_helpers import connect, disconnect, publish_fake_worker, status, ticks
 
 SECRET_EMAIL = "watched-user@example.com"
@@ -442,15 +441,7 @@ async def test_staff_stop_across_daphne_and_a_real_worker(tmp_path, migrated_db_
 
 def manage(stack: Stack, *args: str, **env: str) -> str:
     """Run a management command against the stack's database and Redis namespace."""
-    done = subprocess.run(
-        [PYTHON, "manage.py", *args],
-        cwd=BASE_DIR,
-        env=stack.process_env(**env),
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return stack.manage(*args, **env)
 
 
 async def _eq(coro, expected) -> bool:

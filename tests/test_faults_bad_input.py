@@ -10,12 +10,10 @@ reconcile tick. Real daphne, runworker and redis-server processes.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
 import pytest
-import websockets
 from channels.layers import get_channel_layer
 
 from dashboard.consumers import FRAME_TOO_BIG
@@ -28,6 +26,7 @@ from streampai.redisconf import channel_layers
 from tests.conftest import wait_until
 from tests.harness import (
     Stack,
+    closed_with,
     create_accounts,
     log_problems,
     manager_runs,
@@ -48,16 +47,6 @@ def stack(tmp_path, migrated_db_template, key_prefix):
     stack = Stack(tmp_path, migrated_db_template, key_prefix, env=ENV)
     yield stack
     stack.stop_all()
-
-
-async def closed_with(ws, timeout: float = 5) -> int | None:
-    """Read until the server closes the socket; its close code."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                await ws.recv()
-    except websockets.ConnectionClosed as closed:
-        return closed.rcvd.code if closed.rcvd else None
 
 
 @pytest.mark.processes

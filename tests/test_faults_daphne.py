@@ -10,10 +10,9 @@ import signal
 import time
 
 import pytest
-import websockets
 
 from livestream.presence import PresenceStore
-from tests.harness import Stack, create_accounts, manager_runs, open_socket, overlapping_runs
+from tests.harness import Stack, closed_with, create_accounts, manager_runs, open_socket, overlapping_runs
 
 pytestmark = pytest.mark.processes
 
@@ -99,7 +98,7 @@ async def test_sigterm_daphne_hands_its_connections_off(stack):
     await worker.log.wait_for(rf"UserStreamManager started: {user.user_id}$", timeout=10)
     stopping_at = time.monotonic()
     web.signal(signal.SIGTERM)
-    code = await closed_with(ws)
+    code = await closed_with(ws, timeout=10)
     closed_after = time.monotonic() - stopping_at
     assert code == 1012, code
     await worker.log.wait_for(rf"presence leave: {user.user_id} \(0 sessions left\)", timeout=TTL)
@@ -118,13 +117,3 @@ async def test_sigterm_daphne_hands_its_connections_off(stack):
         f"SIGTERM daphne: closed (1012) after {closed_after:.2f}s, left after {left_after:.2f}s, "
         f"manager stopped after {stopped_after:.2f}s (cleanup {CLEANUP} + grace {GRACE})"
     )
-
-
-async def closed_with(ws, timeout: float = 10) -> int | None:
-    """Read until the server closes ``ws``; its close code."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                await ws.recv()
-    except websockets.ConnectionClosed as closed:
-        return closed.rcvd.code if closed.rcvd else None

@@ -19,7 +19,7 @@ from livestream import diffs, push
 from livestream.components.base import Component
 from livestream.presence import PresenceStore
 from livestream.presence_manager import PresenceManager
-from livestream.user_status import StatusPusher
+from livestream.status_push import StatusPusher
 from livestream.user_stream_manager import UserStreamManager
 from tests.harness import Stack, open_socket, signup
 

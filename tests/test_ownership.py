@@ -7,7 +7,7 @@ workers) are checked here with explicit clocks, in milliseconds.
 from __future__ import annotations
 
 from livestream.conf import LivestreamSettings
-from livestream.ownership import CleanupFacts, Forward, Ownership, Release, ReleaseHold, Start, Stop
+from livestream.ownership import CleanupFacts, Forward, Ownership, Release, ReleaseHold, Start, Stop, TickPlan
 
 CONF = LivestreamSettings(LEASE_TTL=3.0, RECONCILE_INTERVAL=1.0, HEARTBEAT_INTERVAL=10.0)
 ME, OTHER = "w-me", "w-other"
@@ -86,3 +86,31 @@ def test_cleanup_decisions():
     assert ownership.cleanup("nobody", CleanupFacts(0, None, held=False), running) is None
     # Our lease but no manager here (fenced): the renewal decides, not the cleanup.
     assert ownership.cleanup("fenced", CleanupFacts(0, ME, held=False), running) is None
+
+
+def test_the_tick_claims_orphans_only_while_the_fence_is_not_due():
+    ownership = core()
+    assert ownership.tick(last_renewal=100.0, now=101.9) == TickPlan(
+        claim_orphans=True, schedule_cleanups=True
+    )
+    assert ownership.tick(last_renewal=100.0, now=102.0).claim_orphans is False
+
+
+def test_the_tick_schedules_no_cleanup_while_presence_is_rebuilt_after_redis_lost_its_data():
+    ownership = core()
+    ownership.renewed([], lost=[], running=set(), epoch_changed=True, now=10.0)  # rebuild for 10 + 2 s
+    assert ownership.tick(last_renewal=21.0, now=21.9) == TickPlan(
+        claim_orphans=True, schedule_cleanups=False
+    )
+    assert ownership.tick(last_renewal=22.0, now=22.0).schedule_cleanups is True
+
+
+def test_due_timers_split_into_cleanups_with_valid_ids_and_every_other_message():
+    from livestream.cleanups import split_due
+
+    due = [
+        {"type": "presence.cleanup", "user_id": "1"},
+        {"type": "presence.cleanup", "user_id": "bad\nid"},  # dropped: never reaches a decision
+        {"type": "presence.reconcile"},
+    ]
+    assert split_due(due) == (["1"], [{"type": "presence.reconcile"}])

@@ -1,3 +1,5 @@
+"""The base class of every component a UserStreamManager supervises."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,3 +1,5 @@
+"""ConsoleLogger: the seed's component, a log line a second while the user's manager runs."""
+
 from __future__ import annotations
 
 import asyncio
@@ -5,6 +7,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from livestream import logformats
 from livestream.components.base import Component
 from livestream.conf import get_settings
 
@@ -25,7 +28,7 @@ class ConsoleLogger(Component):
         while True:
             self.count += 1
             now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%fZ")
-            logger.info("[UserStreamManager:%s] Console log #%d - %s", self.user_id, self.count, now)
+            logger.info(logformats.CONSOLE_LOG, self.user_id, self.count, now)
             # Sleep to the next whole tick, so lateness never accumulates.
             await asyncio.sleep(max(0.0, started + self.count * interval - loop.time()))
 

@@ -1,5 +1,10 @@
 """Pushes each running manager's status, and the session count, to its own user's tabs.
 
+(The live side of what state.py publishes for staff: this module sends each user
+their own manager, as it changes; state.py is the whole picture, read on demand;
+control.py is what staff do about it. It runs inside the worker, so its log lines
+carry the worker's ``[PresenceManager]`` tag.)
+
 The worker owns the managers, so it is the one that knows their state. It
 publishes to ``push.user_channel(user_id)`` (livestream/push.py), which only that
 user's live dashboard sockets listen to:
