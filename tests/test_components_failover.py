@@ -40,7 +40,9 @@ async def test_kill_the_owner_mid_command_state_survives_and_nothing_runs_twice(
     uid = account.user_id
     started = rf"\[PresenceManager\] UserStreamManager started: {uid}\n"
     tab = await Tab.open(web.url, account.session)
-    owner = await wait_until(lambda: next((w for w in workers if w.log.findall(started)), None), 15, "a manager")
+    owner = await wait_until(
+        lambda: next((w for w in workers if w.log.findall(started)), None), 15, "a manager"
+    )
     other = next(w for w in workers if w is not owner)
     await owner.log.wait_for(rf"\[UserStreamManager:{uid}\] Console log #1 ", 10)
 
