@@ -110,7 +110,8 @@ async def submit(command: Command, client: aioredis.Redis | None = None) -> str 
 async def owner(user_id: str, client: aioredis.Redis | None = None) -> str | None:
     """The worker running ``user_id``'s manager now (None: nobody, or a staff hold)."""
     found = await (client or get_redis()).get(keys.lease_prefix() + user_id)
-    return None if found is None or found.startswith(HOLD_PREFIX) else str(found)
+    value = None if found is None else str(found)
+    return None if value is None or value.startswith(HOLD_PREFIX) else value
 
 
 def to_message(command: Command) -> dict[str, Any]:

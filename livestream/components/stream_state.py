@@ -82,15 +82,20 @@ class StreamStateServer(Component):
     def key(self) -> str:
         return keys.stream_state(self.user_id)
 
-    async def run(self) -> None:
+    async def _load(self) -> dict[str, str]:
+        """The stored state HASH (empty: never went live)."""
         fields = await get_redis().hgetall(self.key)
+        return {str(k): str(v) for k, v in fields.items()}
+
+    async def run(self) -> None:
+        fields = await self._load()
         self.state = fields.get("state", OFFLINE)
         if fields and self.state != OFFLINE:
             logger.info("[UserStreamManager:%s] StreamStateServer resumed %s", self.user_id, self.state)
             await self.emit("state", snapshot(fields), sticky=True)
         while True:
             self._changed.clear()
-            fields = await get_redis().hgetall(self.key)
+            fields = await self._load()
             state = fields.get("state", OFFLINE)
             if state in (STARTING, ENDING):
                 conf = get_settings()
@@ -128,7 +133,7 @@ class StreamStateServer(Component):
             result = await run_script(
                 get_redis(), _TRANSITION, [self.key], to, f"{time.time():.3f}", STAMPS[to], *allowed
             )
-            flat = result[1]
+            flat = [str(x) for x in result[1]]
             data = snapshot(dict(zip(flat[::2], flat[1::2], strict=True)))
             self.state = data["state"]
             if int(result[0]):
