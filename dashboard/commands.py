@@ -91,12 +91,12 @@ class SocketCommands:
         """A ``{"type": "command"}`` frame from the tab: refuse it with a reply, or start it."""
         conf = get_settings()
         cid = client_id(frame)
+        if not self.bucket.take():  # first: every command frame counts, good or bad
+            return await self._refuse(cid, "too many commands; slow down", flood=True)
         if size > conf.COMMAND_MAX_BYTES:
             return await self._refuse(
                 cid, f"command too large ({size} bytes; at most {conf.COMMAND_MAX_BYTES})"
             )
-        if not self.bucket.take():
-            return await self._refuse(cid, "too many commands; slow down", flood=True)
         if len(self.waiting) >= MAX_PENDING:
             return await self._refuse(cid, f"too many commands waiting for a reply (at most {MAX_PENDING})")
         if "id" in frame and cid is None:
