@@ -284,7 +284,7 @@ def run(quick: bool) -> dict[str, Any]:
         "notes": [
             "The client is one Python process (websockets) on the same 2 cores as daphne, the worker and Redis; "
             "its CPU over the delivery is given so its share of the pace is visible.",
-            "daphne sets the pace: a py-spy profile of the 50-user run (03:50 UTC, load average ~4.8 from other "
+            "daphne sets the pace: a py-spy profile of the 50-user run (04:50 UTC, load average ~4.8 from other "
             "sessions' tests) had its main thread busy ~97% of the samples, mostly in autobahn's and Twisted's "
             "write path (sendMessage, add/remove writer); the consumer's own forward and buffer check were ~3%. "
             "The worker had published all 5,000 events within 2-4 s of the 12-17 s the delivery took.",
