@@ -81,17 +81,10 @@ async def test_a_command_reaches_the_owner_on_either_worker_and_only_the_sender_
         assert time.monotonic() - started < 2.0
         assert set(reply) == {"type", "id", "ok", "result"}
     # A frame naming another user still commands the sender's own manager.
-    (uid0, tab0), (uid1, tab1) = users[0], users[1]
-    await tab0.send(
-        {
-            "type": "command",
-            "component": "Echo",
-            "command": "whoami",
-            "args": {},
-            "id": "spoof",
-            "user_id": uid1,
-        }
-    )
+    uid0, tab0 = users[0]
+    elsewhere = next(uid for uid, _ in users if owners[uid] is not owners[uid0])  # run by the other worker
+    spoof = {"type": "command", "component": "Echo", "command": "whoami", "args": {}, "id": "spoof"}
+    await tab0.send({**spoof, "user_id": elsewhere})
     spoofed = await tab0.reply("spoof")
     assert spoofed["ok"] and spoofed["result"]["pid"] == owners[uid0].popen.pid
     tab0.replies.pop("spoof")
