@@ -181,7 +181,7 @@ async def test_a_command_flood_is_refused_beyond_the_rate_and_logged_once(stack)
         await tab.send({"type": "command", "component": "Echo", "command": "whoami", "id": f"f{i}"})
     await tab.until(lambda: all(f"f{i}" in tab.replies for i in range(30)), 15, "30 replies")
     refused = [r for r in tab.replies.values() if not r["ok"]]
-    assert 15 <= len(refused) <= 21, len(refused)  # a burst of 10 (and a token or so) went through
+    assert 10 <= len(refused) <= 20, len(refused)  # a burst of 10 went through, and 5/s since
     assert {r["error"] for r in refused} == {"too many commands; slow down"}
     assert len(stack.web.log.findall(rf"command of user {uid} refused: too many commands", after=mark)) == 1
 
