@@ -12,6 +12,7 @@
   workers:dead                    SET    workers seen dead on their machine
   worker:<id>                     HASH   inbox, host, pid, proc identity
   worker:<id>:starts              LIST   users another worker placed on it
+  worker:<id>:commands            LIST   tabs' commands for the components it runs  commands.py
   epoch, epoch:hold               STRING Redis lost its data? / no new lease meanwhile
   timers, timers:payload          ZSET + HASH  named timers (cleanup:<user>)      timers.py
   managers:<worker>(:next)        HASH   user -> manager status JSON              state.py
@@ -21,6 +22,12 @@
   wsauth:s:<hash>                 STRING a session's user, for handshakes     dashboard/ws_auth.py
   wsauth:u:<user>                 SET    that user's wsauth:s keys
   wsauth:gen                      STRING bumped on every invalidation
+  push:control:<user>             pub/sub every open tab of the user: control, component
+                                  events and command replies                      push.py
+  sticky:<user>                   HASH   "<Component>:<event>" -> event frame JSON, sent to
+                                         a tab right after it connects          component_events.py
+  command:<user>:<id>             STRING the worker that took a tab's command (run once)  commands.py
+  stream:<user>                   HASH   StreamStateServer's state and timestamps  components/stream_state.py
 
 The channel layer's keys live under ``<KEY_PREFIX>:asgi`` (channels-redis' own
 layout). None of these are Redis Cluster ready: scripts touch keys of several users.
@@ -65,6 +72,10 @@ def worker_starts(worker_id: str) -> str:
     return key("worker", worker_id, "starts")
 
 
+def worker_commands(worker_id: str) -> str:
+    return key("worker", worker_id, "commands")
+
+
 def epoch() -> str:
     return key("epoch")
 
@@ -103,3 +114,24 @@ def ws_auth_user(user_id: str) -> str:
 
 def ws_auth_generation() -> str:
     return key("wsauth", "gen")
+
+
+def control(user_id: str) -> str:
+    """Pub/sub channel every open dashboard tab of ``user_id`` is subscribed to."""
+    return push("control", user_id)
+
+
+def sticky_prefix() -> str:
+    return key("sticky", "")
+
+
+def sticky(user_id: str) -> str:
+    return sticky_prefix() + user_id
+
+
+def command(user_id: str, command_id: str) -> str:
+    return key("command", user_id, command_id)
+
+
+def stream_state(user_id: str) -> str:
+    return key("stream", user_id)

@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from livestream import control, logformats, metrics
+from livestream import choices, control, logformats, metrics
 from livestream.lease_keeper import Renewal
 from livestream.leases import LeaseStore
 from livestream.ownership import Action, Forward, Ownership, Release, ReleaseHold, Start, Stop
@@ -58,7 +58,9 @@ class LocalManagers:
 
     def start(self, user_id: str) -> UserStreamManager:
         self.core.started(user_id)
-        manager = self.managers[user_id] = UserStreamManager(user_id, self._components)
+        manager = self.managers[user_id] = UserStreamManager(
+            user_id, self._components, choose=choices.for_user
+        )
         manager.start()
         self.status.announce(user_id)
         logger.info(logformats.MANAGER_STARTED, user_id)

@@ -15,9 +15,11 @@ reads facts from Redis, asks livestream/ownership.py what to do, and does it.
            share), schedule the cleanups lost leaves never scheduled, publish state.
   renewal  on a thread of its own (livestream/lease_keeper.py): a busy worker is
            never mistaken for a dead one; the fence checks its clock.
-  channel  ``presence-manager`` messages (staff actions, hand-written diffs),
-           dispatched by name: ``presence.cleanup`` -> ``on_presence_cleanup``;
-           the worker's own inbox (livestream/inbox.py) is dispatched the same way.
+  channel  ``presence-manager`` messages (staff actions, hand-written diffs,
+           component choices), dispatched by name: ``presence.cleanup`` ->
+           ``on_presence_cleanup``; the worker's own inbox (livestream/inbox.py) is
+           dispatched the same way.
+  commands tabs' commands for our components, from our own LIST (livestream/commands.py).
 
 All state that matters is in Redis; ``managers`` only holds this process's tasks
 (livestream/local_managers.py starts and stops them and applies the core's
@@ -35,7 +37,18 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
-from livestream import cleanups, control, events, ids, inbox, logformats, metrics, reconcile
+from livestream import (
+    choices,
+    cleanups,
+    commands,
+    control,
+    events,
+    ids,
+    inbox,
+    logformats,
+    metrics,
+    reconcile,
+)
 from livestream.conf import get_settings
 from livestream.lease_keeper import LeaseKeeper, Renewal
 from livestream.leases import LeaseStore, new_worker_id
@@ -93,6 +106,7 @@ class PresenceManager:
         self.scope.every("fence", lambda: get_settings().RECONCILE_INTERVAL / 10, self._check_fence)
         self.scope.spawn(self.status.run(), "status-push")
         self.scope.spawn(inbox.receive(self.inbox, self.handle, self._closing), "inbox")
+        self.scope.spawn(commands.read(self), "commands")  # tabs' commands (livestream/commands.py)
         self.scope.spawn(self._boot(), "boot")
         logger.info(logformats.WORKER_STARTED, self.worker_id)
 
@@ -187,6 +201,9 @@ class PresenceManager:
 
     async def on_manager_restart(self, message: dict[str, Any]) -> None:
         await control.route(self, message, control.restart)
+
+    async def on_component_config(self, message: dict[str, Any]) -> None:
+        await choices.reconfigure(self, message)  # a user's components changed
 
     def _renewed(self, renewal: Renewal) -> None:
         self.live_workers = renewal.live_workers
