@@ -182,3 +182,21 @@ async def ping(ws, timeout: float = 5) -> None:
     async with asyncio.timeout(timeout):
         while json.loads(await ws.recv()).get("type") != "pong":
             pass
+
+
+async def listen(channel: str) -> Any:
+    """A pub/sub subscriber to ``channel`` on this process's Redis client (what a daphne hears)."""
+    from livestream.redis import get_redis
+
+    pubsub = get_redis().pubsub()
+    await pubsub.subscribe(channel)
+    return pubsub
+
+
+async def next_json(pubsub: Any, timeout: float = 2.0) -> dict[str, Any]:
+    """The next message published to ``pubsub``'s channel, JSON-decoded."""
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+            if message is not None:
+                return json.loads(message["data"])

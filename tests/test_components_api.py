@@ -25,24 +25,18 @@ from livestream.presence_manager import PresenceManager
 from livestream.redis import get_redis
 from livestream.user_stream_manager import UserStreamManager
 from tests.components import Echo
-from tests.harness import wait_until
+from tests.harness import listen, next_json, wait_until
 
 # -- helpers -------------------------------------------------------------------
 
 
 async def tab(user_id: str) -> Any:
     """A subscriber to the user's control channel: what daphne hears for their tabs."""
-    pubsub = get_redis().pubsub()
-    await pubsub.subscribe(keys.control(user_id))
-    return pubsub
+    return await listen(keys.control(user_id))
 
 
 async def heard(pubsub: Any, timeout: float = 2.0) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
-            if message is not None:
-                return json.loads(message["data"])
+    return await next_json(pubsub, timeout)
 
 
 def command(user_id: str, component: str, name: str, args: dict[str, Any] | None = None, **extra: Any):

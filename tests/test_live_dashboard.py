@@ -21,7 +21,7 @@ from livestream.presence import PresenceStore
 from livestream.presence_manager import PresenceManager
 from livestream.status_push import StatusPusher
 from livestream.user_stream_manager import UserStreamManager
-from tests.harness import Stack, open_socket, signup
+from tests.harness import Stack, listen, next_json, open_socket, signup
 
 LIVE = "/ws/presence/?live=1"  # the dashboard page's socket: it gets the pushes
 PASSWORD = "live-dashboard-pw-1"
@@ -31,20 +31,12 @@ PASSWORD = "live-dashboard-pw-1"
 
 async def probe(user_id: str) -> Any:
     """A subscriber to ``user_id``'s push channel: what one of their live tabs would get."""
-    from livestream.redis import get_redis
-
-    pubsub = get_redis().pubsub()
-    await pubsub.subscribe(push.user_channel(user_id))
-    return pubsub
+    return await listen(push.user_channel(user_id))
 
 
 async def received(channel: Any, timeout: float = 2.0) -> dict[str, Any]:
     """The next message published to the probe's channel (JSON-decoded)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            message = await channel.get_message(ignore_subscribe_messages=True, timeout=timeout)
-            if message is not None:
-                return json.loads(message["data"])
+    return await next_json(channel, timeout)
 
 
 async def silent(channel: Any, seconds: float = 0.3) -> bool:
