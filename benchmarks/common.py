@@ -419,7 +419,7 @@ class PageTab:
             first = False
             if self.stopping:
                 return
-            wait = policy.next_wait(code)
+            wait = policy.next_wait(code, self.ws.close_reason if self.ws is not None else None)
             if wait is None:  # 4001 / 4003: the page reloads or stops
                 return
             await asyncio.sleep(wait)

@@ -415,12 +415,14 @@ class PresenceConsumer(AsyncWebsocketConsumer):
                 await asyncio.wait_for(asyncio.shield(future), 5.0)
         await self.close(code=code)
 
-    async def close_for_restart(self) -> None:
-        """Close with 1012 (service restart); daphne's API allows only 1000 and 3000-4999."""
+    async def close_for_restart(self, spread: float = 2.0) -> None:
+        """Close with 1012 (service restart) and "spread=<s>": reconnect within s seconds.
+        Sent on daphne's protocol: daphne's API allows only 1000 and 3000-4999."""
         self.closing = True
         protocol = self._protocol()
         if protocol is not None and hasattr(protocol, "sendCloseFrame"):
-            protocol.sendCloseFrame(code=SERVICE_RESTART, isReply=False)
+            reason = f"spread={spread:.1f}".encode()
+            protocol.sendCloseFrame(code=SERVICE_RESTART, reasonUtf8=reason, isReply=False)
         else:  # not under daphne (tests' communicator)
             await self.close(code=4000 + SERVICE_RESTART % 1000)
 

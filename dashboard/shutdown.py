@@ -16,9 +16,11 @@ trigger of our own (Twisted waits for it before stopping the loop) hands them of
      cancels the pending cleanup); a tab that does not come back stops its
      manager CLEANUP_TIMEOUT + HANDOFF_GRACE after the deploy;
   3. each socket is closed with 1012 ("service restart"; sent on daphne's protocol
-     directly, as daphne's own close accepts only 1000 and 3000-4999). presence.js
-     reconnects after a random 0.1-2 s, so thousands of tabs do not arrive in the
-     same millisecond, then backs off as usual;
+     directly, as daphne's own close accepts only 1000 and 3000-4999) and the reason
+     "spread=<s>" (``reconnect_spread``: 2 s for a few sockets, N /
+     HANDOFF_RECONNECT_RATE for many). presence.js reconnects after a random
+     0.1..s, so thousands of tabs arrive at a rate the daphnes left can take, then
+     backs off as usual;
   4. it waits (at most 2 s) for the closing handshakes, so the close frames leave
      before the process does.
 
@@ -46,6 +48,16 @@ _installed = False
 def handoff_delay() -> float:
     conf = get_settings()
     return conf.CLEANUP_TIMEOUT + conf.HANDOFF_GRACE
+
+
+# The reconnect window a hand-off asks for (seconds): 2 s (presence.js' own) for a
+# few sockets, longer for many, so the daphnes left take them at HANDOFF_RECONNECT_RATE
+# instead of refusing a wave that would come back, backing off, for much longer.
+MIN_SPREAD, MAX_SPREAD = 2.0, 30.0
+
+
+def reconnect_spread(sockets: int) -> float:
+    return min(MAX_SPREAD, max(MIN_SPREAD, sockets / get_settings().HANDOFF_RECONNECT_RATE))
 
 
 def register(consumer: Any) -> None:
@@ -120,9 +132,10 @@ async def hand_off(consumers: list[Any], pairs: list[tuple[str, str]]) -> None:
                     "[PresenceConsumer] hand-off untrack failed (attempt %d): %r", attempt + 1, exc
                 )
                 await asyncio.sleep(0.2)
+    spread = reconnect_spread(len(consumers))
     for consumer in consumers:
         try:
-            await consumer.close_for_restart()
+            await consumer.close_for_restart(spread)
         except Exception as exc:
             logger.debug("[PresenceConsumer] close on shutdown failed: %r", exc)
     deadline = time.monotonic() + 2.0

@@ -25,6 +25,11 @@ class LivestreamSettings:
     # gives their users this much longer before the cleanup (seconds): their pages
     # reconnect to another daphne meanwhile and their managers never stop.
     HANDOFF_GRACE: float = 10.0
+    # A stopping daphne spreads its tabs' reconnects over N / HANDOFF_RECONNECT_RATE
+    # seconds (at least 2, at most 30): it closes them with 1012 and the reason
+    # "spread=<s>", and presence.js waits a random 0.1..s. Set it near what one
+    # daphne accepts per second (make bench: 5a), times the daphnes left.
+    HANDOFF_RECONNECT_RATE: float = 300.0
     # Dotted paths of the components every UserStreamManager supervises.
     # A user's rows in livestream.models.UserComponent enable or disable single
     # components on top of this list (livestream/choices.py).
@@ -174,6 +179,7 @@ def validate(conf: LivestreamSettings) -> None:
 
     for name in (
         "HEARTBEAT_INTERVAL",
+        "HANDOFF_RECONNECT_RATE",
         "RECONCILE_INTERVAL",
         "CONSOLE_LOG_INTERVAL",
         "LEASE_TTL",

@@ -37,3 +37,22 @@ async def test_a_consumer_cancelled_by_daphne_just_before_the_trigger_is_still_h
     leaves = [d for d in await worker_inbox() if d["leaves"]]
     assert [list(d["leaves"]) for d in leaves] == [[user_id]]  # once: by the hand-off only
     assert leaves[0]["cleanup"] == {user_id: shutdown.handoff_delay()}
+
+
+def test_the_reconnect_window_grows_with_the_sockets_handed_off(configure_livestream):
+    configure_livestream(HANDOFF_RECONNECT_RATE=300)
+    assert shutdown.reconnect_spread(1) == 2.0  # presence.js' own window for a few
+    assert shutdown.reconnect_spread(3000) == 10.0  # 300 reconnects/s
+    assert shutdown.reconnect_spread(1_000_000) == 30.0  # never longer than this
+
+
+def test_the_pages_policy_follows_the_window_the_close_asks_for():
+    import random
+
+    from tests.reconnect_policy import ReconnectPolicy
+
+    waits = [ReconnectPolicy(random.Random(seed)).next_wait(1012, "spread=10.0") for seed in range(400)]
+    assert all(0.1 <= w <= 10.0 for w in waits)
+    assert max(waits) > 8.0 and min(waits) < 2.0  # the whole window is used
+    assert all(0.1 <= ReconnectPolicy().next_wait(1012, None) <= 2.0 for _ in range(100))
+    assert all(0.1 <= ReconnectPolicy().next_wait(1012, "spread=999") <= 30.0 for _ in range(100))

@@ -42,6 +42,7 @@ class Tab:
         self.policy = ReconnectPolicy()
         self.ws = None
         self.close_code: int | None = None
+        self.close_reason: str | None = None
         self.back_at: float | None = None
         self.refused = 0
 
@@ -52,8 +53,8 @@ class Tab:
                 pass
         except websockets.ConnectionClosed:
             pass
-        self.close_code = self.ws.close_code
-        wait = self.policy.next_wait(self.close_code)
+        self.close_code, self.close_reason = self.ws.close_code, self.ws.close_reason
+        wait = self.policy.next_wait(self.close_code, self.close_reason)
         while wait is not None and time.monotonic() < give_up:
             await asyncio.sleep(wait)
             try:
@@ -118,6 +119,8 @@ async def test_sigterm_hands_tabs_to_the_next_daphne_without_stopping_managers(
             f"the tab that did not return: manager stopped {lonely_stop:.2f}s after SIGTERM"
         )
         assert codes == {1012}, codes
+        # 301 sockets at HANDOFF_RECONNECT_RATE 300/s: the default 2 s window.
+        assert {t.close_reason for t in tabs} == {"spread=2.0"}
         assert len(backs) == TABS, f"{TABS - len(backs)} tabs never came back"
         assert backs[-1] <= 5.0, f"last tab back {backs[-1]:.2f}s after SIGTERM"
         assert sum(t.refused for t in tabs) == 0

@@ -2,8 +2,10 @@
 //
 // Reconnect policy (tests/reconnect_policy.py is the same policy, for the tests):
 //  - the server restarting (close 1012, or 1001 "going away"; 4012 where 1012 cannot
-//    be sent): reconnect after a random 0.1-2 s, so thousands of tabs handed over by a
-//    stopping daphne do not all arrive in the same millisecond;
+//    be sent): reconnect after a random 0.1-2 s, or 0.1-s s when the close's reason
+//    says "spread=<s>" (a daphne handing off many sockets asks for a longer window),
+//    so thousands of tabs handed over by a stopping daphne arrive at a rate the
+//    others can take;
 //  - anything else unexpected (dropped, refused handshake, 4009): exponential backoff,
 //    0.5 s doubling to 15 s, +-25% jitter. Each failed attempt waits longer than the
 //    one before (from the last wait, never from scratch), so refused clients never
@@ -133,8 +135,11 @@
         return;
       }
       if (RESTART.indexOf(event.code) >= 0 && base === 0) {
-        // The server is being restarted (a deploy): come back soon, spread out.
-        base = 100 + Math.random() * 1900;
+        // The server is being restarted (a deploy): come back soon, spread out
+        // over the window it asked for (dashboard/shutdown.py), 2 s by default.
+        var asked = /spread=([0-9.]+)/.exec(event.reason || "");
+        var spread = asked ? Math.min(Math.max(parseFloat(asked[1]) * 1000, 2000), 30000) : 2000;
+        base = 100 + Math.random() * (spread - 100);
         retry(base);
         return;
       }
