@@ -40,7 +40,7 @@ async def test_a_consumer_cancelled_by_daphne_just_before_the_trigger_is_still_h
 
 
 def test_the_reconnect_window_grows_with_the_sockets_handed_off(configure_livestream):
-    configure_livestream(HANDOFF_RECONNECT_RATE=300)
+    configure_livestream(HANDOFF_RECONNECT_RATE=300)  # explicit: the default may change
     assert shutdown.reconnect_spread(1) == 2.0  # presence.js' own window for a few
     assert shutdown.reconnect_spread(3000) == 10.0  # 300 reconnects/s
     assert shutdown.reconnect_spread(1_000_000) == 30.0  # never longer than this

@@ -119,7 +119,7 @@ async def test_sigterm_hands_tabs_to_the_next_daphne_without_stopping_managers(
             f"the tab that did not return: manager stopped {lonely_stop:.2f}s after SIGTERM"
         )
         assert codes == {1012}, codes
-        # 301 sockets at HANDOFF_RECONNECT_RATE 300/s: the default 2 s window.
+        # 301 sockets at HANDOFF_RECONNECT_RATE 500/s: the minimum, 2 s window.
         assert {t.close_reason for t in tabs} == {"spread=2.0"}
         assert len(backs) == TABS, f"{TABS - len(backs)} tabs never came back"
         assert backs[-1] <= 5.0, f"last tab back {backs[-1]:.2f}s after SIGTERM"
