@@ -17,6 +17,11 @@
   managers:<worker>(:next)        HASH   user -> manager status JSON              state.py
   metrics:join_to_running         HASH   histogram buckets                        metrics.py
   metrics:restarts                HASH   component -> restarts
+  alerts:<user>:queue             LIST   alert JSON waiting for delivery, oldest first    alert_queue.py
+  alerts:<user>:inflight          STRING the alert taken and being emitted (at most one)
+  alerts:<user>:owner             STRING token of the AlertManager instance delivering
+  alerts:<user>:delivered         STRING alerts delivered so far (a counter)
+  alerts:wake                     pub/sub channel: "<user>" after each alert queued
   push:user:<user>, push:session:<hash>   pub/sub channels to open tabs           push.py
 
 The channel layer's keys live under ``<KEY_PREFIX>:asgi`` (channels-redis' own
@@ -84,6 +89,15 @@ def managers(worker_id: str) -> str:
 
 def metrics(name: str) -> str:
     return key("metrics", name)
+
+
+def alerts(user_id: str, part: str) -> str:
+    """One of a user's alert keys: ``queue``, ``inflight``, ``owner`` or ``delivered``."""
+    return key("alerts", user_id, part)
+
+
+def alerts_wake() -> str:
+    return key("alerts", "wake")
 
 
 def push(*parts: str) -> str:

@@ -114,6 +114,7 @@ INSTALLED_APPS = [
     "livestream",
     "daphne",  # before staticfiles: its runserver serves ASGI
     "dashboard",
+    "alerts",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
