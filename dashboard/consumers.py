@@ -16,10 +16,18 @@ disconnect -> forget (heartbeat set), queue the untrack (retried in the backgrou
 pushes     -> from the hub, by an explicit allowlist (HUB_HANDLERS): the user's
               manager status and session count are forwarded to live sockets
               (``?live=1``) as published; ``session.ended`` (logout, dashboard/sessions.py)
-              closes with 4001; ``user.deactivated`` closes with 4003.
+              closes with 4001; ``user.deactivated`` closes with 4003. Component
+              events go to every socket of the user (live or not), in order; the
+              sticky ones came back with the track and are sent right after accept,
+              then whatever arrived meanwhile. A socket with more than
+              EVENT_SEND_BUFFER bytes unsent is closed (4008): a slow or dead tab
+              never holds daphne or the worker up, and reconnects to the sticky state.
+commands   -> ``{"type": "command", ...}`` frames go through dashboard/commands.py to
+              the user's running manager; the reply comes back to this socket only.
 
 Redis round trips per connect: one SUBSCRIBE (only when this process had no socket
-on those channels yet) and one share of a batched track; per disconnect: one share
+on those channels yet) and one share of a batched track (which also returns the
+user's sticky component events); per disconnect: one share
 of a batched untrack (plus a batched UNSUBSCRIBE when it was the channel's last
 socket here). Session counts are the worker's job (coalesced), not the socket's.
 
@@ -55,6 +63,7 @@ from django.conf import settings
 from django.http.request import validate_host
 
 from dashboard import shutdown
+from dashboard.commands import SocketCommands
 from dashboard.hub import control_channel, get_hub
 from dashboard.limits import KeyedBuckets, Throttled, TokenBucket
 from dashboard.live import SESSION_ENDED, wants_pushes
@@ -69,6 +78,7 @@ logger = logging.getLogger(__name__)
 FRAME_TOO_BIG = 4009  # a frame over MAX_FRAME_BYTES (1009 is not allowed to apps)
 DEACTIVATED = 4003  # the account was deactivated: presence.js shows "signed out", no retry
 TOO_MANY_SOCKETS = 4029  # over MAX_SOCKETS_PER_USER: "too many open tabs", retried after 30-60 s
+TOO_SLOW = 4008  # over EVENT_SEND_BUFFER unsent: the page reconnects (and gets the sticky state)
 SERVICE_RESTART = 1012  # daphne stopping (deploy): reconnect soon, elsewhere
 
 # A connect must finish (subscribe + track) within this, well before daphne's
@@ -86,7 +96,11 @@ HUB_HANDLERS = {
     "sessions": "hub_sessions",
     "session.ended": "hub_session_ended",
     "user.deactivated": "hub_user_deactivated",
+    "component.event": "hub_component_event",
+    "component.reply": "hub_component_reply",
 }
+# Component events held for a socket between its track and its accept, at most.
+EARLY_EVENTS = 100
 
 _refusals = Throttled(60.0)  # one log line per reason per minute
 _handshake_buckets: dict[int, KeyedBuckets] = {}
@@ -138,6 +152,9 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     live = False
     closing = False
     handed_off = False  # SIGTERM: dashboard/shutdown.py untracked it with the hand-off delay
+    commands: SocketCommands | None = None
+    # Component events that arrived before the accept (None once accepted: sent at once).
+    early_events: list[str] | None = None
 
     # -- the ASGI loop -----------------------------------------------------
 
@@ -175,6 +192,8 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             self.channels = ()
         for task in self.tasks:
             task.cancel()
+        if self.commands is not None:
+            self.commands.close()
         future = self._untrack()
         if future is not None:
             with _quiet():  # the tracker retries it until it succeeds
@@ -221,6 +240,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             channels.append(push.user_channel(self.user_id))
         self.channels = tuple(channels)
         self.meta = {"email": user.email, "joined_at": int(time.time()), "ref": uuid.uuid4().hex}
+        self.early_events = []
         try:
             async with asyncio.timeout(CONNECT_BUDGET):
                 # Subscribed before tracked: the worker's first push after the join reaches us.
@@ -253,7 +273,12 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         _small_receive_buffer(self._protocol())
         tracker.watch(self.user_id, self.meta)
         self.frames = TokenBucket(conf.FRAME_RATE, conf.FRAME_BURST)
+        self.commands = SocketCommands(self.user_id, self._forward)
         shutdown.register(self)
+        # The component state first (read by the track), then what arrived since: in order.
+        early, self.early_events = self.early_events or [], None
+        for frame in (*(change.sticky if change is not None else ()), *early):
+            await self._push_event(frame)
 
     # -- client frames -----------------------------------------------------
 
@@ -279,8 +304,12 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
             logger.info("[PresenceConsumer] ignored a non-JSON frame from user %s", self.user_id)
             return
-        if isinstance(frame, dict) and frame.get("type") == "ping":
+        if not isinstance(frame, dict):
+            return
+        if frame.get("type") == "ping":
             await self.send(text_data='{"type": "pong"}')
+        elif frame.get("type") == "command" and self.commands is not None:
+            await self.commands.receive(frame, size)
 
     def _too_fast(self) -> None:
         """Over FRAME_RATE: drop, count, log once a minute, and stop reading this socket
@@ -330,6 +359,37 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     async def hub_sessions(self, event: dict[str, Any], raw: str) -> None:
         if self.live and self._is_mine(event) and isinstance(event.get("sessions"), int):
             await self._forward(raw)
+
+    async def hub_component_event(self, event: dict[str, Any], raw: str) -> None:
+        frame = event.get("frame")
+        if not isinstance(frame, str) or not self._is_mine(event):
+            return
+        if self.early_events is not None:  # tracked, not accepted yet: sent right after the accept
+            if len(self.early_events) < EARLY_EVENTS:
+                self.early_events.append(frame)
+            return
+        await self._push_event(frame)
+
+    async def hub_component_reply(self, event: dict[str, Any], raw: str) -> None:
+        # Every socket of the user hears every reply; only the sender's token matches.
+        if self.commands is not None and event.get("to") == self.commands.token and self._is_mine(event):
+            self.commands.arrived(event)
+
+    async def _push_event(self, frame: str) -> None:
+        """Forward an event unless this socket is too far behind (then close it: see TOO_SLOW)."""
+        if self.closing:
+            return
+        queued = _unsent_bytes(self._protocol())
+        if queued > get_settings().EVENT_SEND_BUFFER:
+            logger.warning(
+                "[PresenceConsumer] a socket of user %s has %d bytes unsent; closing it (%d)",
+                self.user_id,
+                queued,
+                TOO_SLOW,
+            )
+            self._spawn(self.end_and_close(TOO_SLOW, "too slow to take its events"))
+            return
+        await self._forward(frame)
 
     async def hub_session_ended(self, event: dict[str, Any], raw: str) -> None:
         self._spawn(self.end_and_close(SESSION_ENDED, f"session {str(event.get('reason', 'ended'))[:100]!r}"))
@@ -395,6 +455,16 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+
+def _unsent_bytes(protocol: Any) -> int:
+    """Bytes written to this socket that the kernel has not taken yet (Twisted's buffers)."""
+    transport = getattr(protocol, "transport", None)
+    if transport is None:
+        return 0
+    buffered = getattr(transport, "dataBuffer", b"")
+    size = len(buffered) - int(getattr(transport, "offset", 0) or 0)
+    return max(0, size) + int(getattr(transport, "_tempDataLen", 0) or 0)
 
 
 def _small_receive_buffer(protocol: Any) -> None:

@@ -4,7 +4,9 @@ The worker and the web views publish to per-audience channels (livestream/push.p
 
   push.user_channel(user_id)       manager status and session counts (live sockets)
   push.session_channel(key)        {"type": "session.ended"}: that browser session logged out
-  control_channel(user_id)         {"type": "user.deactivated"}: the account was deactivated
+  control_channel(user_id)         {"type": "user.deactivated"}: the account was deactivated;
+                                   {"type": "component.event" | "component.reply", ...}:
+                                   livestream/component_events.py (every socket, live or not)
 
 A socket ``join``s the channels it needs; the hub SUBSCRIBEs a channel when its first
 local socket joins (one SUBSCRIBE command for all the channels a socket adds, and
@@ -34,7 +36,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from livestream.redis import key
+from livestream import keys
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +47,9 @@ BATCH = 500
 
 
 def control_channel(user_id: str) -> str:
-    """Per-user control messages for that user's sockets (deactivation)."""
-    return key("push", "control", user_id)
+    """Per-user messages for every socket of that user: deactivation, component events
+    and command replies (livestream/component_events.py)."""
+    return keys.control(user_id)
 
 
 def named_client(role: str) -> Any:

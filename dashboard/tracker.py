@@ -109,7 +109,9 @@ class Tracker:
             while self._tracks:
                 batch, self._tracks = self._tracks[:BATCH], self._tracks[BATCH:]
                 try:
-                    changes = await self.store().track_many([(uid, meta) for uid, meta, _ in batch])
+                    changes = await self.store().track_many(
+                        [(uid, meta) for uid, meta, _ in batch], sticky=True
+                    )
                 except Exception as exc:  # the connects fail (refused): nothing was tracked for sure
                     for _, _, future in batch:
                         if not future.done():

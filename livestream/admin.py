@@ -4,6 +4,8 @@
   presence, pending cleanups and workers, refreshed live; staff can stop or
   restart one user's manager. Every view goes through ``admin_site.admin_view``,
   so anyone who is not active staff gets the admin login, never the data.
+* ``UserComponent``: each user's components over the settings' default; saving
+  or deleting a row starts or stops just that component in their running manager.
 * The user list gains an "online" column (open dashboard sessions) and an
   "online" filter. The registered user admin is subclassed, not replaced, and
   hijack.contrib.admin (whose ready() runs after admin autodiscovery) wraps the
@@ -25,7 +27,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
 from livestream import views
-from livestream.models import Debug
+from livestream.models import Debug, UserComponent
 from livestream.state import session_counts_sync
 
 logger = logging.getLogger(__name__)
@@ -132,3 +134,12 @@ class OnlineUserAdmin(_RegisteredUserAdmin):  # type: ignore[valid-type,misc]
 
 admin.site.unregister(User)
 admin.site.register(User, OnlineUserAdmin)
+
+
+@admin.register(UserComponent)
+class UserComponentAdmin(admin.ModelAdmin):
+    list_display = ("user", "path", "enabled")
+    list_editable = ("enabled",)
+    list_filter = ("enabled", "path")
+    search_fields = ("user__email", "path")
+    raw_id_fields = ("user",)

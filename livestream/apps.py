@@ -11,6 +11,7 @@ class LivestreamConfig(AppConfig):
         # through here, so inconsistent LIVESTREAM values stop it at start with
         # one line (manage.py and streampai/asgi.py print it) instead of
         # misbehaving later.
+        from livestream import signals  # noqa: F401  (connects the UserComponent receivers)
         from livestream.conf import get_settings, validate
 
         validate(get_settings())

@@ -26,8 +26,11 @@ class LivestreamSettings:
     # reconnect to another daphne meanwhile and their managers never stop.
     HANDOFF_GRACE: float = 10.0
     # Dotted paths of the components every UserStreamManager supervises.
+    # A user's rows in livestream.models.UserComponent enable or disable single
+    # components on top of this list (livestream/choices.py).
     COMPONENTS: tuple[str, ...] = (
         "livestream.components.console_logger.ConsoleLogger",
+        "livestream.components.stream_state.StreamStateServer",
         "livestream.components.alert_manager.AlertManager",
     )
     # Seconds between ConsoleLogger lines.
@@ -113,6 +116,28 @@ class LivestreamSettings:
     # burst cannot leave thousands of idle connections behind. Redis' own
     # maxclients (10,000 by default) must exceed this times the process count.
     REDIS_MAX_CONNECTIONS: int = 64
+
+    # --- Components that talk to their user's pages (issue 11) ---
+    # A tab's command frame larger than this (bytes) gets an error reply, unread.
+    COMMAND_MAX_BYTES: int = 4096
+    # Commands per second per socket (token bucket, up to COMMAND_BURST at once);
+    # over it a command gets a "too many commands" error reply. 0 disables it.
+    COMMAND_RATE: float = 5.0
+    COMMAND_BURST: int = 10
+    # Seconds a tab's command may take, from daphne to the component and back.
+    # When it runs out and the user's manager moved to another worker meanwhile
+    # (the owner died), the command is sent once more to the new owner (a
+    # per-command id in Redis keeps it from running twice); else the tab gets a
+    # "timed out" error reply. A worker drops a command older than this.
+    COMMAND_TIMEOUT: float = 5.0
+    # Bytes daphne may hold unsent for one socket before it stops pushing events
+    # to it: the socket is closed (4008) and the page reconnects and gets the
+    # sticky state. A slow or dead tab never holds anybody else up.
+    EVENT_SEND_BUFFER: int = 256 * 1024
+    # StreamStateServer: seconds spent in "starting" before "live" and in
+    # "ending" before "offline" (where a platform connection would be made/closed).
+    STREAM_START_DELAY: float = 1.0
+    STREAM_END_DELAY: float = 1.0
 
 
 _DEFAULTS = {f.name: f.default for f in fields(LivestreamSettings)}
@@ -215,6 +240,16 @@ def validate(conf: LivestreamSettings) -> None:
     for name in ("KEY_PREFIX", "TOPIC", "WORKER_CHANNEL"):
         need(bool(getattr(conf, name)), f"{name} must not be empty")
     need(bool(conf.COMPONENTS), "COMPONENTS must list at least one component")
+    need(
+        64 <= conf.COMMAND_MAX_BYTES <= conf.MAX_FRAME_BYTES,
+        f"COMMAND_MAX_BYTES must be between 64 and MAX_FRAME_BYTES (is {conf.COMMAND_MAX_BYTES})",
+    )
+    need(conf.COMMAND_RATE >= 0, f"COMMAND_RATE must be >= 0 (is {conf.COMMAND_RATE})")
+    need(conf.COMMAND_BURST >= 1, f"COMMAND_BURST must be >= 1 (is {conf.COMMAND_BURST})")
+    need(conf.COMMAND_TIMEOUT > 0, f"COMMAND_TIMEOUT must be > 0 (is {conf.COMMAND_TIMEOUT})")
+    need(conf.EVENT_SEND_BUFFER >= 4096, f"EVENT_SEND_BUFFER must be >= 4096 (is {conf.EVENT_SEND_BUFFER})")
+    for name in ("STREAM_START_DELAY", "STREAM_END_DELAY"):
+        need(getattr(conf, name) >= 0, f"{name} must be >= 0 (is {getattr(conf, name)})")
     if problems:
         raise ImproperlyConfigured("LIVESTREAM: " + "; ".join(problems))
 

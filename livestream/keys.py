@@ -23,6 +23,12 @@
   alerts:<user>:delivered         STRING alerts delivered so far (a counter)
   alerts:wake                     pub/sub channel: "<user>" after each alert queued
   push:user:<user>, push:session:<hash>   pub/sub channels to open tabs           push.py
+  push:control:<user>             pub/sub every open tab of the user: control, component
+                                  events and command replies                      push.py
+  sticky:<user>                   HASH   "<Component>:<event>" -> event frame JSON, sent to
+                                         a tab right after it connects          component_events.py
+  command:<user>:<id>             STRING the worker that took a tab's command (run once)  commands.py
+  stream:<user>                   HASH   StreamStateServer's state and timestamps  components/stream_state.py
 
 The channel layer's keys live under ``<KEY_PREFIX>:asgi`` (channels-redis' own
 layout). None of these are Redis Cluster ready: scripts touch keys of several users.
@@ -102,3 +108,24 @@ def alerts_wake() -> str:
 
 def push(*parts: str) -> str:
     return key("push", *parts)
+
+
+def control(user_id: str) -> str:
+    """Pub/sub channel every open dashboard tab of ``user_id`` is subscribed to."""
+    return push("control", user_id)
+
+
+def sticky_prefix() -> str:
+    return key("sticky", "")
+
+
+def sticky(user_id: str) -> str:
+    return sticky_prefix() + user_id
+
+
+def command(user_id: str, command_id: str) -> str:
+    return key("command", user_id, command_id)
+
+
+def stream_state(user_id: str) -> str:
+    return key("stream", user_id)

@@ -101,8 +101,10 @@ end
 """
 )
 
-# ARGV[6]: ttl seconds; then (user_id, ref, meta json) per connection. Returns
-# {added, sessions} per connection. Tracking one already tracked only pushes its
+# ARGV[6]: ttl seconds, ARGV[7]: sticky-events hash prefix ('' for none: heartbeats);
+# then (user_id, ref, meta json) per connection. Returns {added, sessions, sticky
+# frames} per connection: a connect also reads the user's sticky component events
+# (livestream/component_events.py) in the same round trip. Tracking one already tracked only pushes its
 # deadline back (a heartbeat). A connection untracked for good (``gone``) is never
 # tracked again: a heartbeat sent just before the disconnect's untrack can reach
 # Redis after it and must not bring the closed connection back as a ghost.
@@ -112,7 +114,8 @@ _TRACK = script(
     + """
 local out = {}
 local ttl = tonumber(ARGV[6])
-for i = 7, #ARGV, 3 do
+local sticky = ARGV[7]
+for i = 8, #ARGV, 3 do
   local uid, ref, meta = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local hash = USER .. uid
   local added = 0
@@ -127,6 +130,11 @@ for i = 7, #ARGV, 3 do
   end
   table.insert(out, added)
   table.insert(out, redis.call('HLEN', hash))
+  if sticky ~= '' and added == 1 then
+    table.insert(out, redis.call('HVALS', sticky .. uid))
+  else
+    table.insert(out, {})
+  end
 end
 return out
 """,
@@ -218,6 +226,8 @@ class Change:
     user_id: str
     meta: Meta
     sessions: int
+    # A connect's sticky component events (frames to send once accepted; track_many(sticky=True)).
+    sticky: tuple[str, ...] = ()
 
 
 class PresenceStore:
@@ -243,19 +253,24 @@ class PresenceStore:
         """Add one connection. Returns the join, or None if that ref was already tracked."""
         return (await self.track_many([(user_id, meta)]))[0]
 
-    async def track_many(self, connections: Sequence[tuple[str, Meta]]) -> list[Change | None]:
+    async def track_many(
+        self, connections: Sequence[tuple[str, Meta]], *, sticky: bool = False
+    ) -> list[Change | None]:
         """Track (or, for one tracked already, refresh) each connection, in one round trip.
 
         Returns, per connection, its join if it was not tracked before (new, or
         re-tracked after Redis lost it or the sweeper expired it), else None. A
-        connection that was untracked is never revived (see _TRACK).
+        connection that was untracked is never revived (see _TRACK). With
+        ``sticky`` (connects), each join also carries the user's sticky events.
         """
         if not connections:
             return []
         args = [x for uid, meta in connections for x in (uid, meta["ref"], json.dumps(meta))]
-        flat = await self._run(_TRACK, _ttl(), *args)
+        flat = await self._run(_TRACK, _ttl(), keys.sticky_prefix() if sticky else "", *args)
         return [
-            Change(uid, meta, int(flat[2 * i + 1])) if int(flat[2 * i]) else None
+            Change(uid, meta, int(flat[3 * i + 1]), tuple(flat[3 * i + 2] or ()))
+            if int(flat[3 * i])
+            else None
             for i, (uid, meta) in enumerate(connections)
         ]
 

@@ -15,8 +15,9 @@ reads facts from Redis, asks livestream/ownership.py what to do, and does it.
            cleanups lost leaves never scheduled, publish state.
   renewal  on a thread of its own (livestream/lease_keeper.py): a busy worker is
            never mistaken for a dead one; the fence checks its clock.
-  channel  ``presence-manager`` messages (staff actions, hand-written diffs),
-           dispatched by name: ``presence.cleanup`` -> ``on_presence_cleanup``.
+  channel  ``presence-manager`` messages (staff actions, hand-written diffs, tabs'
+           commands, component choices), dispatched by name: ``presence.cleanup``
+           -> ``on_presence_cleanup``.
 
 All state that matters is in Redis; ``managers`` only holds this process's tasks.
 """
@@ -36,7 +37,7 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
-from livestream import control, diffs, events, ids, metrics, state
+from livestream import choices, commands, control, diffs, events, ids, metrics, state
 from livestream.conf import get_settings
 from livestream.lease_keeper import LeaseKeeper, Renewal
 from livestream.leases import LeaseStore
@@ -217,6 +218,12 @@ class PresenceManager:
     async def on_manager_restart(self, message: dict[str, Any]) -> None:
         await control.route(self, message, control.restart)
 
+    async def on_component_command(self, message: dict[str, Any]) -> None:
+        await commands.handle(self, message)  # a tab's command (livestream/commands.py)
+
+    async def on_component_config(self, message: dict[str, Any]) -> None:
+        await choices.reconfigure(self, message)  # a user's components changed
+
     # -- managers --------------------------------------------------------------
 
     def lock(self, user_id: str) -> asyncio.Lock:
@@ -251,7 +258,9 @@ class PresenceManager:
 
     def start_local(self, user_id: str) -> UserStreamManager:
         self.core.started(user_id)
-        manager = self.managers[user_id] = UserStreamManager(user_id, self._components)
+        manager = self.managers[user_id] = UserStreamManager(
+            user_id, self._components, choose=choices.for_user
+        )
         manager.start()
         self.status.announce(user_id)
         logger.info("[PresenceManager] UserStreamManager started: %s", user_id)

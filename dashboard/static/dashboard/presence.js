@@ -11,6 +11,11 @@
 //  - 4001 (session ended: logout, impersonation): reload the page;
 //  - 4003 (account deactivated): show "signed out", no reconnect;
 //  - 4029 (too many open tabs): show it, and retry only after 30-60 s.
+//
+// Components (issue 11): every {"type": "event"} frame is dispatched as
+// window "streampai:event" (detail: the frame); window.streampai.command(component,
+// command, args) sends {"type": "command", ..., "id"} and returns a Promise of the
+// reply's result (rejected with the reply's error, or when the socket closes first).
 (function () {
   "use strict";
   var root = document.getElementById("presence");
@@ -29,6 +34,38 @@
   var DEACTIVATED = 4003; // dashboard/consumers.py
   var TOO_MANY = 4029;
   var RESTART = [1012, 1001, 4012];
+  var pending = {}; // command id -> {resolve, reject}
+  var nextId = 0;
+
+  function settle(message) {
+    var waiter = pending[message.id];
+    if (!waiter) { return; }
+    delete pending[message.id];
+    if (message.ok) { waiter.resolve(message.result); } else { waiter.reject(new Error(message.error)); }
+  }
+
+  function abandon(why) {
+    var ids = Object.keys(pending);
+    for (var i = 0; i < ids.length; i++) {
+      var waiter = pending[ids[i]];
+      delete pending[ids[i]];
+      waiter.reject(new Error(why));
+    }
+  }
+
+  window.streampai = window.streampai || {};
+  window.streampai.command = function (component, command, args) {
+    return new Promise(function (resolve, reject) {
+      if (!socket || socket.readyState !== WebSocket.OPEN) {
+        reject(new Error("not connected"));
+        return;
+      }
+      nextId += 1;
+      var id = "c" + nextId;
+      pending[id] = { resolve: resolve, reject: reject };
+      socket.send(JSON.stringify({ type: "command", component: component, command: command, args: args || {}, id: id }));
+    });
+  };
 
   function show(state, label) {
     stateEl.textContent = label || state;
@@ -58,9 +95,18 @@
     socket.onmessage = function (event) {
       var message;
       try { message = JSON.parse(event.data); } catch (e) { return; }
+      if (message && message.type === "event") {
+        window.dispatchEvent(new CustomEvent("streampai:event", { detail: message }));
+        return;
+      }
+      if (message && message.type === "reply") {
+        settle(message);
+        return;
+      }
       document.dispatchEvent(new CustomEvent("streampai:message", { detail: message }));
     };
     socket.onclose = function (event) {
+      abandon("connection lost before the reply");
       if (closedByPage) { return; }
       if (event.code === SESSION_ENDED) {
         // Logged out or switched user (impersonation) in this session: the

@@ -1,0 +1,140 @@
+"""StreamStateServer: the user's stream state, changed by commands from their pages.
+
+  offline --go_live--> starting --(STREAM_START_DELAY)--> live
+  live or starting --end_stream--> ending --(STREAM_END_DELAY)--> offline
+
+The state lives in Redis (``keys.stream_state(user)``, a HASH: ``state``, ``since``
+and a stamp per state reached: ``started_at``, ``live_at``, ``ending_at``,
+``ended_at``, unix seconds), changed only by a compare-and-set script, so the
+manager that runs the user next (after a failover, a deploy, a tab closed and
+opened again) resumes it instead of losing a live stream:
+
+* ``live`` and ``offline`` are kept as they are;
+* a ``starting`` or ``ending`` left by an owner that died is completed by the new
+  owner when its delay is over, counted from ``since`` (at once if it is over):
+  a start always ends live, an end always ends offline, never half-way.
+
+Every change is emitted as the sticky ``state`` event, so every open tab shows it
+and a tab that connects later gets it at once:
+
+  {"type": "event", "component": "StreamStateServer", "event": "state",
+   "data": {"state": "live", "since": 1764480000.5, "started_at": ..., "live_at": ...,
+            "ending_at": null, "ended_at": null}}
+
+Commands: ``go_live`` (from offline) and ``end_stream`` (from starting or live);
+any other transition is refused with a CommandError naming the current state. Both
+reply with the new state's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from livestream import keys
+from livestream.components.base import CommandError, Component
+from livestream.conf import get_settings
+from livestream.redis import get_redis, run_script, script
+
+logger = logging.getLogger("livestream.stream_state")
+
+OFFLINE, STARTING, LIVE, ENDING = "offline", "starting", "live", "ending"
+STAMPS = {STARTING: "started_at", LIVE: "live_at", ENDING: "ending_at", OFFLINE: "ended_at"}
+
+# KEYS: stream hash. ARGV: to, now, stamp field, allowed from-states...
+# Returns {1, fields...} when it moved, {0, fields...} (unchanged) when the state was not allowed.
+_TRANSITION = script(
+    "stream_state.transition",
+    """
+local cur = redis.call('HGET', KEYS[1], 'state') or 'offline'
+for i = 4, #ARGV do
+  if ARGV[i] == cur then
+    redis.call('HSET', KEYS[1], 'state', ARGV[1], 'since', ARGV[2], ARGV[3], ARGV[2])
+    return {1, redis.call('HGETALL', KEYS[1])}
+  end
+end
+return {0, redis.call('HGETALL', KEYS[1])}
+""",
+)
+
+
+def snapshot(fields: dict[str, str]) -> dict[str, Any]:
+    """The ``state`` event's data from the stored HASH (stamps as floats or None)."""
+    data: dict[str, Any] = {"state": fields.get("state", OFFLINE)}
+    for name in ("since", *STAMPS.values()):
+        value = fields.get(name)
+        data[name] = float(value) if value else None
+    return data
+
+
+class StreamStateServer(Component):
+    """Serves one user's stream state to their pages (see the module docstring)."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(user_id)
+        self.state = OFFLINE
+        self._changed = asyncio.Event()
+        self._lock = asyncio.Lock()  # a change and its event go out together, in order
+
+    @property
+    def key(self) -> str:
+        return keys.stream_state(self.user_id)
+
+    async def run(self) -> None:
+        fields = await get_redis().hgetall(self.key)
+        self.state = fields.get("state", OFFLINE)
+        if fields and self.state != OFFLINE:
+            logger.info("[UserStreamManager:%s] StreamStateServer resumed %s", self.user_id, self.state)
+            await self.emit("state", snapshot(fields), sticky=True)
+        while True:
+            self._changed.clear()
+            fields = await get_redis().hgetall(self.key)
+            state = fields.get("state", OFFLINE)
+            if state in (STARTING, ENDING):
+                conf = get_settings()
+                delay = conf.STREAM_START_DELAY if state == STARTING else conf.STREAM_END_DELAY
+                due = float(fields.get("since") or 0) + delay - time.time()
+                try:  # an end_stream during "starting" wakes us early
+                    await asyncio.wait_for(self._changed.wait(), max(0.0, due))
+                    continue
+                except TimeoutError:
+                    pass
+                await self._move(LIVE if state == STARTING else OFFLINE, state)
+            else:
+                await self._changed.wait()
+
+    async def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        if args:
+            raise CommandError(f"{name} takes no arguments")
+        if name == "go_live":
+            return await self._command(STARTING, OFFLINE)
+        if name == "end_stream":
+            return await self._command(ENDING, STARTING, LIVE)
+        raise CommandError(f"unknown command {name!r}")
+
+    async def _command(self, to: str, *allowed: str) -> dict[str, Any]:
+        moved, data = await self._move(to, *allowed)
+        if not moved:
+            verb = "go live" if to == STARTING else "end the stream"
+            raise CommandError(f"cannot {verb} while the stream is {data['state']}")
+        self._changed.set()
+        return data
+
+    async def _move(self, to: str, *allowed: str) -> tuple[bool, dict[str, Any]]:
+        """Compare-and-set the state; emit the new one. ``(moved, state data)``."""
+        async with self._lock:
+            result = await run_script(
+                get_redis(), _TRANSITION, [self.key], to, f"{time.time():.3f}", STAMPS[to], *allowed
+            )
+            flat = result[1]
+            data = snapshot(dict(zip(flat[::2], flat[1::2], strict=True)))
+            self.state = data["state"]
+            if int(result[0]):
+                logger.info("[UserStreamManager:%s] stream %s", self.user_id, to)
+                await self.emit("state", data, sticky=True)
+            return bool(int(result[0])), data
+
+    def status(self) -> dict[str, Any]:
+        return {"stream": self.state}
