@@ -1,0 +1,176 @@
+"""AlertManager (livestream/components/alert_manager.py) in-process, against real Redis.
+
+The component runs under its real ComponentSupervisor and emits through the real
+Component.emit; a probe subscribed to the user's control channel (what every open tab
+of the user is subscribed to, dashboard/hub.py) stands in for the tabs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import pytest
+
+from livestream import keys
+from livestream.alert_queue import AlertQueue
+from livestream.components.alert_manager import AlertManager
+from livestream.supervisor import ComponentSupervisor
+from tests.harness import wait_until
+
+USER = "42"
+DISPLAY = 0.2
+
+
+@pytest.fixture(autouse=True)
+def fast_alerts(configure_livestream):
+    # A long re-check: only a wake-up can explain a prompt delivery.
+    configure_livestream(ALERT_DISPLAY_INTERVAL=DISPLAY, ALERT_RECHECK_INTERVAL=30.0)
+
+
+class Tabs:
+    """Every alert frame published for the user, with its arrival time."""
+
+    def __init__(self, pubsub: Any) -> None:
+        self.pubsub = pubsub
+        self.alerts: list[tuple[float, dict[str, Any]]] = []
+
+    async def collect(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        async with asyncio.timeout(timeout):
+            while len(self.alerts) < n:
+                message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+                if message is None:
+                    continue
+                envelope = json.loads(message["data"])
+                if envelope.get("type") != "component.event":
+                    continue
+                frame = json.loads(envelope["frame"])
+                assert envelope["user_id"] == USER
+                if (frame["component"], frame["event"]) == ("AlertManager", "alert"):
+                    self.alerts.append((time.monotonic(), frame["data"]))
+        return [data for _, data in self.alerts]
+
+    async def quiet(self, seconds: float) -> None:
+        """Nothing more arrives for ``seconds`` (a bounded negative check)."""
+        before = len(self.alerts)
+        with pytest.raises(TimeoutError):
+            await self.collect(before + 1, timeout=seconds)
+
+    def ids(self) -> list[str]:
+        return [data["id"] for _, data in self.alerts]
+
+
+@pytest.fixture
+async def tabs():
+    from livestream.redis import get_redis
+
+    pubsub = get_redis().pubsub()
+    await pubsub.subscribe(keys.control(USER))
+    yield Tabs(pubsub)
+    await pubsub.aclose()
+
+
+async def queue_alerts(n: int, start: int = 1) -> list[str]:
+    queue = AlertQueue(USER)
+    ids = []
+    for i in range(start, start + n):
+        alert = {"id": f"id{i}", "kind": "donation", "from": f"donor {i}", "amount": i}
+        assert await queue.push(alert, cap=100) is not None
+        ids.append(alert["id"])
+    return ids
+
+
+async def start() -> ComponentSupervisor:
+    supervisor = ComponentSupervisor(AlertManager, USER)
+    supervisor.start()
+    return supervisor
+
+
+async def test_alerts_queued_with_no_manager_are_delivered_in_order_one_at_a_time(tabs):
+    ids = await queue_alerts(4)
+    supervisor = await start()
+    try:
+        got = await tabs.collect(4)
+        assert [a["id"] for a in got] == ids
+        assert got[0] == {"id": "id1", "kind": "donation", "from": "donor 1", "amount": 1}
+        gaps = [b[0] - a[0] for a, b in zip(tabs.alerts, tabs.alerts[1:], strict=False)]
+        assert all(DISPLAY * 0.9 <= gap < DISPLAY + 0.5 for gap in gaps), gaps
+        await wait_until(lambda: supervisor.status()["delivered"] == 4, 2, "delivered count")
+        assert supervisor.status()["queued"] == 0
+        await tabs.quiet(DISPLAY * 2)
+    finally:
+        await supervisor.stop()
+
+
+async def test_an_alert_queued_while_running_is_delivered_at_once(tabs):
+    supervisor = await start()
+    try:
+        from livestream.alert_wakeups import listener
+
+        await asyncio.wait_for(listener().subscribed.wait(), 5)
+        queued_at = time.monotonic()
+        await queue_alerts(1)
+        await tabs.collect(1)
+        assert tabs.alerts[0][0] - queued_at < 0.5  # woken, not the 30 s re-check
+    finally:
+        await supervisor.stop()
+
+
+async def test_a_restarted_manager_never_sends_an_alert_twice(tabs):
+    ids = await queue_alerts(5)
+    first = await start()
+    await tabs.collect(2)
+    await first.stop()  # e.g. the last tab closed, or a staff restart
+    second = await start()
+    try:
+        await tabs.collect(5)
+        assert tabs.ids() == ids
+        await tabs.quiet(DISPLAY * 2)
+    finally:
+        await second.stop()
+
+
+async def test_two_instances_at_once_the_newer_wins_and_each_alert_goes_out_once(tabs, caplog):
+    ids = await queue_alerts(4)
+    older = await start()
+    await tabs.collect(1)
+    newer = await start()  # a takeover while the old owner still runs (a fenced worker)
+    try:
+        with caplog.at_level(logging.WARNING):
+            await tabs.collect(4)
+            await wait_until(lambda: older.component.superseded, 2, "the older instance stops")
+        assert tabs.ids() == ids
+        assert "AlertManager superseded by a newer instance" in caplog.text
+        await tabs.quiet(DISPLAY * 2)
+    finally:
+        await older.stop()
+        await newer.stop()
+
+
+async def test_an_alert_left_in_flight_by_a_dead_instance_is_not_sent_again(tabs, caplog):
+    ids = await queue_alerts(3)
+    queue = AlertQueue(USER)
+    await queue.claim("dead-worker")
+    assert (await queue.take("dead-worker")).alert["id"] == ids[0]  # killed before its ack
+    with caplog.at_level(logging.WARNING):
+        supervisor = await start()
+        try:
+            await tabs.collect(2)
+            assert tabs.ids() == ids[1:]
+            assert supervisor.status()["lost_in_flight"] == 1
+            await tabs.quiet(DISPLAY * 2)
+        finally:
+            await supervisor.stop()
+    assert f"alert {ids[0]} was in flight when its previous instance stopped" in caplog.text
+
+
+async def test_stopping_mid_stream_leaves_the_rest_queued(tabs):
+    ids = await queue_alerts(3)
+    supervisor = await start()
+    await tabs.collect(1)
+    await supervisor.stop()
+    assert [a["id"] for a in await AlertQueue(USER).pending()] == ids[1:]
+    assert await AlertQueue(USER).redis.get(keys.alerts(USER, "inflight")) is None
