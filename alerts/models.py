@@ -44,6 +44,7 @@ class AlertWebhook(models.Model):
         self.save(update_fields=["secret", "rotated_at"])
 
     @classmethod
-    def for_user(cls, user: models.Model) -> AlertWebhook:
-        webhook, _ = cls.objects.get_or_create(user=user)
+    def for_user(cls, user_id: int) -> AlertWebhook:
+        """The user's webhook, created (with a fresh secret) on first need."""
+        webhook, _ = cls.objects.get_or_create(user_id=user_id)
         return webhook

@@ -106,8 +106,11 @@ async def _authenticated(user_id: str, secret: str) -> str | None:
 @require_POST
 def rotate(request: HttpRequest) -> HttpResponse:
     """A new secret for the signed-in user (CSRF-protected form on the Stream page)."""
-    AlertWebhook.for_user(request.user).rotate()
-    logger.info("[alerts] user %s rotated their webhook secret", request.user.pk)
+    user_id = request.user.pk
+    if user_id is None:  # login_required rules it out; this keeps the types honest
+        return HttpResponseRedirect(reverse("account_login"))
+    AlertWebhook.for_user(user_id).rotate()
+    logger.info("[alerts] user %s rotated their webhook secret", user_id)
     target = request.POST.get("next", "")
     if not url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
         target = reverse("dashboard:stream")

@@ -30,7 +30,7 @@ DONATION = {"kind": "donation", "from": "Ana", "amount": 5, "currency": "eur", "
 def make_user(name: str = "streamer", active: bool = True) -> tuple[Any, AlertWebhook]:
     # No password: hashing one costs ~0.3 s of CPU and these users never log in.
     user = get_user_model().objects.create_user(name, f"{name}@example.com", is_active=active)
-    return user, AlertWebhook.for_user(user)
+    return user, AlertWebhook.for_user(user.pk)
 
 
 def url(user_id: Any, secret: str) -> str:

@@ -20,7 +20,7 @@ def alert_webhook(context: dict[str, Any]) -> dict[str, Any] | None:
     user = getattr(request, "user", None)
     if request is None or user is None or not user.is_authenticated:
         return None
-    webhook = AlertWebhook.for_user(user)
+    webhook = AlertWebhook.for_user(user.pk)
     path = reverse("alerts:webhook", args=[str(user.pk), webhook.secret])
     return {
         "url": request.build_absolute_uri(path),
