@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Any
 
-from livestream.components.base import Component
+from livestream.components.base import CommandError, Component
 
 logger = logging.getLogger("livestream.test_components")
 
@@ -41,3 +42,37 @@ class Stubborn(Component):
                 await asyncio.sleep(0.2)
             except asyncio.CancelledError:
                 logger.info("[UserStreamManager:%s] Stubborn ignoring cancellation", self.user_id)
+
+
+class Echo(Component):
+    """Answers commands, to test the path from a tab to the component and back.
+
+    ``whoami`` replies with the worker's pid and the args; ``slow`` counts its runs in
+    Redis (``<KEY_PREFIX>:test:slow:<user>``) and then sleeps, so a test can kill the
+    worker while it is in flight; ``crash`` raises; ``list`` returns a non-dict;
+    ``refuse`` raises CommandError; ``tick`` emits an event numbered by args["n"].
+    """
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        if name == "whoami":
+            return {"pid": os.getpid(), "args": args}
+        if name == "slow":
+            from livestream.keys import key
+            from livestream.redis import get_redis
+
+            await get_redis().incr(key("test", "slow", self.user_id))
+            await asyncio.sleep(float(args.get("seconds", 30)))
+            return {"slept": True}
+        if name == "crash":
+            raise RuntimeError("Echo crashed on purpose")
+        if name == "list":
+            return [1, 2]  # type: ignore[return-value]
+        if name == "refuse":
+            raise CommandError("refused on purpose")
+        if name == "tick":
+            await self.emit("tick", {"n": args.get("n")})
+            return {}
+        return await super().on_command(name, args)
