@@ -1,17 +1,23 @@
-"""Wake a user's AlertManager when an alert is queued for them, without polling.
+"""What the AlertManagers of one process share: wake-ups without polling, batched claims.
 
-The webhook's push script PUBLISHes the user id on ``alerts:wake`` (livestream/keys.py)
-in the same step as the RPUSH. Each process that runs AlertManagers keeps ONE
-subscriber connection to that channel (per event loop), opened while at least one
-AlertManager is registered here and closed with the last: 10,000 idle managers cost
-one connection and no commands, where polling would cost 10,000 round trips per
-interval. A wake-up for a user with no manager in this process is ignored.
+A worker may run 10,000 managers, each with an AlertManager, started in a burst of
+thousands. Nothing here costs Redis a command per idle AlertManager:
 
-Messages published while the subscriber was not connected are lost (pub/sub), so
-every time the subscription is confirmed (first start, and after a reconnect) every
-registered manager is woken once to look at its queue; a manager also looks when it
-starts and every ALERT_RECHECK_INTERVAL. A lost wake-up therefore delays an alert,
-never loses it: the alert itself is in the LIST.
+* **Wake-ups.** The webhook's push script PUBLISHes the user id on ``alerts:wake``
+  (livestream/keys.py) in the same step as the RPUSH. Each process keeps ONE
+  subscriber connection to that channel (per event loop), open while at least one
+  AlertManager is registered here, and sets that user's event; a wake-up for a user
+  with no manager here is ignored.
+* **Missed wake-ups.** Messages published while the subscriber was not connected are
+  lost (pub/sub). So each time the subscription is confirmed (first start, after a
+  reconnect), and every ALERT_RECHECK_INTERVAL as a safety net, the listener reads the
+  queue length of every registered user (pipelined, BATCH per round trip) and wakes
+  those with alerts waiting. A lost wake-up delays an alert, never loses it: the
+  alert itself is in the LIST.
+* **Claims.** Each AlertManager claims its user's queue when it starts
+  (livestream/alert_queue.py). Claims arriving together are sent together, up to
+  BATCH users per script call, on one connection: a burst of starts does not queue
+  thousands of coroutines for the connection pool.
 """
 
 from __future__ import annotations
@@ -23,29 +29,38 @@ import weakref
 from typing import Any
 
 from livestream import keys
+from livestream.alert_queue import Claimed, claim_many, lengths
+from livestream.conf import get_settings
 
 logger = logging.getLogger(__name__)
 
+# Users per claim script call / per pipelined LLEN round trip.
+BATCH = 500
 # Reconnect backoff after the subscriber connection failed (seconds).
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 2.0
 
 
 class WakeListener:
-    """The registered AlertManagers of one event loop, and the subscriber that wakes them."""
+    """The registered AlertManagers of one event loop, and the tasks that serve them."""
 
     def __init__(self) -> None:
         self.waiters: dict[str, set[asyncio.Event]] = {}
         self.task: asyncio.Task[None] | None = None
         # Set each time the subscription is confirmed (tests await it).
         self.subscribed = asyncio.Event()
+        self._claims: list[tuple[str, str, asyncio.Future[Claimed]]] = []
+        self._claimer: asyncio.Task[None] | None = None
+        self._recheck_now = asyncio.Event()
+
+    # -- registration ---------------------------------------------------------
 
     def register(self, user_id: str) -> asyncio.Event:
         event = asyncio.Event()
         self.waiters.setdefault(user_id, set()).add(event)
         if self.task is None or self.task.done():
             self.subscribed.clear()
-            self.task = asyncio.create_task(self._listen(), name="alerts:wake")
+            self.task = asyncio.create_task(self._serve(), name="alerts:wake")
         return event
 
     def unregister(self, user_id: str, event: asyncio.Event) -> None:
@@ -62,10 +77,45 @@ class WakeListener:
         for event in self.waiters.get(user_id, ()):
             event.set()
 
-    def wake_all(self) -> None:
-        for events in self.waiters.values():
-            for event in events:
-                event.set()
+    # -- batched claims ---------------------------------------------------------
+
+    async def claim(self, user_id: str, token: str) -> Claimed:
+        """``AlertQueue(user_id).claim(token)``, sent together with the other claims waiting."""
+        future: asyncio.Future[Claimed] = asyncio.get_running_loop().create_future()
+        self._claims.append((user_id, token, future))
+        if self._claimer is None or self._claimer.done():
+            self._claimer = asyncio.create_task(self._send_claims(), name="alerts:claims")
+        return await future
+
+    async def _send_claims(self) -> None:
+        while self._claims:
+            batch, self._claims = self._claims[:BATCH], self._claims[BATCH:]
+            try:
+                results = await claim_many([(user_id, token) for user_id, token, _ in batch])
+            except Exception as exc:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (user_id, _, future), claimed in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(claimed)
+                elif claimed.stale is not None:  # its AlertManager stopped meanwhile
+                    logger.warning(
+                        "[UserStreamManager:%s] AlertManager: alert %s was in flight when its previous "
+                        "instance stopped; not sent again (at most once)",
+                        user_id,
+                        str(claimed.stale.get("id", "?"))[:64],
+                    )
+
+    # -- the subscriber and the re-checks ----------------------------------------
+
+    async def _serve(self) -> None:
+        recheck = asyncio.create_task(self._recheck_loop(), name="alerts:recheck")
+        try:
+            await self._listen()
+        finally:
+            recheck.cancel()
 
     async def _listen(self) -> None:
         from streampai.redisconf import redis_client
@@ -97,13 +147,35 @@ class WakeListener:
 
     def _handle(self, message: dict[str, Any]) -> None:
         if message.get("type") == "subscribe":
-            # Anything published before this moment was missed: everyone looks once.
+            # Anything published before this moment was missed: look at every queue.
             self.subscribed.set()
-            self.wake_all()
+            self._recheck_now.set()
         elif message.get("type") == "message":
             data = message.get("data")
             if isinstance(data, str):
                 self.wake(data)
+
+    async def _recheck_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recheck_now.wait(), get_settings().ALERT_RECHECK_INTERVAL)
+            self._recheck_now.clear()
+            try:
+                await self.wake_pending()
+            except Exception as exc:  # Redis trouble: the next re-check tries again
+                logger.warning("[alerts] queue re-check failed: %r", exc)
+
+    async def wake_pending(self) -> int:
+        """Wake every registered user whose queue holds alerts; how many were woken."""
+        users = list(self.waiters)
+        woken = 0
+        for start in range(0, len(users), BATCH):
+            chunk = users[start : start + BATCH]
+            for user_id, length in zip(chunk, await lengths(chunk), strict=True):
+                if length > 0:
+                    self.wake(user_id)
+                    woken += 1
+        return woken
 
 
 _listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WakeListener] = weakref.WeakKeyDictionary()

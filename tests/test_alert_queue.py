@@ -97,3 +97,36 @@ async def test_push_wakes_the_registered_user_only():
         wakeups.unregister("7", mine)
         wakeups.unregister("8", theirs)
     assert wakeups.task is None and not wakeups.waiters  # the subscriber closes with the last
+
+
+async def evalsha_calls(aredis) -> int:
+    stats = await aredis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_burst_of_claims_is_a_few_script_calls(aredis):
+    await AlertQueue("u3").push(alert(1), cap=10)
+    wakeups = listener()
+    before = await evalsha_calls(aredis)
+    claimed = await asyncio.gather(*(wakeups.claim(f"u{i}", f"tok{i}") for i in range(1200)))
+    calls = await evalsha_calls(aredis) - before
+    assert calls <= 4, calls  # 1,200 claims: 500 per call, plus the first one alone
+    assert [c.queued for c in claimed[:5]] == [0, 0, 0, 1, 0]
+    assert await aredis.get(keys.alerts("u1199", "owner")) == "tok1199"
+
+
+async def test_a_missed_wake_up_is_made_up_by_the_re_check(configure_livestream):
+    configure_livestream(ALERT_RECHECK_INTERVAL=0.2)
+    wakeups = listener()
+    waiting, idle = wakeups.register("7"), wakeups.register("8")
+    try:
+        await asyncio.wait_for(wakeups.subscribed.wait(), 5)
+        # Queued without the PUBLISH reaching anyone (as while the subscriber reconnects).
+        await AlertQueue("7").redis.rpush(keys.alerts("7", "queue"), '{"id": "x"}')
+        waiting.clear(), idle.clear()
+        await asyncio.wait_for(waiting.wait(), 2)  # the periodic re-check found it
+        assert not idle.is_set()
+        assert await wakeups.wake_pending() == 1
+    finally:
+        wakeups.unregister("7", waiting)
+        wakeups.unregister("8", idle)

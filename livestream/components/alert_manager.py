@@ -14,9 +14,11 @@ Delivery rule: each alert at most once, in order; exactly once unless a worker d
 in the few milliseconds between taking an alert and emitting it.
 
 1. A new instance (first start, a supervisor restart, a takeover by another worker
-   after a kill -9) first *claims* the queue with a fresh token: from then on only
-   it can take, and an older instance still running somewhere (a fenced worker not
-   yet stopped) gets SUPERSEDED and stops delivering instead of racing it.
+   after a kill -9) first *claims* the queue with a fresh token (batched with the
+   other starts of the process, livestream/alert_wakeups.py): from then on only it
+   can take, and an older instance still running somewhere (a fenced worker not yet
+   stopped) gets SUPERSEDED and stops delivering instead of racing it. An idle
+   instance sends no command: it waits for a wake-up.
 2. *Take* moves the head of the queue into the user's in-flight slot (one script,
    only for the owner). *Emit* follows at once, then *ack* clears the slot and
    counts the alert. Nothing else happens in between: the display wait comes after
@@ -48,7 +50,7 @@ import secrets
 from typing import Any
 
 from livestream.alert_queue import SUPERSEDED, Alert, AlertQueue
-from livestream.alert_wakeups import listener
+from livestream.alert_wakeups import WakeListener, listener
 from livestream.components.base import Component
 from livestream.conf import get_settings
 
@@ -84,47 +86,50 @@ class AlertManager(Component):
         wakeups = listener()
         wake = wakeups.register(self.user_id)
         try:
-            await self._claim()
+            if await self._claim(wakeups):
+                wake.set()
             await self._deliver(wake)
         finally:
             wakeups.unregister(self.user_id, wake)
 
-    async def _claim(self) -> None:
+    async def _claim(self, wakeups: WakeListener) -> bool:
+        """Claim the queue (batched with other starts); True if alerts are waiting."""
         backoff = BACKOFF_MIN
         while True:
             try:
-                claimed = await self.queue.claim(self.token)
+                claimed = await wakeups.claim(self.user_id, self.token)
                 break
             except Exception as exc:  # Redis down: wait for it, do not crash-loop
                 backoff = await self._redis_trouble("claiming", exc, backoff)
         self.queued, self.delivered = claimed.queued, claimed.delivered
         if claimed.stale is not None:
             self._lost(claimed.stale, "was in flight when its previous instance stopped")
+        return claimed.queued > 0
 
     async def _deliver(self, wake: asyncio.Event) -> None:
-        conf = get_settings()
+        """Sleep until woken (an alert was queued), then deliver until the queue is empty."""
+        display = get_settings().ALERT_DISPLAY_INTERVAL
         backoff = BACKOFF_MIN
         while True:
-            wake.clear()
-            try:
-                taken = await self._step()
-                backoff = BACKOFF_MIN
-            except Exception as exc:
-                backoff = await self._redis_trouble("taking an alert", exc, backoff)
-                continue
-            if taken is SUPERSEDED:
-                self.superseded = True
-                logger.warning(
-                    "[UserStreamManager:%s] AlertManager superseded by a newer instance; stops delivering",
-                    self.user_id,
-                )
-                return
-            if taken is None:
-                # Empty: sleep until a wake-up (or the safety re-check).
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), conf.ALERT_RECHECK_INTERVAL)
-                continue
-            await asyncio.sleep(conf.ALERT_DISPLAY_INTERVAL)
+            await wake.wait()
+            wake.clear()  # a wake-up from now on means another look after this drain
+            while True:
+                try:
+                    taken = await self._step()
+                    backoff = BACKOFF_MIN
+                except Exception as exc:
+                    backoff = await self._redis_trouble("taking an alert", exc, backoff)
+                    continue
+                if taken is SUPERSEDED:
+                    self.superseded = True
+                    logger.warning(
+                        "[UserStreamManager:%s] AlertManager superseded by a newer instance; stops delivering",
+                        self.user_id,
+                    )
+                    return
+                if taken is None:
+                    break
+                await asyncio.sleep(display)
 
     async def _step(self) -> Alert | str | None:
         """Take, emit, ack as one step a cancellation waits for (rule 2)."""
