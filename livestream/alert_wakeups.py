@@ -16,8 +16,9 @@ thousands. Nothing here costs Redis a command per idle AlertManager:
   alert itself is in the LIST.
 * **Claims.** Each AlertManager claims its user's queue when it starts
   (livestream/alert_queue.py). Claims arriving together are sent together, up to
-  BATCH users per script call, on one connection: a burst of starts does not queue
-  thousands of coroutines for the connection pool.
+  BATCH users per script call, on a client of the listener's own: a burst of starts
+  does not queue thousands of coroutines for the shared connection pool, and other
+  components' bursts on that pool cannot starve the claims.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import contextlib
 import logging
 import weakref
 from typing import Any
+
+import redis.asyncio as aioredis
 
 from livestream import keys
 from livestream.alert_queue import Claimed, claim_many, lengths
@@ -49,6 +52,9 @@ class WakeListener:
         self.task: asyncio.Task[None] | None = None
         # Set each time the subscription is confirmed (tests await it).
         self.subscribed = asyncio.Event()
+        # Claims and re-checks go through a client of their own: a burst of other
+        # components' commands on the shared pool cannot starve them.
+        self.client: aioredis.Redis | None = None
         self._claims: list[tuple[str, str, asyncio.Future[Claimed]]] = []
         self._claimer: asyncio.Task[None] | None = None
         self._recheck_now = asyncio.Event()
@@ -59,8 +65,11 @@ class WakeListener:
         event = asyncio.Event()
         self.waiters.setdefault(user_id, set()).add(event)
         if self.task is None or self.task.done():
+            from streampai.redisconf import redis_client
+
             self.subscribed.clear()
-            self.task = asyncio.create_task(self._serve(), name="alerts:wake")
+            self.client = redis_client()
+            self.task = asyncio.create_task(self._serve(self.client), name="alerts:wake")
         return event
 
     def unregister(self, user_id: str, event: asyncio.Event) -> None:
@@ -91,8 +100,11 @@ class WakeListener:
         while self._claims:
             batch, self._claims = self._claims[:BATCH], self._claims[BATCH:]
             try:
-                results = await claim_many([(user_id, token) for user_id, token, _ in batch])
+                results = await claim_many([(user_id, token) for user_id, token, _ in batch], self.client)
             except Exception as exc:
+                logger.warning(
+                    "[alerts] claiming the queues of %d users failed (%r); they retry", len(batch), exc
+                )
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
@@ -110,12 +122,14 @@ class WakeListener:
 
     # -- the subscriber and the re-checks ----------------------------------------
 
-    async def _serve(self) -> None:
+    async def _serve(self, client: aioredis.Redis) -> None:
         recheck = asyncio.create_task(self._recheck_loop(), name="alerts:recheck")
         try:
             await self._listen()
         finally:
             recheck.cancel()
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     async def _listen(self) -> None:
         from streampai.redisconf import redis_client
@@ -171,7 +185,7 @@ class WakeListener:
         woken = 0
         for start in range(0, len(users), BATCH):
             chunk = users[start : start + BATCH]
-            for user_id, length in zip(chunk, await lengths(chunk), strict=True):
+            for user_id, length in zip(chunk, await lengths(chunk, self.client), strict=True):
                 if length > 0:
                     self.wake(user_id)
                     woken += 1

@@ -99,8 +99,9 @@ class AlertManager(Component):
             try:
                 claimed = await wakeups.claim(self.user_id, self.token)
                 break
-            except Exception as exc:  # Redis down: wait for it, do not crash-loop
-                backoff = await self._redis_trouble("claiming", exc, backoff)
+            except Exception:  # Redis down: the listener logged it once for the batch; retry
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
         self.queued, self.delivered = claimed.queued, claimed.delivered
         if claimed.stale is not None:
             self._lost(claimed.stale, "was in flight when its previous instance stopped")
