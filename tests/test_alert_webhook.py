@@ -205,3 +205,20 @@ def test_every_dashboard_page_has_the_overlay(django_user_model):
         html = client.get(path).content.decode()
         assert 'id="alert-overlay"' in html and "dashboard/alerts.js" in html, path
         assert 'id="presence"' in html, path
+
+
+def test_alert_settings_are_validated():
+    from django.core.exceptions import ImproperlyConfigured
+
+    from livestream.conf import LivestreamSettings, validate
+
+    validate(LivestreamSettings())
+    for bad in (
+        {"ALERT_QUEUE_CAP": 0},
+        {"ALERT_MAX_BODY_BYTES": 100},
+        {"ALERT_MAX_BODY_BYTES": 10**6},
+        {"ALERT_DISPLAY_INTERVAL": -1.0},
+        {"ALERT_RECHECK_INTERVAL": 0.0},
+    ):
+        with pytest.raises(ImproperlyConfigured, match=next(iter(bad))):
+            validate(LivestreamSettings(**bad))
