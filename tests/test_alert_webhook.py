@@ -222,3 +222,26 @@ def test_alert_settings_are_validated():
     ):
         with pytest.raises(ImproperlyConfigured, match=next(iter(bad))):
             validate(LivestreamSettings(**bad))
+
+
+def test_the_admin_lists_webhooks_without_their_secret_and_rotates(django_user_model):
+    admin = django_user_model.objects.create_superuser("root", "root@example.com", "pw-alerts-123")
+    user = django_user_model.objects.create_user("streamer", "s@example.com")
+    hook = AlertWebhook.for_user(user.pk)
+    client = Client()
+    client.force_login(admin)
+    page = client.get("/admin/alerts/alertwebhook/")
+    assert page.status_code == 200
+    assert hook.secret not in page.content.decode()
+    assert hook.secret not in client.get(f"/admin/alerts/alertwebhook/{hook.pk}/change/").content.decode()
+    response = client.post(
+        "/admin/alerts/alertwebhook/", {"action": "rotate", "_selected_action": [hook.pk]}, follow=True
+    )
+    assert response.status_code == 200
+    old = hook.secret
+    hook.refresh_from_db()
+    assert hook.rotated_at is not None and hook.secret != old
+    assert Client().post(url(user.pk, old), DONATION, content_type="application/json").status_code == 404
+    assert (
+        Client().post(url(user.pk, hook.secret), DONATION, content_type="application/json").status_code == 202
+    )
