@@ -37,6 +37,7 @@ BENCHMARKS = [
     ("join_flood", 240),
     ("one_user_burst", 600),
     ("placement", 120),
+    ("components", 300),
 ]
 
 

@@ -16,19 +16,21 @@ them); only this socket's ``token`` matches, and the command's ``key`` finds the
 waiting request. A command not answered within COMMAND_TIMEOUT is sent once more if
 the user's manager moved to another worker meanwhile (its owner died; the key
 keeps it from running twice), else answered "timed out".
+
+Redis round trips in daphne per command: one (livestream/commands.submit), two
+when it is sent once more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-from channels.exceptions import ChannelFull
 
 from dashboard.limits import Throttled, TokenBucket
 from livestream import commands
@@ -89,12 +91,12 @@ class SocketCommands:
         """A ``{"type": "command"}`` frame from the tab: refuse it with a reply, or start it."""
         conf = get_settings()
         cid = client_id(frame)
+        if not self.bucket.take():  # first: every command frame counts, good or bad
+            return await self._refuse(cid, "too many commands; slow down", flood=True)
         if size > conf.COMMAND_MAX_BYTES:
             return await self._refuse(
                 cid, f"command too large ({size} bytes; at most {conf.COMMAND_MAX_BYTES})"
             )
-        if not self.bucket.take():
-            return await self._refuse(cid, "too many commands; slow down", flood=True)
         if len(self.waiting) >= MAX_PENDING:
             return await self._refuse(cid, f"too many commands waiting for a reply (at most {MAX_PENDING})")
         if "id" in frame and cid is None:
@@ -140,38 +142,28 @@ class SocketCommands:
         await self.send(frame)
 
     async def _attempts(self, command: commands.Command, future: asyncio.Future[str]) -> str:
-        """The reply frame: the worker's, or an error of ours. At most two sends."""
+        """The reply frame: the worker's, or an error of ours. Sent at most twice (same key)."""
         timeout = get_settings().COMMAND_TIMEOUT
         where = f"command {command.component}.{command.command} of user {self.user_id}"
-        tried: str | None = None
-        for attempt in (1, 2):
-            try:
-                target = await commands.route(self.user_id)
-            except Exception as exc:
-                logger.warning("[PresenceConsumer] %s not sent: %r", where, exc)
-                return reply_frame(command.id, False, "the server cannot reach its workers; try again")
-            if target is None or target.owner == tried:
-                if tried is None:
-                    logger.info("[PresenceConsumer] %s: no running manager", where)
-                    return reply_frame(command.id, False, commands.NO_MANAGER)
-                break  # no new owner to try: the first one just did not answer
-            if attempt == 2:
-                logger.warning(
-                    "[PresenceConsumer] %s: owner %s did not answer; sent once more to %s",
-                    where,
-                    tried,
-                    target.owner,
-                )
-            try:
-                await commands.submit(target, command if attempt == 1 else _resent(command))
-            except ChannelFull:
-                logger.warning("[PresenceConsumer] %s: the inbox of %s is full", where, target.owner)
-                return reply_frame(command.id, False, "your stream manager is busy; try again")
-            tried = target.owner
-            try:
+        try:
+            owner = await commands.submit(command)
+            if owner is None:
+                logger.info("[PresenceConsumer] %s: no running manager", where)
+                return reply_frame(command.id, False, commands.NO_MANAGER)
+            with contextlib.suppress(TimeoutError):
                 return await asyncio.wait_for(asyncio.shield(future), timeout)
-            except TimeoutError:
-                continue
+            # No answer. Sent once more only if the user's manager moved meanwhile (its
+            # worker died): a slow owner is not asked twice.
+            moved = await commands.owner(self.user_id)
+            if moved is not None and moved != owner and await commands.submit(_resent(command)) == moved:
+                logger.warning(
+                    "[PresenceConsumer] %s: %s did not answer; sent once more to %s", where, owner, moved
+                )
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except Exception as exc:
+            logger.warning("[PresenceConsumer] %s not sent: %r", where, exc)
+            return reply_frame(command.id, False, "the server cannot reach its workers; try again")
         logger.warning("[PresenceConsumer] %s timed out after %.1fs", where, timeout)
         return reply_frame(command.id, False, "timed out")
 

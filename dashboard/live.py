@@ -11,7 +11,9 @@ subscribed to:
                                    that session closes its sockets with 4001
                                    (dashboard/sessions.py), because Channels checks
                                    auth only at connect;
-  hub.control_channel(user_id)     deactivating the account closes them with 4003.
+  hub.control_channel(user_id)     deactivating the account closes them with 4003;
+                                   components' events and command replies (every
+                                   socket, live or not: README "Writing a component").
 
 What reaches the browser (presence.js turns each into a ``streampai:message``),
 forwarded exactly as the worker published it:

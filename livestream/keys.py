@@ -12,6 +12,7 @@
   workers:dead                    SET    workers seen dead on their machine
   worker:<id>                     HASH   inbox, host, pid, proc identity
   worker:<id>:starts              LIST   users another worker placed on it
+  worker:<id>:commands            LIST   tabs' commands for the components it runs  commands.py
   epoch, epoch:hold               STRING Redis lost its data? / no new lease meanwhile
   timers, timers:payload          ZSET + HASH  named timers (cleanup:<user>)      timers.py
   managers:<worker>(:next)        HASH   user -> manager status JSON              state.py
@@ -71,6 +72,10 @@ def worker(worker_id: str) -> str:
 
 def worker_starts(worker_id: str) -> str:
     return key("worker", worker_id, "starts")
+
+
+def worker_commands(worker_id: str) -> str:
+    return key("worker", worker_id, "commands")
 
 
 def epoch() -> str:

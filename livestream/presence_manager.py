@@ -15,9 +15,10 @@ reads facts from Redis, asks livestream/ownership.py what to do, and does it.
            cleanups lost leaves never scheduled, publish state.
   renewal  on a thread of its own (livestream/lease_keeper.py): a busy worker is
            never mistaken for a dead one; the fence checks its clock.
-  channel  ``presence-manager`` messages (staff actions, hand-written diffs, tabs'
-           commands, component choices), dispatched by name: ``presence.cleanup``
-           -> ``on_presence_cleanup``.
+  channel  ``presence-manager`` messages (staff actions, hand-written diffs,
+           component choices), dispatched by name: ``presence.cleanup`` ->
+           ``on_presence_cleanup``.
+  commands tabs' commands for our components, from our own LIST (livestream/commands.py).
 
 All state that matters is in Redis; ``managers`` only holds this process's tasks.
 """
@@ -101,6 +102,7 @@ class PresenceManager:
         self.scope.every("fence", lambda: get_settings().RECONCILE_INTERVAL / 10, self._check_fence)
         self.scope.spawn(self.status.run(), "status-push")
         self.scope.spawn(self._inbox_loop(), "inbox")
+        self.scope.spawn(commands.read(self), "commands")  # tabs' commands (livestream/commands.py)
         self.scope.spawn(self._boot(), "boot")
         logger.info("[PresenceManager] worker %s started", self.worker_id)
 
@@ -217,9 +219,6 @@ class PresenceManager:
 
     async def on_manager_restart(self, message: dict[str, Any]) -> None:
         await control.route(self, message, control.restart)
-
-    async def on_component_command(self, message: dict[str, Any]) -> None:
-        await commands.handle(self, message)  # a tab's command (livestream/commands.py)
 
     async def on_component_config(self, message: dict[str, Any]) -> None:
         await choices.reconfigure(self, message)  # a user's components changed

@@ -50,7 +50,8 @@ class Echo(Component):
     ``whoami`` replies with the worker's pid and the args; ``slow`` counts its runs in
     Redis (``<KEY_PREFIX>:test:slow:<user>``) and then sleeps, so a test can kill the
     worker while it is in flight; ``crash`` raises; ``list`` returns a non-dict;
-    ``refuse`` raises CommandError; ``tick`` emits an event numbered by args["n"].
+    ``refuse`` raises CommandError; ``tick`` emits an event numbered by args["n"];
+    ``burst`` emits args["n"] events in order.
     """
 
     async def run(self) -> None:
@@ -75,4 +76,9 @@ class Echo(Component):
         if name == "tick":
             await self.emit("tick", {"n": args.get("n")})
             return {}
+        if name == "burst":  # events 0..n-1 in order, each padded to about args["size"] bytes
+            pad = "x" * int(args.get("size", 0))
+            for n in range(int(args.get("n", 10))):
+                await self.emit("burst", {"n": n, "pad": pad})
+            return {"sent": int(args.get("n", 10))}
         return await super().on_command(name, args)

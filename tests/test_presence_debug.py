@@ -117,8 +117,10 @@ async def test_json_of_a_real_worker(run_worker, configure_livestream):
 
     async def published():
         data = json.loads(await sync_to_async(presence_debug)("--json"))
-        running = {"ConsoleLogger": {"state": "running", "restarts": 0}}
-        return data if data["managers"].get("5", {}).get("components") == running else None
+        components = data["managers"].get("5", {}).get("components") or {}
+        # Every default component running (the list is settings' COMPONENTS, ConsoleLogger first).
+        running = components.get("ConsoleLogger") == {"state": "running", "restarts": 0}
+        return data if running and all(c["state"] == "running" for c in components.values()) else None
 
     data = await wait_until(published, 5, "manager 5 in presence_debug --json")
     assert data["managers"]["5"]["worker"] == worker.manager.worker_id

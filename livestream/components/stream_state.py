@@ -31,7 +31,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
 
 from livestream import keys
 from livestream.components.base import CommandError, Component
@@ -39,6 +43,7 @@ from livestream.conf import get_settings
 from livestream.redis import get_redis, run_script, script
 
 logger = logging.getLogger("livestream.stream_state")
+T = TypeVar("T")
 
 OFFLINE, STARTING, LIVE, ENDING = "offline", "starting", "live", "ending"
 STAMPS = {STARTING: "started_at", LIVE: "live_at", ENDING: "ending_at", OFFLINE: "ended_at"}
@@ -82,15 +87,20 @@ class StreamStateServer(Component):
     def key(self) -> str:
         return keys.stream_state(self.user_id)
 
-    async def run(self) -> None:
+    async def _load(self) -> dict[str, str]:
+        """The stored state HASH (empty: never went live)."""
         fields = await get_redis().hgetall(self.key)
+        return {str(k): str(v) for k, v in fields.items()}
+
+    async def run(self) -> None:
+        fields = await self._retrying(self._load)
         self.state = fields.get("state", OFFLINE)
         if fields and self.state != OFFLINE:
             logger.info("[UserStreamManager:%s] StreamStateServer resumed %s", self.user_id, self.state)
-            await self.emit("state", snapshot(fields), sticky=True)
+            await self._retrying(partial(self.emit, "state", snapshot(fields), sticky=True))
         while True:
             self._changed.clear()
-            fields = await get_redis().hgetall(self.key)
+            fields = await self._retrying(self._load)
             state = fields.get("state", OFFLINE)
             if state in (STARTING, ENDING):
                 conf = get_settings()
@@ -101,9 +111,27 @@ class StreamStateServer(Component):
                     continue
                 except TimeoutError:
                     pass
-                await self._move(LIVE if state == STARTING else OFFLINE, state)
+                await self._retrying(partial(self._move, LIVE if state == STARTING else OFFLINE, state))
             else:
                 await self._changed.wait()
+
+    async def _retrying(self, step: Callable[[], Awaitable[T]]) -> T:
+        """``step()``, retried while Redis is unreachable (a restart, a failover): crashing
+        instead would mark the component failed after three quick restarts."""
+        delay, failing = 0.25, False
+        while True:
+            try:
+                return await step()
+            except (RedisError, OSError) as exc:
+                if not failing:
+                    logger.warning(
+                        "[UserStreamManager:%s] StreamStateServer cannot reach Redis (%r); retrying",
+                        self.user_id,
+                        exc,
+                    )
+                    failing = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         if args:
@@ -128,7 +156,7 @@ class StreamStateServer(Component):
             result = await run_script(
                 get_redis(), _TRANSITION, [self.key], to, f"{time.time():.3f}", STAMPS[to], *allowed
             )
-            flat = result[1]
+            flat = [str(x) for x in result[1]]
             data = snapshot(dict(zip(flat[::2], flat[1::2], strict=True)))
             self.state = data["state"]
             if int(result[0]):
