@@ -177,13 +177,14 @@ class AlertManager(Component):
         )
 
     async def _redis_trouble(self, doing: str, exc: Exception, backoff: float) -> float:
-        logger.warning(
-            "[UserStreamManager:%s] AlertManager: Redis error while %s (%r); retrying in %.1fs",
-            self.user_id,
-            doing,
-            exc,
-            backoff,
-        )
+        """Wait before retrying; one log line per outage (the first failure of a streak)."""
+        if backoff == BACKOFF_MIN:
+            logger.warning(
+                "[UserStreamManager:%s] AlertManager: Redis error while %s (%r); retrying until it answers",
+                self.user_id,
+                doing,
+                exc,
+            )
         await asyncio.sleep(backoff)
         return min(backoff * 2, BACKOFF_MAX)
 
