@@ -23,7 +23,8 @@ Every step is one Lua script (one round trip, atomic):
                      claim_many does it for many users in one call: a burst of 12,000
                      manager starts is 24 round trips (alert_wakeups.Claims batches them).
   take(token)        move the head of the queue into the in-flight slot, only for the
-                     current owner (a superseded instance gets SUPERSEDED, never an alert).
+                     current owner (a superseded instance gets SUPERSEDED, never an alert;
+                     with no owner recorded, Redis lost its data and the taker owns again).
   ack(alert_id)      the in-flight alert was emitted (or its emit failed): clear the slot,
                      count it as delivered (or not).
 
@@ -73,13 +74,17 @@ return out
 """,
 )
 
+# No owner at all means Redis lost its data (a restart without persistence, a failover
+# to an empty replica): the running instance claims again rather than stop delivering.
 # An in-flight alert still there when its own owner takes again was left by that
 # owner's previous step, which failed after the take (a lost reply, an ack that did not
 # reach Redis): it is returned as ``previous`` (the component logs it) and replaced.
 _TAKE = script(
     "alerts.take",
     """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'superseded', 0, false} end
+local owner = redis.call('GET', KEYS[1])
+if not owner then redis.call('SET', KEYS[1], ARGV[1])
+elseif owner ~= ARGV[1] then return {'superseded', 0, false} end
 local previous = redis.call('GET', KEYS[3])
 local alert = redis.call('LPOP', KEYS[2])
 if alert then redis.call('SET', KEYS[3], alert) else redis.call('DEL', KEYS[3]) end

@@ -174,3 +174,57 @@ async def test_stopping_mid_stream_leaves_the_rest_queued(tabs):
     await supervisor.stop()
     assert [a["id"] for a in await AlertQueue(USER).pending()] == ids[1:]
     assert await AlertQueue(USER).redis.get(keys.alerts(USER, "inflight")) is None
+
+
+async def test_an_owner_key_lost_with_redis_data_is_claimed_again(tabs):
+    supervisor = await start()
+    try:
+        await wait_until(lambda: AlertQueue(USER).redis.get(keys.alerts(USER, "owner")), 2, "claimed")
+        await AlertQueue(USER).redis.delete(keys.alerts(USER, "owner"))  # as after a restart without data
+        ids = await queue_alerts(2)
+        await tabs.collect(2)
+        assert tabs.ids() == ids and not supervisor.component.superseded
+    finally:
+        await supervisor.stop()
+
+
+async def test_after_a_redis_restart_without_data_the_running_manager_delivers_again(
+    settings, tmp_path, caplog
+):
+    """A private redis-server (never the suite's) is stopped and started under a running AlertManager."""
+    from streampai.embedded_redis import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "redis")
+    settings.REDIS_URL = server.start()
+    try:
+        from livestream.redis import get_redis
+
+        pubsub = get_redis().pubsub()
+        await pubsub.subscribe(keys.control(USER))
+        tabs = Tabs(pubsub)
+        supervisor = await start()
+        await queue_alerts(1)
+        await tabs.collect(1)
+        with caplog.at_level(logging.WARNING):
+            server.stop()
+            await wait_until(lambda: "wake-up subscriber lost" in caplog.text, 5, "the listener noticed")
+            server.start()  # empty: the restart lost everything, the owner key too
+            await pubsub.aclose()
+            pubsub = get_redis().pubsub()
+            await pubsub.subscribe(keys.control(USER))
+            tabs.pubsub = pubsub
+            ids = await wait_until(lambda: _queue_quietly(2), 10, "Redis back")
+            await tabs.collect(2, timeout=10)
+        assert tabs.ids()[1:] == ids
+        assert supervisor.state == "running" and supervisor.restarts == 0
+        await supervisor.stop()
+        await pubsub.aclose()
+    finally:
+        server.stop()
+
+
+async def _queue_quietly(start: int) -> list[str] | None:
+    try:
+        return await queue_alerts(1, start)
+    except Exception:
+        return None
