@@ -245,3 +245,11 @@ def test_the_admin_lists_webhooks_without_their_secret_and_rotates(django_user_m
     assert (
         Client().post(url(user.pk, hook.secret), DONATION, content_type="application/json").status_code == 202
     )
+
+
+async def test_redis_unreachable_is_503_and_one_log_line(settings, tmp_path, caplog):
+    user, hook = await make_user()
+    settings.REDIS_URL = f"unix://{tmp_path}/nobody-listens.sock"
+    response = await post(url(user.pk, hook.secret), DONATION)
+    assert (response.status_code, response.json()) == (503, {"error": "alert queue unavailable; retry later"})
+    assert len([r for r in caplog.records if "could not queue an alert" in r.getMessage()]) == 1
