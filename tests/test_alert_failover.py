@@ -91,21 +91,33 @@ async def test_alerts_queued_before_the_tab_survive_a_kill_9_of_their_worker_exa
         survivor = next(w for w in workers if w is not owner)
         await survivor.log.wait_for(rf"UserStreamManager started: {account.user_id}$", timeout=15)
         await wait_until(lambda: len(received) >= ALERTS, 20, f"{ALERTS} alerts")
-        # Nothing more comes: no alert twice.
+        # Nothing more comes: no alert twice (a bounded quiet period).
         await asyncio.sleep(DISPLAY * 3)
+        assert len(received) == ALERTS
+        # An idle manager is woken at once: webhook POST -> frame on the tab.
+        async with httpx.AsyncClient(timeout=10) as client:
+            posted_at = time.monotonic()
+            response = await client.post(url, json={"kind": "follow", "from": "late"})
+        await wait_until(lambda: len(received) > ALERTS, 5, "the late alert")
+        latency = received[-1][0] - posted_at
+        assert received[-1][1]["id"] == response.json()["id"]
+        assert latency < 1.0, latency
     finally:
         reader.cancel()
         await ws.close()
 
-    got = [data["id"] for _, data in received]
+    got = [data["id"] for _, data in received[:ALERTS]]
     assert got == ids, f"received {got}, queued {ids}"
-    assert [data["from"] for _, data in received] == [f"donor {i}" for i in range(ALERTS)]
-    before = [t for t, _ in received if t < killed_at]
-    after = [t for t, _ in received if t > killed_at]
+    assert [data["from"] for _, data in received[:ALERTS]] == [f"donor {i}" for i in range(ALERTS)]
+    before = [t for t, _ in received[:ALERTS] if t < killed_at]
+    after = [t for t, _ in received[:ALERTS] if t > killed_at]
     assert len(before) >= 3 and after, (len(before), len(after))
     # Taken over within the lease + a tick (plus start-up), then paced again.
     assert after[0] - killed_at < 6.0, after[0] - killed_at
     gaps = [b - a for a, b in itertools.pairwise(after)]
     assert all(DISPLAY * 0.9 <= gap < DISPLAY + 1.0 for gap in gaps), gaps
-    print(f"\nfailover: first alert after the kill {after[0] - killed_at:.2f}s later; gaps {gaps}")
+    print(
+        f"\nfailover: first alert {after[0] - killed_at:.2f}s after the kill; gaps {[round(g, 3) for g in gaps]}; "
+        f"POST -> tab on an idle manager {latency * 1000:.0f} ms"
+    )
     assert not log_problems([survivor, web])
