@@ -99,7 +99,8 @@ HUB_HANDLERS = {
     "component.event": "hub_component_event",
     "component.reply": "hub_component_reply",
 }
-# Component events held for a socket between its track and its accept, at most.
+# Component events held for a socket between its track and its accept, at most
+# (more in those milliseconds is a burst: its sticky state is what the tab needs).
 EARLY_EVENTS = 100
 
 _refusals = Throttled(60.0)  # one log line per reason per minute
@@ -153,6 +154,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     closing = False
     handed_off = False  # SIGTERM: dashboard/shutdown.py untracked it with the hand-off delay
     commands: SocketCommands | None = None
+    too_slow = False  # over EVENT_SEND_BUFFER: being closed, no more events
     # Component events that arrived before the accept (None once accepted: sent at once).
     early_events: list[str] | None = None
 
@@ -377,10 +379,11 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     async def _push_event(self, frame: str) -> None:
         """Forward an event unless this socket is too far behind (then close it: see TOO_SLOW)."""
-        if self.closing:
+        if self.closing or self.too_slow:
             return
         queued = _unsent_bytes(self._protocol())
         if queued > get_settings().EVENT_SEND_BUFFER:
+            self.too_slow = True  # one line and one close, however many events follow
             logger.warning(
                 "[PresenceConsumer] a socket of user %s has %d bytes unsent; closing it (%d)",
                 self.user_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 from livestream.components.base import CommandError, Component
@@ -78,7 +79,8 @@ class Echo(Component):
             return {}
         if name == "burst":  # events 0..n-1 in order, each padded to about args["size"] bytes
             pad = "x" * int(args.get("size", 0))
+            started = time.monotonic()
             for n in range(int(args.get("n", 10))):
                 await self.emit("burst", {"n": n, "pad": pad})
-            return {"sent": int(args.get("n", 10))}
+            return {"sent": int(args.get("n", 10)), "seconds": time.monotonic() - started}
         return await super().on_command(name, args)
