@@ -370,3 +370,30 @@ def test_new_settings_are_validated():
     ):
         with pytest.raises(ImproperlyConfigured, match=next(iter(bad))):
             validate_settings(LivestreamSettings(**bad))
+
+
+@pytest.mark.django_db
+def test_the_admin_validates_a_user_component_and_saving_announces_it(
+    admin_client, django_user_model, monkeypatch, django_capture_on_commit_callbacks
+):
+    from livestream.models import UserComponent
+
+    announced: list[str] = []
+    monkeypatch.setattr(choices, "notify", announced.append)
+    user = django_user_model.objects.create(username="s", email="s@x.y")
+    url = "/admin/livestream/usercomponent/add/"
+    assert admin_client.get(url).status_code == 200
+    bad = admin_client.post(url, {"user": user.pk, "path": "json.dumps", "enabled": "on"})
+    assert bad.status_code == 200 and b"is not a livestream Component" in bad.content
+    missing = admin_client.post(url, {"user": user.pk, "path": "no.such.Thing"})
+    assert b"no such class" in missing.content
+    assert not UserComponent.objects.exists() and announced == []
+    path = "livestream.components.stream_state.StreamStateServer"
+    with django_capture_on_commit_callbacks(execute=True):  # announced after commit only
+        ok = admin_client.post(url, {"user": user.pk, "path": path})  # enabled unticked: disabled
+    assert ok.status_code == 302
+    row = UserComponent.objects.get()
+    assert (row.path, row.enabled, str(row)) == (path, False, f"StreamStateServer off for user {user.pk}")
+    with django_capture_on_commit_callbacks(execute=True):
+        row.delete()
+    assert announced == [str(user.pk), str(user.pk)]  # saved, deleted: the owner worker is told each time
