@@ -35,6 +35,7 @@ from django.views.decorators.http import require_POST
 
 from alerts.models import AlertWebhook, new_secret
 from alerts.validation import Invalid, parse
+from dashboard.limits import Throttled
 from livestream.alert_queue import AlertQueue
 from livestream.conf import get_settings
 
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 # Compared against when there is no stored secret, so a miss costs what a wrong secret costs.
 _DUMMY_SECRET = new_secret()
+# A flood against a full queue (or of bad posts) logs one line per user per minute.
+_refusals = Throttled(60.0)
 # Largest primary key a URL may name (a BigAutoField); anything else is "unknown".
 _MAX_PK_DIGITS = 19
 
@@ -66,6 +69,7 @@ async def webhook(request: HttpRequest, user_id: str, secret: str) -> HttpRespon
     try:
         alert = parse(body)
     except Invalid as exc:
+        _log_refusal(pk, "refused an alert", str(exc))
         return _error(400, str(exc))
     alert = {"id": secrets.token_hex(8), **alert, "queued_at": round(time.time(), 3)}
     try:
@@ -74,8 +78,19 @@ async def webhook(request: HttpRequest, user_id: str, secret: str) -> HttpRespon
         logger.warning("[alerts] could not queue an alert for user %s: %r", pk, exc)
         return _error(503, "alert queue unavailable; retry later")
     if queued is None:
+        _log_refusal(pk, "queue full", f"{get_settings().ALERT_QUEUE_CAP} alerts waiting")
         return _error(429, f"too many alerts waiting: at most {get_settings().ALERT_QUEUE_CAP} are queued")
+    logger.info(
+        "[alerts] queued alert %s (%s) for user %s: %d waiting", alert["id"], alert["kind"], pk, queued
+    )
     return JsonResponse({"id": alert["id"], "queued": queued}, status=202)
+
+
+def _log_refusal(user_id: str, what: str, why: str) -> None:
+    held = _refusals.due(f"{what}:{user_id}")
+    if held is not None:
+        more = f" ({held} more since the last line)" if held else ""
+        logger.warning("[alerts] %s for user %s: %s%s", what, user_id, why, more)
 
 
 def _body(request: HttpRequest, limit: int) -> bytes | None:

@@ -253,6 +253,7 @@ LOGGING = {
     "loggers": {
         "livestream": {"level": os.environ.get("LIVESTREAM_LOG_LEVEL", "INFO")},
         "dashboard": {"level": "INFO"},
+        "alerts": {"level": "INFO"},
         "django.channels": {"level": "INFO"},
         "daphne": {"level": "INFO"},
     },

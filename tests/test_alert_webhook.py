@@ -146,12 +146,15 @@ async def test_bodies_over_the_limit_get_413(configure_livestream):
     assert await AlertQueue(str(user.pk)).length() == 0
 
 
-async def test_a_full_queue_gets_429_and_other_users_are_unaffected(configure_livestream):
+async def test_a_full_queue_gets_429_and_other_users_are_unaffected(configure_livestream, caplog):
     configure_livestream(ALERT_QUEUE_CAP=3)
     user, hook = await make_user()
     other, other_hook = await make_user("other")
     codes = [(await post(url(user.pk, hook.secret), DONATION)).status_code for _ in range(5)]
     assert codes == [202, 202, 202, 429, 429]
+    # A flood against the full queue is one log line (per user per minute), not one per post.
+    assert len([r for r in caplog.records if "queue full for user" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "[alerts] queued alert" in r.getMessage()]) == 3
     response = await post(url(user.pk, hook.secret), DONATION)
     assert response.json() == {"error": "too many alerts waiting: at most 3 are queued"}
     assert (await post(url(other.pk, other_hook.secret), DONATION)).status_code == 202
