@@ -24,7 +24,8 @@ Every step is one Lua script (one round trip, atomic):
                      manager starts is 24 round trips (alert_wakeups.Claims batches them).
   take(token)        move the head of the queue into the in-flight slot, only for the
                      current owner (a superseded instance gets SUPERSEDED, never an alert;
-                     with no owner recorded, Redis lost its data and the taker owns again).
+                     with no owner recorded, Redis lost its data and the taker owns again);
+                     AWAY, nothing taken, while the user has no connection in presence.
   ack(alert_id)      the in-flight alert was emitted (or its emit failed): clear the slot,
                      count it as delivered (or not).
 
@@ -40,12 +41,15 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from livestream import keys
+from livestream.conf import get_settings
 from livestream.redis import get_redis, run_script, script
 
 Alert = dict[str, Any]
 
-# take() returns this instead of an alert when a newer AlertManager instance owns the queue.
+# take() returns this instead of an alert when a newer AlertManager instance owns the queue,
 SUPERSEDED = "superseded"
+# ... and this when the user has no open tab: nothing is taken (an emit would reach nobody).
+AWAY = "away"
 
 _PUSH = script(
     "alerts.push",
@@ -79,12 +83,16 @@ return out
 # An in-flight alert still there when its own owner takes again was left by that
 # owner's previous step, which failed after the take (a lost reply, an ack that did not
 # reach Redis): it is returned as ``previous`` (the component logs it) and replaced.
+# No connection in the user's presence (their last tab closed and the manager waits out
+# CLEANUP_TIMEOUT, or their tabs are reconnecting after a deploy): nothing is taken, the
+# alerts wait for a tab (AWAY).
 _TAKE = script(
     "alerts.take",
     """
 local owner = redis.call('GET', KEYS[1])
 if not owner then redis.call('SET', KEYS[1], ARGV[1])
 elseif owner ~= ARGV[1] then return {'superseded', 0, false} end
+if redis.call('EXISTS', KEYS[4]) == 0 then return {'away', redis.call('LLEN', KEYS[2]), false} end
 local previous = redis.call('GET', KEYS[3])
 local alert = redis.call('LPOP', KEYS[2])
 if alert then redis.call('SET', KEYS[3], alert) else redis.call('DEL', KEYS[3]) end
@@ -154,15 +162,17 @@ class AlertQueue:
         return claimed
 
     async def take(self, token: str) -> Taken | str:
-        """The head of the queue, now in flight; SUPERSEDED if ``token`` no longer owns the queue."""
+        """The head of the queue, now in flight; SUPERSEDED if ``token`` no longer owns the
+        queue; AWAY (nothing taken) if the user has no open tab."""
+        presence = keys.presence_user(get_settings().TOPIC, self.user_id)
         alert, queued, previous = await run_script(
             self.redis,
             _TAKE,
-            [self._key("owner"), self._key("queue"), self._key("inflight")],
+            [self._key("owner"), self._key("queue"), self._key("inflight"), presence],
             token,
         )
-        if alert and _text(alert) == SUPERSEDED:
-            return SUPERSEDED
+        if alert and _text(alert) in (SUPERSEDED, AWAY):
+            return _text(alert)
         return Taken(_decode(alert) if alert else None, int(queued), _decode(previous) if previous else None)
 
     async def ack(self, alert_id: str, delivered: bool = True) -> int:

@@ -50,6 +50,11 @@ def presence(topic: str) -> str:
     return key("presence", topic)
 
 
+def presence_user(topic: str, user_id: str) -> str:
+    """A user's connections in a presence topic (HASH ref -> meta; livestream/presence.py)."""
+    return f"{presence(topic)}:u:{user_id}"
+
+
 def lease_prefix() -> str:
     return key("lease", "")
 

@@ -20,15 +20,17 @@ from livestream.alert_queue import AlertQueue
 from livestream.components.alert_manager import AlertManager
 from livestream.supervisor import ComponentSupervisor
 from tests.harness import wait_until
+from tests.test_alert_queue import present
 
 USER = "42"
 DISPLAY = 0.2
 
 
 @pytest.fixture(autouse=True)
-def fast_alerts(configure_livestream):
+async def fast_alerts(configure_livestream) -> str:
     # A long re-check: only a wake-up can explain a prompt delivery.
     configure_livestream(ALERT_DISPLAY_INTERVAL=DISPLAY, ALERT_RECHECK_INTERVAL=30.0)
+    return await present(USER)  # the user has a tab open (the tests that need none untrack it)
 
 
 class Tabs:
@@ -167,6 +169,24 @@ async def test_an_alert_left_in_flight_by_a_dead_instance_is_not_sent_again(tabs
     assert f"alert {ids[0]} was in flight when its previous instance stopped" in caplog.text
 
 
+async def test_with_no_open_tab_alerts_wait_and_go_out_when_a_tab_comes_back(tabs, fast_alerts):
+    from livestream.presence import PresenceStore
+
+    await PresenceStore().untrack_many([(USER, fast_alerts)])  # last tab closed: cleanup pending
+    ids = await queue_alerts(2)
+    supervisor = await start()
+    try:
+        await tabs.quiet(DISPLAY * 3)  # nothing emitted to nobody ...
+        assert [a["id"] for a in await AlertQueue(USER).pending()] == ids  # ... all still queued
+        back = time.monotonic()
+        await present(USER)  # a tab again
+        await tabs.collect(2)
+        assert tabs.ids() == ids
+        assert tabs.alerts[0][0] - back < 1.5  # looked at every AWAY_POLL (0.5 s)
+    finally:
+        await supervisor.stop()
+
+
 async def test_stopping_mid_stream_leaves_the_rest_queued(tabs):
     ids = await queue_alerts(3)
     supervisor = await start()
@@ -202,6 +222,7 @@ async def test_after_a_redis_restart_without_data_the_running_manager_delivers_a
         pubsub = get_redis().pubsub()
         await pubsub.subscribe(keys.control(USER))
         tabs = Tabs(pubsub)
+        await present(USER)  # on this server
         supervisor = await start()
         await queue_alerts(1)
         await tabs.collect(1)
@@ -214,6 +235,7 @@ async def test_after_a_redis_restart_without_data_the_running_manager_delivers_a
             await pubsub.subscribe(keys.control(USER))
             tabs.pubsub = pubsub
             ids = await wait_until(lambda: _queue_quietly(2), 10, "Redis back")
+            await present(USER)  # the tab's next heartbeat tracks it again (dashboard/tracker.py)
             await tabs.collect(2, timeout=10)
         assert tabs.ids()[1:] == ids
         assert supervisor.state == "running" and supervisor.restarts == 0

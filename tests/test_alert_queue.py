@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+
+import pytest
 
 from livestream import keys
-from livestream.alert_queue import SUPERSEDED, AlertQueue
+from livestream.alert_queue import AWAY, SUPERSEDED, AlertQueue
 from livestream.alert_wakeups import listener
+from livestream.presence import PresenceStore
+
+
+async def present(user_id: str) -> str:
+    """A tab of ``user_id`` is open: one connection in presence, as the dashboard socket tracks it."""
+    ref = f"ref-{uuid.uuid4().hex[:8]}"  # each connection its own ref (an untracked one never returns)
+    await PresenceStore().track(user_id, {"email": f"{user_id}@example.com", "joined_at": 0, "ref": ref})
+    return ref
+
+
+@pytest.fixture(autouse=True)
+async def tab_open() -> str:
+    return await present("7")
 
 
 def alert(n: int) -> dict:
@@ -69,6 +85,17 @@ async def test_an_alert_left_in_flight_is_handed_to_the_next_claim_once_and_not_
     assert claimed.queued == 1
     assert (await queue.claim("again")).stale is None  # reported once
     assert [a["id"] for a in await queue.pending()] == ["a2"]
+
+
+async def test_nothing_is_taken_while_the_user_has_no_open_tab(tab_open):
+    queue = AlertQueue("7")
+    await queue.push(alert(1), cap=10)
+    await queue.claim("tok")
+    await PresenceStore().untrack_many([("7", tab_open)])  # the last tab closed
+    assert await queue.take("tok") == AWAY
+    assert await queue.length() == 1  # still queued
+    await present("7")  # a tab again (a reload, a reconnect after a deploy)
+    assert (await queue.take("tok")).alert["id"] == "a1"
 
 
 async def test_the_owner_finds_its_own_unacknowledged_alert_on_the_next_take():

@@ -37,8 +37,13 @@ in the few milliseconds between taking an alert and emitting it.
    errors are retried with backoff rather than crashing the component into its
    restart limit.
 
-Alerts are emitted while the manager runs, which is while the user has a tab open;
-a tab that is reconnecting at that moment misses it (events are not replayed).
+5. An alert is taken only while the user has a connection in presence (checked in the
+   take script). The manager keeps running CLEANUP_TIMEOUT after the last tab closed,
+   and a deploy's hand-off leaves tabs reconnecting for a few seconds: meanwhile the
+   alerts stay queued (AWAY, looked at every AWAY_POLL) instead of being emitted to
+   nobody. A tab whose socket drops without a close (its daphne killed) still counts
+   as present until the sweeper expires it, and the user's other tabs, if any, show
+   what is emitted meanwhile: events are not replayed.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ import logging
 import secrets
 from typing import Any
 
-from livestream.alert_queue import SUPERSEDED, Alert, AlertQueue
+from livestream.alert_queue import AWAY, SUPERSEDED, Alert, AlertQueue
 from livestream.alert_wakeups import WakeListener, listener
 from livestream.components.base import Component
 from livestream.conf import get_settings
@@ -58,6 +63,10 @@ logger = logging.getLogger(__name__)
 
 # A cancelled delivery step may finish for this long (one take + emit + ack).
 STEP_TIMEOUT = 1.0
+# While the user has no open tab, look again this often (seconds): the manager still runs
+# for CLEANUP_TIMEOUT after the last tab closed, and tabs handed off by a deploy come back
+# within seconds; nothing wakes the component when a tab returns.
+AWAY_POLL = 0.5
 # Backoff after a Redis error (seconds), doubling.
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 2.0
@@ -121,7 +130,7 @@ class AlertManager(Component):
                 except Exception as exc:
                     backoff = await self._redis_trouble("taking an alert", exc, backoff)
                     continue
-                if taken is SUPERSEDED:
+                if taken == SUPERSEDED:
                     self.superseded = True
                     logger.warning(
                         "[UserStreamManager:%s] AlertManager superseded by a newer instance; stops delivering",
@@ -130,6 +139,9 @@ class AlertManager(Component):
                     return
                 if taken is None:
                     break
+                if taken == AWAY:  # no open tab: an emit would reach nobody; the alerts wait
+                    await asyncio.sleep(AWAY_POLL)
+                    continue
                 await asyncio.sleep(display)
 
     async def _step(self) -> Alert | str | None:
@@ -145,7 +157,7 @@ class AlertManager(Component):
     async def _take_emit_ack(self) -> Alert | str | None:
         taken = await self.queue.take(self.token)
         if isinstance(taken, str):
-            return taken
+            return AWAY if taken == AWAY else SUPERSEDED
         self.queued = taken.queued
         if taken.previous is not None:
             self._lost(taken.previous, "was left in flight by a failed step")
