@@ -80,6 +80,14 @@ async def test_a_command_reaches_the_owner_on_either_worker_and_only_the_sender_
         assert reply["result"] == {"pid": owners[uid].popen.pid, "args": {"n": uid}}
         assert time.monotonic() - started < 2.0
         assert set(reply) == {"type", "id", "ok", "result"}
+    # A frame naming another user still commands the sender's own manager.
+    uid0, tab0 = users[0]
+    elsewhere = next(uid for uid, _ in users if owners[uid] is not owners[uid0])  # run by the other worker
+    spoof = {"type": "command", "component": "Echo", "command": "whoami", "args": {}, "id": "spoof"}
+    await tab0.send({**spoof, "user_id": elsewhere})
+    spoofed = await tab0.reply("spoof")
+    assert spoofed["ok"] and spoofed["result"]["pid"] == owners[uid0].popen.pid
+    tab0.replies.pop("spoof")
     # The sender's other tab and the other users' tabs got no reply at all.
     for tab in [second, *(tab for _, tab in users[1:])]:
         await tab.pong()
