@@ -21,7 +21,8 @@ Every step is one Lua script (one round trip, atomic):
                      an alert a predecessor left in flight is removed and returned (it
                      died between taking and acknowledging: see AlertManager's rule).
                      claim_many does it for many users in one call: a burst of 12,000
-                     manager starts is 24 round trips (alert_wakeups.Claims batches them).
+                     manager starts is 24 round trips (alert_wakeups.WakeListener.claim
+                     batches them).
   take(token)        move the head of the queue into the in-flight slot, only for the
                      current owner (a superseded instance gets SUPERSEDED, never an alert;
                      with no owner recorded, Redis lost its data and the taker owns again);

@@ -18,7 +18,7 @@
   managers:<worker>(:next)        HASH   user -> manager status JSON              state.py
   metrics:join_to_running         HASH   histogram buckets                        metrics.py
   metrics:restarts                HASH   component -> restarts
-  alerts:<user>:queue             LIST   alert JSON waiting for delivery, oldest first    alert_queue.py
+  alerts:<user>:queue             LIST   alert JSON waiting for delivery, oldest first  alert_queue.py
   alerts:<user>:inflight          STRING the alert taken and being emitted (at most one)
   alerts:<user>:owner             STRING token of the AlertManager instance delivering
   alerts:<user>:delivered         STRING alerts delivered so far (a counter)
