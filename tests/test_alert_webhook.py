@@ -119,9 +119,11 @@ async def test_bad_bodies_get_400_with_the_reason():
     assert await AlertQueue(str(user.pk)).length() == 0
 
 
-async def test_a_follow_needs_no_amount():
+async def test_a_follow_needs_no_amount_and_the_trailing_slash_is_optional():
     user, hook = await make_user()
     response = await post(url(user.pk, hook.secret), {"kind": "follow", "from": "Bo"})
+    assert response.status_code == 202
+    response = await post(url(user.pk, hook.secret).rstrip("/"), {"kind": "follow", "from": "Bo"})
     assert response.status_code == 202
 
 
