@@ -16,7 +16,11 @@ Webhook answers, all JSON:
 CSRF exempt (it is called by other services, authenticated by the secret). The size
 check reads the Content-Length and then at most ALERT_MAX_BODY_BYTES + 1 bytes;
 daphne itself buffers a whole request before the app sees it, so a deployment should
-also cap bodies at its proxy.
+also cap bodies at its proxy. Checks run cheapest first: method, size, secret, body.
+
+Log lines: one INFO line per queued alert (its id, kind and user, never the sender's
+text); refused bodies and a full queue at most one WARNING line per user per minute;
+unknown webhooks none (probes would only fill the log).
 """
 
 from __future__ import annotations
