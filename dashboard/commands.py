@@ -101,7 +101,7 @@ class SocketCommands:
             return await self._refuse(cid, f"too many commands waiting for a reply (at most {MAX_PENDING})")
         if "id" in frame and cid is None:
             return await self._refuse(
-                None, f"bad command: 'id' must be a string of at most {MAX_NAME} characters"
+                None, f"bad command: 'id' must be a string of at most {MAX_NAME} characters or an integer"
             )
         try:
             component, name, args = validate(frame)
@@ -117,7 +117,9 @@ class SocketCommands:
             to=self.token,
             sent=time.time(),
         )
-        task = asyncio.ensure_future(self._request(command))
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.waiting[command.key] = future  # counted against MAX_PENDING from now on
+        task = asyncio.ensure_future(self._request(command, future))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -132,9 +134,7 @@ class SocketCommands:
         for task in self.tasks:
             task.cancel()
 
-    async def _request(self, command: commands.Command) -> None:
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.waiting[command.key] = future
+    async def _request(self, command: commands.Command, future: asyncio.Future[str]) -> None:
         try:
             frame = await self._attempts(command, future)
         finally:

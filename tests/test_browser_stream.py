@@ -57,6 +57,12 @@ async def test_go_live_in_one_tab_shows_in_the_other(browser, tmp_path, migrated
         await expect(first.locator("#stream-state")).to_have_text("live")
         await expect(first.locator("#stream-error")).to_be_hidden()
         await first.screenshot(path=str(BASE_DIR / "docs" / "stream-page.png"))
+        # The page API: a refused command rejects with the reply's error message.
+        refused = await first.evaluate(
+            "() => window.streampai.command('StreamStateServer', 'go_live', {})"
+            ".then(() => 'resolved', (e) => String(e) + '|' + e.message)"
+        )
+        assert refused == "cannot go live while the stream is live|cannot go live while the stream is live"
 
         # A third tab opened now shows "live" at once (the sticky state).
         third = await context.new_page()

@@ -181,7 +181,7 @@ async def test_a_command_flood_is_refused_beyond_the_rate_and_logged_once(stack)
         await tab.send({"type": "command", "component": "Echo", "command": "whoami", "id": f"f{i}"})
     await tab.until(lambda: all(f"f{i}" in tab.replies for i in range(30)), 15, "30 replies")
     refused = [r for r in tab.replies.values() if not r["ok"]]
-    assert 15 <= len(refused) <= 21, len(refused)  # a burst of 10 (and a token or so) went through
+    assert 10 <= len(refused) <= 20, len(refused)  # a burst of 10 went through, and 5/s since
     assert {r["error"] for r in refused} == {"too many commands; slow down"}
     assert len(stack.web.log.findall(rf"command of user {uid} refused: too many commands", after=mark)) == 1
 
@@ -210,6 +210,7 @@ async def test_a_slow_tab_is_closed_and_the_others_get_every_event(stack):
     # 12 MB: more than the kernel's buffers on both ends hold.
     reply = await tab.command("Echo", "burst", {"n": 3000, "size": 4000}, timeout=30)
     assert reply["ok"], reply
+    assert reply["result"]["seconds"] < 10  # the component's emits never waited for the slow tab
     await tab.until(lambda: len(tab.named("Echo", "burst")) >= 3000, 30, "3000 events")
     assert [d["n"] for d in tab.named("Echo", "burst")] == list(range(3000))
     elapsed = time.monotonic() - started

@@ -37,11 +37,18 @@
   var pending = {}; // command id -> {resolve, reject}
   var nextId = 0;
 
+  // Rejections carry the error message: an Error whose .message and String() are it.
+  function failure(message) {
+    var error = new Error(message);
+    error.toString = function () { return message; };
+    return error;
+  }
+
   function settle(message) {
     var waiter = pending[message.id];
     if (!waiter) { return; }
     delete pending[message.id];
-    if (message.ok) { waiter.resolve(message.result); } else { waiter.reject(new Error(message.error)); }
+    if (message.ok) { waiter.resolve(message.result); } else { waiter.reject(failure(message.error)); }
   }
 
   function abandon(why) {
@@ -49,7 +56,7 @@
     for (var i = 0; i < ids.length; i++) {
       var waiter = pending[ids[i]];
       delete pending[ids[i]];
-      waiter.reject(new Error(why));
+      waiter.reject(failure(why));
     }
   }
 
@@ -57,7 +64,7 @@
   window.streampai.command = function (component, command, args) {
     return new Promise(function (resolve, reject) {
       if (!socket || socket.readyState !== WebSocket.OPEN) {
-        reject(new Error("not connected"));
+        reject(failure("not connected"));
         return;
       }
       nextId += 1;
