@@ -44,6 +44,14 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 2.0
 
 
+def stop_requested() -> bool:
+    """True once this task was asked to stop, even if a library turned the cancellation into
+    another error on the way (redis-py's connect and pool waits can report a cancel that
+    lands in their timeout as a ConnectionError): a retry loop must then stop, not retry."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class WakeListener:
     """The registered AlertManagers of one event loop, and the tasks that serve them."""
 
@@ -128,6 +136,8 @@ class WakeListener:
             await self._listen()
         finally:
             recheck.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait({recheck}, timeout=1.0)  # it stops before its client closes
             with contextlib.suppress(Exception):
                 await client.aclose()
 
@@ -149,6 +159,8 @@ class WakeListener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if stop_requested():
+                    raise asyncio.CancelledError from exc
                 logger.warning("[alerts] wake-up subscriber lost (%r); reconnecting in %.1fs", exc, backoff)
                 self.subscribed.clear()
                 await asyncio.sleep(backoff)
@@ -177,6 +189,8 @@ class WakeListener:
             try:
                 await self.wake_pending()
             except Exception as exc:  # Redis trouble: the next re-check tries again
+                if stop_requested():
+                    raise asyncio.CancelledError from exc
                 logger.warning("[alerts] queue re-check failed: %r", exc)
 
     async def wake_pending(self) -> int:

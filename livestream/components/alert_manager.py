@@ -55,7 +55,7 @@ import secrets
 from typing import Any
 
 from livestream.alert_queue import AWAY, SUPERSEDED, Alert, AlertQueue
-from livestream.alert_wakeups import WakeListener, listener
+from livestream.alert_wakeups import WakeListener, listener, stop_requested
 from livestream.components.base import Component
 from livestream.conf import get_settings
 
@@ -108,7 +108,9 @@ class AlertManager(Component):
             try:
                 claimed = await wakeups.claim(self.user_id, self.token)
                 break
-            except Exception:  # Redis down: the listener logged it once for the batch; retry
+            except Exception as exc:  # Redis down: the listener logged it once for the batch; retry
+                if stop_requested():
+                    raise asyncio.CancelledError from exc
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
         self.queued, self.delivered = claimed.queued, claimed.delivered
@@ -128,6 +130,8 @@ class AlertManager(Component):
                     taken = await self._step()
                     backoff = BACKOFF_MIN
                 except Exception as exc:
+                    if stop_requested():  # a cancellation reported as a Redis error
+                        raise asyncio.CancelledError from exc
                     backoff = await self._redis_trouble("taking an alert", exc, backoff)
                     continue
                 if taken == SUPERSEDED:
