@@ -36,6 +36,7 @@ class LivestreamSettings:
     COMPONENTS: tuple[str, ...] = (
         "livestream.components.console_logger.ConsoleLogger",
         "livestream.components.stream_state.StreamStateServer",
+        "livestream.components.alert_manager.AlertManager",
     )
     # Seconds between ConsoleLogger lines.
     CONSOLE_LOG_INTERVAL: float = 1.0
@@ -104,6 +105,19 @@ class LivestreamSettings:
     # (seconds) and is dropped at once on logout, session rotation and any save of
     # the user. 0 turns the cache off (every handshake asks the database).
     WS_AUTH_CACHE_TTL: float = 300.0
+
+    # --- Alerts (issue 11: the webhook and the AlertManager) ---
+    # Alerts queued per user and not yet delivered; the webhook answers 429 beyond
+    # it, so a flood cannot fill Redis (at most ALERT_QUEUE_CAP x ALERT_MAX_BODY_BYTES
+    # per user).
+    ALERT_QUEUE_CAP: int = 100
+    # Largest webhook body accepted (bytes); larger ones get 413.
+    ALERT_MAX_BODY_BYTES: int = 4096
+    # Seconds the AlertManager waits between two alerts (and the overlay shows each).
+    ALERT_DISPLAY_INTERVAL: float = 5.0
+    # An idle AlertManager re-checks its queue this often (seconds) even without a
+    # wake-up: a safety net only, wake-ups normally arrive within milliseconds.
+    ALERT_RECHECK_INTERVAL: float = 30.0
 
     # --- Production (issue 9) ---
     # Ceiling of every Redis connection pool of a process (the app's client per
@@ -220,6 +234,21 @@ def validate(conf: LivestreamSettings) -> None:
     need(
         0 < conf.HANDSHAKE_QUEUE_WAIT < 5,
         f"HANDSHAKE_QUEUE_WAIT must be > 0 and under daphne's 5 s handshake timeout (is {conf.HANDSHAKE_QUEUE_WAIT})",
+    )
+    need(conf.ALERT_QUEUE_CAP >= 1, f"ALERT_QUEUE_CAP must be >= 1 (is {conf.ALERT_QUEUE_CAP})")
+    # The smallest useful alert with a message is a few hundred bytes; beyond 64 KiB
+    # a webhook body is abuse, not an alert.
+    need(
+        256 <= conf.ALERT_MAX_BODY_BYTES <= 65536,
+        f"ALERT_MAX_BODY_BYTES must be between 256 and 65536 (is {conf.ALERT_MAX_BODY_BYTES})",
+    )
+    need(
+        conf.ALERT_DISPLAY_INTERVAL >= 0,
+        f"ALERT_DISPLAY_INTERVAL must be >= 0 (is {conf.ALERT_DISPLAY_INTERVAL})",
+    )
+    need(
+        conf.ALERT_RECHECK_INTERVAL > 0,
+        f"ALERT_RECHECK_INTERVAL must be > 0 (is {conf.ALERT_RECHECK_INTERVAL})",
     )
     need(
         conf.REDIS_MAX_CONNECTIONS >= 4,

@@ -18,6 +18,11 @@
   managers:<worker>(:next)        HASH   user -> manager status JSON              state.py
   metrics:join_to_running         HASH   histogram buckets                        metrics.py
   metrics:restarts                HASH   component -> restarts
+  alerts:<user>:queue             LIST   alert JSON waiting for delivery, oldest first  alert_queue.py
+  alerts:<user>:inflight          STRING the alert taken and being emitted (at most one)
+  alerts:<user>:owner             STRING token of the AlertManager instance delivering
+  alerts:<user>:delivered         STRING alerts delivered so far (a counter)
+  alerts:wake                     pub/sub channel: "<user>" after each alert queued
   push:user:<user>, push:session:<hash>   pub/sub channels to open tabs           push.py
   wsauth:s:<hash>                 STRING a session's user, for handshakes     dashboard/ws_auth.py
   wsauth:u:<user>                 SET    that user's wsauth:s keys
@@ -46,6 +51,11 @@ def key(*parts: str) -> str:
 def presence(topic: str) -> str:
     """The base of a presence topic's keys (``:users``, ``:u:<user>``, ...)."""
     return key("presence", topic)
+
+
+def presence_user(topic: str, user_id: str) -> str:
+    """A user's connections in a presence topic (HASH ref -> meta; livestream/presence.py)."""
+    return f"{presence(topic)}:u:{user_id}"
 
 
 def lease_prefix() -> str:
@@ -98,6 +108,15 @@ def managers(worker_id: str) -> str:
 
 def metrics(name: str) -> str:
     return key("metrics", name)
+
+
+def alerts(user_id: str, part: str) -> str:
+    """One of a user's alert keys: ``queue``, ``inflight``, ``owner`` or ``delivered``."""
+    return key("alerts", user_id, part)
+
+
+def alerts_wake() -> str:
+    return key("alerts", "wake")
 
 
 def push(*parts: str) -> str:

@@ -114,6 +114,7 @@ INSTALLED_APPS = [
     "livestream",
     "daphne",  # before staticfiles: its runserver serves ASGI
     "dashboard",
+    "alerts",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -256,6 +257,7 @@ LOGGING = {
     "loggers": {
         "livestream": {"level": os.environ.get("LIVESTREAM_LOG_LEVEL", "INFO")},
         "dashboard": {"level": "INFO"},
+        "alerts": {"level": "INFO"},
         "django.channels": {"level": "INFO"},
         "daphne": {"level": "INFO"},
     },

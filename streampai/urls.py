@@ -11,5 +11,6 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("hijack/", include("hijack.urls")),
     path("admin/", admin.site.urls),
+    path("", include("alerts.urls")),  # /hooks/alerts/...
     path("", include("livestream.urls")),  # /metrics
 ]

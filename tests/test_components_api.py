@@ -15,6 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from dashboard.commands import BadCommand, client_id, validate
 from livestream import choices, commands, component_events, keys
+from livestream.components.alert_manager import AlertManager
 from livestream.components.base import CommandError, Component
 from livestream.components.console_logger import ConsoleLogger
 from livestream.components.stream_state import StreamStateServer
@@ -343,8 +344,8 @@ async def test_for_user_reads_the_rows_in_one_batch(django_user_model):
     await sync_to_async(UserComponent.objects.create)(user=user, path=path, enabled=False)
     await sync_to_async(UserComponent.objects.create)(user=user, path="tests.components.Echo")
     found = await asyncio.gather(choices.for_user(str(user.pk)), choices.for_user("999999"))
-    assert found[0] == [ConsoleLogger, Echo]
-    assert found[1] == [ConsoleLogger, StreamStateServer]
+    assert found[0] == [ConsoleLogger, AlertManager, Echo]
+    assert found[1] == [ConsoleLogger, StreamStateServer, AlertManager]
 
 
 # -- settings ---------------------------------------------------------------------

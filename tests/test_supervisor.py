@@ -62,9 +62,9 @@ async def test_components_come_from_settings(configure_livestream):
     assert {c.status()["state"] for c in manager.children} == {"stopped"}
 
 
-async def test_default_components_are_the_console_logger_and_stream_state():
+async def test_default_components_are_the_console_logger_stream_state_and_alerts():
     manager = UserStreamManager("1")
-    assert [c.name for c in manager.children] == ["ConsoleLogger", "StreamStateServer"]
+    assert [c.name for c in manager.children] == ["ConsoleLogger", "StreamStateServer", "AlertManager"]
     assert manager.children[0].component_class is ConsoleLogger
 
 

@@ -1,0 +1,233 @@
+"""Each user's alert queue in Redis: filled by the webhook, drained by their AlertManager.
+
+Keys (livestream/keys.py), per user:
+
+  alerts:<user>:queue      LIST    alert JSON, oldest first (RPUSH in, LPOP out)
+  alerts:<user>:inflight   STRING  the one alert taken and being emitted
+  alerts:<user>:owner      STRING  token of the AlertManager instance allowed to take
+  alerts:<user>:delivered  STRING  count of alerts delivered (survives failover)
+  alerts:wake              pub/sub "<user>" after each push (wakes that user's manager)
+
+An alert as stored and emitted (the webhook validated it; alerts/validation.py):
+
+  {"id": "3f9c1a...", "kind": "donation", "from": "Ana", "amount": 5, "currency": "EUR",
+   "message": "gg", "queued_at": 1764477000.123}
+
+Every step is one Lua script (one round trip, atomic):
+
+  push(alert, cap)   RPUSH unless the queue holds ``cap`` already (the webhook's 429),
+                     and PUBLISH the wake-up in the same step.
+  claim(token)       a new AlertManager instance becomes the only one allowed to take;
+                     an alert a predecessor left in flight is removed and returned (it
+                     died between taking and acknowledging: see AlertManager's rule).
+                     claim_many does it for many users in one call: a burst of 12,000
+                     manager starts is 24 round trips (alert_wakeups.WakeListener.claim
+                     batches them).
+  take(token)        move the head of the queue into the in-flight slot, only for the
+                     current owner (a superseded instance gets SUPERSEDED, never an alert;
+                     with no owner recorded, Redis lost its data and the taker owns again);
+                     AWAY, nothing taken, while the user has no connection in presence.
+  ack(alert_id)      the in-flight alert was emitted (or its emit failed): clear the slot,
+                     count it as delivered (or not).
+
+The queue has no TTL: alerts wait, however long, until the user's manager runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from livestream import keys
+from livestream.conf import get_settings
+from livestream.redis import get_redis, run_script, script
+
+Alert = dict[str, Any]
+
+# take() returns this instead of an alert when a newer AlertManager instance owns the queue,
+SUPERSEDED = "superseded"
+# ... and this when the user has no open tab: nothing is taken (an emit would reach nobody).
+AWAY = "away"
+
+_PUSH = script(
+    "alerts.push",
+    """
+local n = redis.call('LLEN', KEYS[1])
+if n >= tonumber(ARGV[2]) then return -1 end
+n = redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[2], ARGV[3])
+return n
+""",
+)
+
+# Many users at once (a burst of manager starts): KEYS are 4 per user, ARGV a token each.
+_CLAIM = script(
+    "alerts.claim",
+    """
+local out = {}
+for i = 1, #ARGV do
+  local k = (i - 1) * 4
+  redis.call('SET', KEYS[k + 1], ARGV[i])
+  local stale = redis.call('GET', KEYS[k + 2])
+  if stale then redis.call('DEL', KEYS[k + 2]) end
+  out[i] = {stale or false, redis.call('LLEN', KEYS[k + 3]), tonumber(redis.call('GET', KEYS[k + 4]) or '0')}
+end
+return out
+""",
+)
+
+# No owner at all means Redis lost its data (a restart without persistence, a failover
+# to an empty replica): the running instance claims again rather than stop delivering.
+# An in-flight alert still there when its own owner takes again was left by that
+# owner's previous step, which failed after the take (a lost reply, an ack that did not
+# reach Redis): it is returned as ``previous`` (the component logs it) and replaced.
+# No connection in the user's presence (their last tab closed and the manager waits out
+# CLEANUP_TIMEOUT, or their tabs are reconnecting after a deploy): nothing is taken, the
+# alerts wait for a tab (AWAY).
+_TAKE = script(
+    "alerts.take",
+    """
+local owner = redis.call('GET', KEYS[1])
+if not owner then redis.call('SET', KEYS[1], ARGV[1])
+elseif owner ~= ARGV[1] then return {'superseded', 0, false} end
+if redis.call('EXISTS', KEYS[4]) == 0 then return {'away', redis.call('LLEN', KEYS[2]), false} end
+local previous = redis.call('GET', KEYS[3])
+local alert = redis.call('LPOP', KEYS[2])
+if alert then redis.call('SET', KEYS[3], alert) else redis.call('DEL', KEYS[3]) end
+return {alert or false, redis.call('LLEN', KEYS[2]), previous or false}
+""",
+)
+
+_ACK = script(
+    "alerts.ack",
+    """
+local current = redis.call('GET', KEYS[1])
+if current and cjson.decode(current)['id'] == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if ARGV[2] == '1' then return redis.call('INCR', KEYS[2]) end
+return tonumber(redis.call('GET', KEYS[2]) or '0')
+""",
+)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What a new owner finds: a predecessor's in-flight alert (or None), the queue, the count."""
+
+    stale: Alert | None
+    queued: int
+    delivered: int
+
+
+@dataclass(frozen=True)
+class Taken:
+    """The alert now in flight (None: the queue was empty), how many remain queued, and an
+    alert this owner's previous step left in flight (see _TAKE)."""
+
+    alert: Alert | None
+    queued: int
+    previous: Alert | None = None
+
+
+class AlertQueue:
+    """One user's alert queue (see the module docstring for the layout and the steps)."""
+
+    def __init__(self, user_id: str, client: aioredis.Redis | None = None) -> None:
+        self.user_id = user_id
+        self._client = client
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._client or get_redis()
+
+    def _key(self, part: str) -> str:
+        return keys.alerts(self.user_id, part)
+
+    async def push(self, alert: Alert, cap: int) -> int | None:
+        """Queue ``alert`` (it carries its id) and wake the manager; the new length, or None if full."""
+        length = await run_script(
+            self.redis,
+            _PUSH,
+            [self._key("queue"), keys.alerts_wake()],
+            _encode(alert),
+            cap,
+            self.user_id,
+        )
+        return None if int(length) < 0 else int(length)
+
+    async def claim(self, token: str) -> Claimed:
+        """Become the only instance that may take (see claim_many; this is one of them)."""
+        [claimed] = await claim_many([(self.user_id, token)], self.redis)
+        return claimed
+
+    async def take(self, token: str) -> Taken | str:
+        """The head of the queue, now in flight; SUPERSEDED if ``token`` no longer owns the
+        queue; AWAY (nothing taken) if the user has no open tab."""
+        presence = keys.presence_user(get_settings().TOPIC, self.user_id)
+        alert, queued, previous = await run_script(
+            self.redis,
+            _TAKE,
+            [self._key("owner"), self._key("queue"), self._key("inflight"), presence],
+            token,
+        )
+        if alert and _text(alert) in (SUPERSEDED, AWAY):
+            return _text(alert)
+        return Taken(_decode(alert) if alert else None, int(queued), _decode(previous) if previous else None)
+
+    async def ack(self, alert_id: str, delivered: bool = True) -> int:
+        """Clear the in-flight slot (if it still holds ``alert_id``), count it if ``delivered``;
+        returns the delivered count."""
+        return int(
+            await run_script(
+                self.redis,
+                _ACK,
+                [self._key("inflight"), self._key("delivered")],
+                alert_id,
+                "1" if delivered else "0",
+            )
+        )
+
+    async def length(self) -> int:
+        return int(await self.redis.llen(self._key("queue")))
+
+    async def pending(self) -> list[Alert]:
+        """Every queued alert, oldest first (the debug surfaces and tests; O(n))."""
+        return [_decode(raw) for raw in await self.redis.lrange(self._key("queue"), 0, -1)]
+
+
+async def claim_many(claims: list[tuple[str, str]], client: aioredis.Redis | None = None) -> list[Claimed]:
+    """Claim the queues of many users, ``(user_id, token)`` each, in one script call."""
+    if not claims:
+        return []
+    names = ("owner", "inflight", "queue", "delivered")
+    keys_ = [keys.alerts(user_id, name) for user_id, _ in claims for name in names]
+    rows = await run_script(client or get_redis(), _CLAIM, keys_, *(token for _, token in claims))
+    return [
+        Claimed(_decode(stale) if stale else None, int(queued), int(delivered))
+        for stale, queued, delivered in rows
+    ]
+
+
+async def lengths(user_ids: list[str], client: aioredis.Redis | None = None) -> list[int]:
+    """The queue length of each user, in one pipelined round trip."""
+    async with (client or get_redis()).pipeline(transaction=False) as pipe:
+        for user_id in user_ids:
+            pipe.llen(keys.alerts(user_id, "queue"))
+        return [int(n) for n in await pipe.execute()]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _encode(alert: Alert) -> str:
+    return json.dumps(alert, separators=(",", ":"), ensure_ascii=False)
+
+
+def _decode(raw: Any) -> Alert:
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError(f"alert is not a JSON object: {raw!r:.80}")
+    return value
