@@ -52,13 +52,13 @@ def control_channel(user_id: str) -> str:
     return keys.control(user_id)
 
 
-def named_client(role: str) -> Any:
+def named_client(role: str, **overrides: Any) -> Any:
     """A fresh client from the project's factory whose connections are named
     ``dashboard:<pid>:<role>`` (CLIENT SETNAME), so CLIENT LIST tells which process
-    holds them."""
+    holds them. ``overrides``: connection kwargs (e.g. ``max_connections``)."""
     from streampai.redisconf import redis_client
 
-    client = redis_client()
+    client = redis_client(**overrides)
     kwargs = getattr(client.connection_pool, "connection_kwargs", None)
     if isinstance(kwargs, dict):
         kwargs["client_name"] = f"dashboard:{os.getpid()}:{role}"

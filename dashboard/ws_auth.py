@@ -118,7 +118,9 @@ class _Reads:
     def __init__(self) -> None:
         from dashboard.hub import named_client
 
-        self.client = named_client("auth")
+        # Two connections at most: the batched reads use one; the fills after a miss
+        # (each after its own database lookup) queue for the other instead of opening more.
+        self.client = named_client("auth", max_connections=2)
         self.pending: list[tuple[str, asyncio.Future[tuple[str | None, str]]]] = []
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None

@@ -63,6 +63,9 @@ class SimUser:
     tabs: list[tuple[float, websockets.ClientConnection]] = field(default_factory=list)
     # Union of the times this user had at least one open tab: [start, end or None].
     live: list[list[float | None]] = field(default_factory=list)
+    # Handshakes, [sent, answered]: the server tracks (and may start the manager) before
+    # the client sees the accept, or even when the client gives up on a slow one.
+    handshakes: list[tuple[float, float]] = field(default_factory=list)
 
     def opened(self, t: float, ws: websockets.ClientConnection) -> None:
         if not self.tabs:
@@ -78,8 +81,10 @@ class SimUser:
         return any(s <= since and (e is None or e >= until) for s, e in self.live)
 
     def live_within(self, since: float, until: float) -> bool:
-        """A tab was open at some moment of [since, until]."""
-        return any(s <= until and (e is None or e >= since) for s, e in self.live)
+        """A tab was open, or opening, at some moment of [since, until]."""
+        return any(s <= until and (e is None or e >= since) for s, e in self.live) or any(
+            s <= until and e >= since for s, e in self.handshakes
+        )
 
 
 class Soak:
@@ -102,13 +107,16 @@ class Soak:
                 return
             opening = not user.tabs or (len(user.tabs) < MAX_TABS and rng.random() < 0.5)
             if opening:
+                sent = time.time()
                 try:
                     # ?live=1, as the dashboard page: the socket also gets its user's status pushes.
                     url, session = rng.choice(self.webs).url, user.account.session
                     ws = await open_socket(url, session, path="/ws/presence/?live=1")
                 except (OSError, websockets.InvalidHandshake, TimeoutError):
+                    user.handshakes.append((sent, time.time()))
                     self.failed_opens += 1
                     continue
+                user.handshakes.append((sent, time.time()))
                 user.opened(time.time(), ws)
                 self.readers.add(asyncio.create_task(self.read(user, ws)))
             else:
