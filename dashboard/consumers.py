@@ -25,6 +25,11 @@ pushes     -> from the hub, by an explicit allowlist (HUB_HANDLERS): the user's
 commands   -> ``{"type": "command", ...}`` frames go through dashboard/commands.py to
               the user's running manager; the reply comes back to this socket only.
 
+The checks before anything is written are in dashboard/handshake.py, daphne's
+transport below ASGI in dashboard/transport.py. (Over 300 lines all the same: this
+is the one object daphne runs per socket, and its handlers share the connection's
+state: connect, frames, hub pushes, and the four ways a socket ends.)
+
 Redis round trips per connect: one SUBSCRIBE (only when this process had no socket
 on those channels yet) and one share of a batched track (which also returns the
 user's sticky component events); per disconnect: one share
@@ -47,27 +52,23 @@ do: the auth middleware loaded the user before the consumer starts).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import socket
 import time
 import uuid
-from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
 
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.conf import settings
-from django.http.request import validate_host
 
 from dashboard import shutdown
 from dashboard.commands import SocketCommands
+from dashboard.handshake import handshake_limiter, handshake_rejection, refuse_log
 from dashboard.hub import control_channel, get_hub
-from dashboard.limits import KeyedBuckets, Throttled, TokenBucket
+from dashboard.limits import TokenBucket
 from dashboard.live import SESSION_ENDED, wants_pushes
 from dashboard.tracker import get_tracker
+from dashboard.transport import daphne_protocol, small_receive_buffer, unsent_bytes
 from livestream import push
 from livestream.conf import get_settings
 
@@ -87,9 +88,6 @@ CONNECT_BUDGET = 4.0
 # disconnect() waits this long at most for its untrack; the tracker finishes it anyway.
 UNTRACK_WAIT = 1.0
 
-# Kernel receive buffer of a dashboard socket (bytes; see _small_receive_buffer).
-RECEIVE_BUFFER = 4 * 1024
-
 # Hub message type -> handler. Nothing else from Redis reaches a socket.
 HUB_HANDLERS = {
     "manager": "hub_manager",
@@ -102,47 +100,6 @@ HUB_HANDLERS = {
 # Component events held for a socket between its track and its accept, at most
 # (more in those milliseconds is a burst: its sticky state is what the tab needs).
 EARLY_EVENTS = 100
-
-_refusals = Throttled(60.0)  # one log line per reason per minute
-_handshake_buckets: dict[int, KeyedBuckets] = {}
-
-
-def handshake_rejection(scope: dict[str, Any]) -> str | None:
-    """Why this handshake must be refused, or None to accept it."""
-    user = scope.get("user")
-    if user is None or not user.is_authenticated:
-        return "not authenticated"
-    headers = {name.lower(): value for name, value in scope.get("headers", [])}
-    origin = headers.get(b"origin", b"").decode("latin-1")
-    host = headers.get(b"host", b"").decode("latin-1")
-    if not origin:
-        return "no Origin header"
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        return f"malformed Origin {origin!r}"
-    if parts.netloc.lower() != host.lower():
-        return f"cross-origin handshake from {origin!r} to host {host!r}"
-    if not validate_host(parts.hostname or "", settings.ALLOWED_HOSTS):
-        return f"Origin {origin!r} is not an allowed host"
-    return None
-
-
-def _handshake_limiter() -> KeyedBuckets:
-    conf = get_settings()
-    loop_id = id(asyncio.get_running_loop())
-    limiter = _handshake_buckets.get(loop_id)
-    if limiter is None or (limiter.rate, limiter.burst) != (conf.HANDSHAKE_RATE, conf.HANDSHAKE_BURST):
-        _handshake_buckets.clear()
-        limiter = _handshake_buckets[loop_id] = KeyedBuckets(conf.HANDSHAKE_RATE, conf.HANDSHAKE_BURST)
-    return limiter
-
-
-def _refuse_log(reason: str, detail: str) -> None:
-    held = _refusals.due(reason)
-    if held is not None:
-        logger.warning(
-            "[PresenceConsumer] refused handshake: %s (%d more like it since the last line)", detail, held
-        )
 
 
 class PresenceConsumer(AsyncWebsocketConsumer):
@@ -223,13 +180,13 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             return
         tracker = get_tracker()
         if tracker.stopping:
-            _refuse_log("stopping", "this daphne is stopping")
+            refuse_log("stopping", "this daphne is stopping")
             await self.close()
             return
         client = self.scope.get("client") or ("?", 0)
         ip = str(client[0])
-        if not _handshake_limiter().take(ip):
-            _refuse_log("rate:" + ip, f"over HANDSHAKE_RATE from {ip!r}")
+        if not handshake_limiter().take(ip):
+            refuse_log("rate:" + ip, f"over HANDSHAKE_RATE from {ip!r}")
             await self.close()
             return
         conf = get_settings()
@@ -252,12 +209,12 @@ class PresenceConsumer(AsyncWebsocketConsumer):
                 self.ref = self.meta["ref"]
                 change = await tracker.track(self.user_id, self.meta)
         except Exception as exc:  # Redis down or too slow: refuse; the page backs off and retries
-            _refuse_log("redis", f"presence not tracked for user {self.user_id}: {exc!r}")
+            refuse_log("redis", f"presence not tracked for user {self.user_id}: {exc!r}")
             await self.close()
             return
         if change is not None and change.sessions > conf.MAX_SOCKETS_PER_USER:
             future = self._untrack()
-            _refuse_log(
+            refuse_log(
                 "cap:" + self.user_id,
                 f"user {self.user_id} has {change.sessions - 1} sockets open (MAX_SOCKETS_PER_USER "
                 f"{conf.MAX_SOCKETS_PER_USER}); closing with {TOO_MANY_SOCKETS}",
@@ -274,7 +231,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             await self.close()
             return
         await self.accept()
-        _small_receive_buffer(self._protocol())
+        small_receive_buffer(self._protocol())
         tracker.watch(self.user_id, self.meta)
         self.frames = TokenBucket(conf.FRAME_RATE, conf.FRAME_BURST)
         self.commands = SocketCommands(self.user_id, self._forward)
@@ -383,7 +340,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         """Forward an event unless this socket is too far behind (then close it: see TOO_SLOW)."""
         if self.closing or self.too_slow:
             return
-        queued = _unsent_bytes(self._protocol())
+        queued = unsent_bytes(self._protocol())
         if queued > get_settings().EVENT_SEND_BUFFER:
             self.too_slow = True  # one line and one close, however many events follow
             logger.warning(
@@ -427,15 +384,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             await self.close(code=4000 + SERVICE_RESTART % 1000)
 
     def _protocol(self) -> Any:
-        """daphne's WebSocketProtocol: its ``send`` is ``partial(server.handle_reply, protocol)``,
-        wrapped by dashboard.admission's and Channels' session middleware (each keeps the
-        callable it wraps as ``real_send``)."""
-        send = getattr(self, "base_send", None)
-        for _ in range(5):
-            if isinstance(send, partial):
-                return send.args[0] if send.args else None
-            send = getattr(getattr(send, "__self__", None), "real_send", None)
-        return None
+        return daphne_protocol(getattr(self, "base_send", None))
 
     def _is_mine(self, event: dict[str, Any]) -> bool:
         """Defence in depth: a message for another user is dropped, never forwarded."""
@@ -462,32 +411,6 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-
-
-def _unsent_bytes(protocol: Any) -> int:
-    """Bytes written to this socket that the kernel has not taken yet (Twisted's buffers)."""
-    transport = getattr(protocol, "transport", None)
-    if transport is None:
-        return 0
-    buffered = getattr(transport, "dataBuffer", b"")
-    size = len(buffered) - int(getattr(transport, "offset", 0) or 0)
-    return max(0, size) + int(getattr(transport, "_tempDataLen", 0) or 0)
-
-
-def _small_receive_buffer(protocol: Any) -> None:
-    """Cap the kernel's receive buffer of a dashboard socket at RECEIVE_BUFFER.
-
-    A page sends a few tiny frames a minute; a client flooding frames would otherwise
-    have daphne parse a 64 KiB read (thousands of frames, ~100 ms of Python) in one
-    go while every other socket of the process waits. With 4 KiB (the kernel doubles
-    it) a read is a few hundred frames at most (measured during a flood: another
-    user's ping round trip at most 7-36 ms in 3 runs; 92 ms with 16 KiB, 242 ms with the default), and the frame rate
-    limit pauses the rest. Larger frames still arrive, in more reads.
-    """
-    sock = getattr(getattr(protocol, "transport", None), "socket", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
 
 class _quiet:
