@@ -1,6 +1,7 @@
 """The component API in-process, against the real Redis: emit (and sticky state read with
 the track), commands run once with every failure a reply, StreamStateServer's states and
-resumption, per-user choices, the daphne side's validation, the new settings."""
+resumption, per-user choices, the daphne side's validation, the new settings. (Over 300
+lines: one module for the whole in-process API, a section per part.)"""
 
 from __future__ import annotations
 
