@@ -68,7 +68,19 @@ async def one_size(tmp: Any, template: Any, server: Any, users_count: int, offse
         await worker.log.wait_for(r"\[PresenceManager\] worker \S+ started", timeout=60)
         await asyncio.sleep(1.5)  # past the worker's first reconcile tick
         t0 = time.time()
-        opened = await open_all(web.url, [s for _, s in users], concurrency=users_count)
+        sessions = [s for _, s in users]
+        opened = await open_all(web.url, sessions, concurrency=users_count)
+        refused_first = sum(o is None for o in opened)
+        # The admission gate refuses what cannot start within HANDSHAKE_QUEUE_WAIT; a page
+        # retries (presence.js backs off from 0.5 s), so refused users try again, as pages.
+        for attempt in range(5):
+            again = [i for i, o in enumerate(opened) if o is None]
+            if not again:
+                break
+            await asyncio.sleep(0.5 * 2**attempt)
+            retried = await open_all(web.url, [sessions[i] for i in again], concurrency=len(again))
+            for i, o in zip(again, retried, strict=True):
+                opened[i] = o
         t_opened = time.time()
         uids = {uid for uid, _ in users}
         running: dict[str, float] = {}
@@ -78,7 +90,7 @@ async def one_size(tmp: Any, template: Any, server: Any, users_count: int, offse
             return uids <= running.keys()
 
         everyone = await wait_until(
-            all_running, timeout=180, what=f"{users_count} managers running", interval=0.25, required=False
+            all_running, timeout=60, what=f"{users_count} managers running", interval=0.25, required=False
         )
         t_all = max(running.values(), default=float("nan")) if everyone else float("nan")
         store = PresenceStore()
@@ -96,6 +108,7 @@ async def one_size(tmp: Any, template: Any, server: Any, users_count: int, offse
     return {
         "users": users_count,
         "failed_handshakes": sum(o is None for o in opened),
+        "refused_first_attempt": refused_first,
         "handshake_errors": take_failures(),
         "accept_to_running_s": summary(to_running),
         "accept_to_started_log_s": summary(to_started),
@@ -127,7 +140,7 @@ def run(quick: bool) -> dict[str, Any]:
                 f"{s['p50'] * 1000:.0f} / {s['p99'] * 1000:.0f}",
                 f"{c['p50'] * 1000:.0f} / {c['p99'] * 1000:.0f}",
                 f"{r['all_running_s']:.2f}",
-                str(r["failed_handshakes"]),
+                f"{r['refused_first_attempt']} / {r['failed_handshakes']}",
                 f"{r['never_accepted']} / {r['never_running']}",
             ]
         )
@@ -150,8 +163,8 @@ def run(quick: bool) -> dict[str, Any]:
                     "accept -> 'started' log line p50 / p99 (ms)",
                     "client: start -> handshake done p50 / p99 (ms)",
                     "all running after (s)",
-                    "failed handshakes",
-                    "not measured: no accept recorded / not running in 180 s",
+                    "handshakes refused at first / after 5 retries (admission control)",
+                    "not measured: no accept recorded / not running in 60 s",
                 ],
                 "rows": rows,
             }
