@@ -15,6 +15,7 @@ LIVESTREAM["METRICS_ENABLED"]).
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -86,6 +87,10 @@ class JoinLatency:
             raise
 
 
+# Users counted between two yields to the loop.
+YIELD_EVERY = 500
+
+
 class RestartCounter:
     """Turns the restart counts of running managers into totals that only go up.
 
@@ -99,7 +104,11 @@ class RestartCounter:
     async def publish(self, statuses: dict[str, dict[str, Any]]) -> None:
         seen: dict[tuple[str, float, str], int] = {}
         added: Counter[str] = Counter()
-        for user_id, status in statuses.items():
+        for i, (user_id, status) in enumerate(statuses.items(), 1):
+            if i % YIELD_EVERY == 0:
+                # 10,000 managers of three components each are 30,000 entries: in one go
+                # they held the worker's loop up for tens of ms, every tick (worker_capacity).
+                await asyncio.sleep(0)
             for name, component in status["components"].items():
                 ident = (user_id, status["started_at"], name)
                 seen[ident] = int(component.get("restarts", 0))
