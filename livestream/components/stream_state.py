@@ -98,9 +98,15 @@ class StreamStateServer(Component):
         if fields and self.state != OFFLINE:
             logger.info("[UserStreamManager:%s] StreamStateServer resumed %s", self.user_id, self.state)
             await self._retrying(partial(self.emit, "state", snapshot(fields), sticky=True))
+        # The first pass uses the read above (a start is one HGETALL, not two). It skips the
+        # clear() too: a command that changed the state since that read has set _changed,
+        # and the wait below returns at once to read again.
+        first = True
         while True:
-            self._changed.clear()
-            fields = await self._retrying(self._load)
+            if not first:
+                self._changed.clear()
+                fields = await self._retrying(self._load)
+            first = False
             state = fields.get("state", OFFLINE)
             if state in (STARTING, ENDING):
                 conf = get_settings()
