@@ -17,23 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from typing import Any
 
 from livestream.conf import get_settings
+from livestream.tasks import per_loop
 
 logger = logging.getLogger("dashboard.consumers")
 
-_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+_semaphore = per_loop(lambda: asyncio.Semaphore(get_settings().MAX_PENDING_HANDSHAKES))
 _refused = {"count": 0, "logged_at": 0.0}
-
-
-def _semaphore() -> asyncio.Semaphore:
-    loop = asyncio.get_running_loop()
-    slots = _slots.get(loop)
-    if slots is None:
-        slots = _slots[loop] = asyncio.Semaphore(get_settings().MAX_PENDING_HANDSHAKES)
-    return slots
 
 
 class HandshakeGate:

@@ -26,13 +26,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from typing import Any
 
 from dashboard.memory import Trimmer
 from livestream.conf import get_settings
 from livestream.presence import Change, Meta, PresenceStore
-from livestream.tasks import Backoff
+from livestream.tasks import Backoff, per_loop
 
 logger = logging.getLogger(__name__)
 
@@ -191,13 +190,5 @@ class Tracker:
         return True
 
 
-_trackers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Tracker] = weakref.WeakKeyDictionary()
-
-
-def get_tracker() -> Tracker:
-    """This process's tracker (one per event loop)."""
-    loop = asyncio.get_running_loop()
-    tracker = _trackers.get(loop)
-    if tracker is None:
-        tracker = _trackers[loop] = Tracker()
-    return tracker
+# This process's tracker (one per event loop).
+get_tracker = per_loop(Tracker)

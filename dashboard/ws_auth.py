@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import threading
-import weakref
 from typing import Any
 
 import redis
@@ -51,6 +50,7 @@ from redis.exceptions import NoScriptError, RedisError
 from livestream import keys
 from livestream.conf import get_settings
 from livestream.redis import run_script, script
+from livestream.tasks import per_loop
 
 logger = logging.getLogger(__name__)
 
@@ -154,15 +154,7 @@ class _Reads:
                         future.set_result((value, generation or "0"))
 
 
-_reads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Reads] = weakref.WeakKeyDictionary()
-
-
-def _reader() -> _Reads:
-    loop = asyncio.get_running_loop()
-    reads = _reads.get(loop)
-    if reads is None:
-        reads = _reads[loop] = _Reads()
-    return reads
+_reader = per_loop(_Reads)
 
 
 async def cached_user(scope: dict[str, Any]) -> Any:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -34,6 +33,7 @@ import redis.asyncio as aioredis
 from livestream import keys
 from livestream.alert_queue import Claimed, claim_many, lengths
 from livestream.conf import get_settings
+from livestream.tasks import per_loop
 
 logger = logging.getLogger(__name__)
 
@@ -206,13 +206,5 @@ class WakeListener:
         return woken
 
 
-_listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WakeListener] = weakref.WeakKeyDictionary()
-
-
-def listener() -> WakeListener:
-    """This event loop's listener (clients and events cannot cross loops)."""
-    loop = asyncio.get_running_loop()
-    found = _listeners.get(loop)
-    if found is None:
-        found = _listeners[loop] = WakeListener()
-    return found
+# This event loop's listener (clients and events cannot cross loops).
+listener = per_loop(WakeListener)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ from django.utils.module_loading import import_string
 from livestream import ids
 from livestream.components.base import Component
 from livestream.conf import get_settings
+from livestream.tasks import per_loop
 
 if TYPE_CHECKING:
     from livestream.presence_manager import PresenceManager
@@ -110,16 +110,12 @@ class _Loader:
                         future.set_result(found.get(user_id, {}))
 
 
-_loaders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Loader] = weakref.WeakKeyDictionary()
+_loader = per_loop(_Loader)
 
 
 async def for_user(user_id: str) -> list[type[Component]]:
     """The component classes ``user_id``'s manager runs (database errors raise)."""
-    loop = asyncio.get_running_loop()
-    loader = _loaders.get(loop)
-    if loader is None:
-        loader = _loaders[loop] = _Loader()
-    rows = await loader.rows(user_id)
+    rows = await _loader().rows(user_id)
     return classes(resolve(get_settings().COMPONENTS, rows))
 
 

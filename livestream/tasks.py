@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any
+from typing import Any, TypeVar
+
+V = TypeVar("V")
 
 MAX_BACKOFF = 5.0
 
@@ -124,3 +127,18 @@ class TaskScope:
             self.logger.error(
                 "[%s] background task %s failed", self.name, task.get_name(), exc_info=task.exception()
             )
+
+
+def per_loop(factory: Callable[[], V]) -> Callable[[], V]:
+    """A getter of one ``factory()`` per running event loop: clients, locks and events
+    cannot cross loops (tests and the lease keeper's thread run loops of their own)."""
+    instances: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, V] = weakref.WeakKeyDictionary()
+
+    def get() -> V:
+        loop = asyncio.get_running_loop()
+        found = instances.get(loop)
+        if found is None:
+            found = instances[loop] = factory()
+        return found
+
+    return get
