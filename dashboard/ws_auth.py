@@ -32,10 +32,8 @@ import contextlib
 import hashlib
 import json
 import logging
-import threading
 from typing import Any
 
-import redis
 from channels.auth import get_user
 from channels.middleware import BaseMiddleware
 from channels.sessions import CookieMiddleware, SessionMiddleware
@@ -45,11 +43,12 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from livestream import keys
 from livestream.conf import get_settings
 from livestream.redis import run_script, script
+from livestream.state import run_sync
 from livestream.tasks import per_loop
 
 logger = logging.getLogger(__name__)
@@ -205,19 +204,6 @@ def CachedAuthMiddlewareStack(inner: Any) -> Any:
 
 # -- invalidation (sync: called from Django signals and the session store) -----
 
-_sync_client: redis.Redis | None = None
-_sync_lock = threading.Lock()
-
-
-def _client() -> redis.Redis:
-    global _sync_client
-    with _sync_lock:
-        if _sync_client is None:
-            from streampai.redisconf import sync_redis_client
-
-            _sync_client = sync_redis_client()
-        return _sync_client
-
 
 def _forget(user_id: str | None, session_keys: tuple[str, ...]) -> None:
     """One script: bump the generation, drop the entries (rare: a login, a logout, a user save)."""
@@ -226,11 +212,7 @@ def _forget(user_id: str | None, session_keys: tuple[str, ...]) -> None:
         script_keys.append(keys.ws_auth_user(user_id))
     args = [session_entry(k) for k in session_keys]
     try:
-        client = _client()
-        try:
-            client.evalsha(_FORGET.sha, len(script_keys), *script_keys, *args)
-        except NoScriptError:
-            client.eval(_FORGET.source, len(script_keys), *script_keys, *args)
+        run_sync(lambda client: run_script(client, _FORGET, script_keys, *args))
     except RedisError as exc:
         logger.warning(
             "[ws_auth] could not drop the cached sessions of user %s: %r (they end with their TTL)",
