@@ -93,7 +93,12 @@ async def test_clients_layer_and_cache_follow_the_new_master(sentinel_setup):
         assert await asyncio.to_thread(lambda: cache.get("c")) == b"before"
         cache.set("c", "after")
         await eventually(lambda: layer.send("chan", {"type": "hello", "n": 2}), 10, "layer send")
-        assert (await asyncio.wait_for(layer.receive("chan"), 10))["n"] == 2
+        # channels-redis keeps a received message in a backup key until a cleanup task deletes
+        # it; when the kill beat that cleanup, the new master hands n=1 out again (its
+        # at-least-once rule, seen in 1 fresh-clone run). Anything but 1 or 2 is a failure.
+        async with asyncio.timeout(10):
+            while (n := (await layer.receive("chan"))["n"]) != 2:
+                assert n == 1, n
         back = time.monotonic()
         print(
             f"Sentinel clients: promoted {promoted - killed:.2f}s after kill -9, clients back {back - promoted:.2f}s later"
