@@ -10,7 +10,8 @@ the application when the first message arrives. This one:
     ``{"type": "worker.startup"}``, so the PresenceManager starts managers for
     users already present without waiting for a message;
   * on SIGTERM/SIGINT stops listening, sends ``{"type": "worker.shutdown"}``
-    and waits (bounded) for the application to finish.
+    and waits (bounded) for the application to finish;
+  * tunes garbage collection for thousands of managers (streampai/gcpolicy.py).
 """
 
 from __future__ import annotations
@@ -22,12 +23,20 @@ import signal
 from channels.worker import Worker as ChannelsWorker
 
 from livestream.tasks import Backoff, cancel_and_wait, describe
+from streampai.gcpolicy import settle
 
 logger = logging.getLogger("livestream.worker")
 
 SHUTDOWN_TIMEOUT = 15.0
 # After shutdown, how long tasks still running get to end once cancelled.
 ABANDON_TIMEOUT = 1.0
+# Python's default first GC threshold (700) is crossed many times a second by
+# thousands of managers' ticks, which promotes each tick's still-pending sleep
+# to the oldest generation; full collections of ~500,000 objects then ran every
+# ~0.6 s and froze the event loop for 160-450 ms each (10,000 managers,
+# docs/benchmarks.md). A higher first threshold lets those short-lived objects
+# die young (the older generations keep their defaults).
+GC_THRESHOLD0 = 100_000
 
 
 class Worker(ChannelsWorker):
@@ -43,6 +52,7 @@ class Worker(ChannelsWorker):
         component that ignores cancellation (abandoned after SHUTDOWN_TIMEOUT by
         its supervisor) would keep a SIGTERMed worker alive until SIGKILL.
         """
+        settle(GC_THRESHOLD0, "livestream.worker")  # the application is loaded by now
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         loop.run_until_complete(self.arun())
