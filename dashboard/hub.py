@@ -75,6 +75,9 @@ class Hub:
         self.handlers = dict(handlers)
         self.members: dict[str, set[Any]] = {}
         self._sent: set[str] = set()  # SUBSCRIBE sent on the current connection, no UNSUBSCRIBE since
+        # Channels whose local membership became or stopped being empty since the writer last
+        # looked: it compares only these with ``_sent`` (not every channel on every join).
+        self._changed: set[str] = set()
         self._confirmed: set[str] = set()
         # SUBSCRIBE replies still due per channel: a channel subscribed, unsubscribed and
         # subscribed again is ready only at the reply to the last SUBSCRIBE.
@@ -95,7 +98,11 @@ class Hub:
         loop = asyncio.get_running_loop()
         waits = []
         for channel in channels:
-            self.members.setdefault(channel, set()).add(receiver)
+            members = self.members.get(channel)
+            if members is None:
+                members = self.members[channel] = set()
+                self._changed.add(channel)
+            members.add(receiver)
             if channel not in self._confirmed:
                 future = self._ready.get(channel)
                 if future is None or future.done():
@@ -115,6 +122,7 @@ class Hub:
             members.discard(receiver)
             if not members:
                 del self.members[channel]
+                self._changed.add(channel)
                 self._wake.set()
 
     def subscribed(self) -> set[str]:
@@ -138,6 +146,7 @@ class Hub:
                 self._sent.clear()
                 self._confirmed.clear()
                 self._due.clear()
+                self._changed = set(self.members)  # a new connection: subscribe everything again
                 writer = asyncio.ensure_future(self._write_loop())
                 try:
                     self._wake.set()
@@ -180,9 +189,9 @@ class Hub:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            wanted = set(self.members)
-            add = [c for c in wanted if c not in self._sent]
-            drop = [c for c in self._sent if c not in wanted]
+            changed, self._changed = self._changed, set()
+            add = [c for c in changed if c in self.members and c not in self._sent]
+            drop = [c for c in changed if c not in self.members and c in self._sent]
             for start in range(0, len(add), BATCH):
                 chunk = add[start : start + BATCH]
                 self._sent.update(chunk)

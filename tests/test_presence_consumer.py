@@ -256,27 +256,39 @@ async def test_frames_over_the_rate_are_dropped_with_one_log_line(configure_live
     await ws.disconnect()
 
 
+class FakePubSub:
+    """Records the hub's SUBSCRIBE / UNSUBSCRIBE commands; Redis' replies are fed by hand."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.subscribed: list[str] = []
+        self.unsubscribed: list[str] = []
+
+    async def subscribe(self, *channels: str) -> None:
+        self.sent.append("SUBSCRIBE")
+        self.subscribed.extend(channels)
+
+    async def unsubscribe(self, *channels: str) -> None:
+        self.sent.append("UNSUBSCRIBE")
+        self.unsubscribed.extend(channels)
+
+
+def bare_hub():
+    """A Hub without Redis, driving its bookkeeping alone, and its writer task."""
+    from dashboard.consumers import HUB_HANDLERS
+    from dashboard.hub import Hub
+
+    hub = Hub(HUB_HANDLERS)
+    hub._start = lambda: None
+    hub._pubsub = pubsub = FakePubSub()
+    return hub, pubsub, asyncio.ensure_future(hub._write_loop())
+
+
 async def test_the_hub_waits_for_the_last_subscribe_of_a_channel_that_came_and_went():
     """Subscribe, unsubscribe and subscribe again before Redis answered: a socket joining
     last is ready only at the reply to the last SUBSCRIBE (before it, Redis may still
     have the channel unsubscribed, and a push would be lost). Replies fed by hand."""
-    from dashboard.consumers import HUB_HANDLERS
-    from dashboard.hub import Hub
-
-    class FakePubSub:
-        def __init__(self) -> None:
-            self.sent: list[str] = []
-
-        async def subscribe(self, *channels: str) -> None:
-            self.sent.append("SUBSCRIBE")
-
-        async def unsubscribe(self, *channels: str) -> None:
-            self.sent.append("UNSUBSCRIBE")
-
-    hub = Hub(HUB_HANDLERS)
-    hub._start = lambda: None  # no Redis: this drives the bookkeeping alone
-    hub._pubsub = pubsub = FakePubSub()
-    writer = asyncio.ensure_future(hub._write_loop())
+    hub, pubsub, writer = bare_hub()
     channel = "c"
     first, second = object(), object()
     try:
@@ -294,5 +306,29 @@ async def test_the_hub_waits_for_the_last_subscribe_of_a_channel_that_came_and_w
         await asyncio.wait_for(joined_second, 1)
         await asyncio.wait_for(joined_first, 1)
         assert hub.subscribed() == {channel}
+    finally:
+        writer.cancel()
+
+
+async def test_the_hub_subscribes_each_channel_once_however_its_sockets_come_and_go():
+    """300 sockets on 100 channels (three a channel) join and leave interleaved: a channel is
+    subscribed when its first socket joins and unsubscribed when its last leaves, once each,
+    and the hub ends subscribed to exactly the channels somebody still needs."""
+    hub, pubsub, writer = bare_hub()
+    sockets = [(object(), f"c{i % 100}") for i in range(300)]
+    try:
+        joins = [asyncio.ensure_future(hub.join(sock, [ch])) for sock, ch in sockets]
+        await wait_until(lambda: len(pubsub.subscribed) == 100, 1, "100 SUBSCRIBEs")
+        for channel in sorted(set(pubsub.subscribed)):
+            await hub._handle({"type": "subscribe", "channel": channel})
+        await asyncio.wait_for(asyncio.gather(*joins), 1)
+        for sock, channel in sockets[:250]:  # channels c50..c99 keep one socket each
+            hub.leave(sock, [channel])
+            await asyncio.sleep(0)
+        await wait_until(lambda: len(pubsub.unsubscribed) == 50, 1, "50 UNSUBSCRIBEs")
+        await asyncio.sleep(0.05)
+        assert sorted(pubsub.subscribed) == sorted(f"c{i}" for i in range(100))
+        assert sorted(pubsub.unsubscribed) == sorted(f"c{i}" for i in range(50))
+        assert hub.subscribed() == {f"c{i}" for i in range(50, 100)}
     finally:
         writer.cancel()
