@@ -9,7 +9,9 @@ Every dashboard socket of the process goes through one Tracker:
   untrack(uid, ref)  the same, with untrack_many. A failed batch (Redis timeout,
                      restart) is retried in the background with backoff until it
                      succeeds: a closed socket is never dropped from the queue, so
-                     it cannot stay present.
+                     it cannot stay present. The cleanup delay counts from the
+                     call (the close), not from when the batch reached Redis: the
+                     time spent queued is taken off each connection's delay.
   watch/forget       the heartbeat set. One loop refreshes all of it every
                      HEARTBEAT_INTERVAL with track_many, BATCH per round trip; a
                      connection Redis lost is re-tracked (and logged). A socket is
@@ -44,7 +46,8 @@ class Tracker:
         self.open: dict[str, tuple[str, Meta]] = {}  # ref -> (user id, meta): the heartbeat set
         self.stopping = False  # set on SIGTERM (dashboard/shutdown.py)
         self._tracks: list[tuple[str, Meta, asyncio.Future[Change | None]]] = []
-        self._untracks: list[tuple[str, str, float | None, asyncio.Future[Change | None]]] = []
+        # (user id, ref, cleanup delay or None for the default, queued at (monotonic), future)
+        self._untracks: list[tuple[str, str, float | None, float, asyncio.Future[Change | None]]] = []
         self._track_wake = asyncio.Event()
         self._untrack_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -90,7 +93,7 @@ class Tracker:
         self.open.pop(ref, None)
         self.trimmer.seen(len(self.open))
         future: asyncio.Future[Change | None] = asyncio.get_running_loop().create_future()
-        self._untracks.append((user_id, ref, cleanup_delay, future))
+        self._untracks.append((user_id, ref, cleanup_delay, time.monotonic(), future))
         self._untrack_wake.set()
         return future
 
@@ -134,9 +137,12 @@ class Tracker:
             while self._untracks:
                 delay = self._untracks[0][2]
                 batch = [item for item in self._untracks[:BATCH] if item[2] == delay]
+                now = time.monotonic()
                 try:
                     changes = await self.store().untrack_many(
-                        [(uid, ref) for uid, ref, _, _ in batch], cleanup_delay=delay
+                        [(uid, ref) for uid, ref, _, _, _ in batch],
+                        cleanup_delay=delay,
+                        closed_ago=[now - queued for _, _, _, queued, _ in batch],
                     )
                 except Exception as exc:
                     if failing_since is None:
@@ -156,7 +162,7 @@ class Tracker:
                     backoff.reset()
                 done = {id(item) for item in batch}
                 self._untracks = [item for item in self._untracks if id(item) not in done]
-                for (_, _, _, future), change in zip(batch, changes, strict=True):
+                for (*_, future), change in zip(batch, changes, strict=True):
                     if not future.done():
                         future.set_result(change)
 

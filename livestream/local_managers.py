@@ -89,10 +89,17 @@ class LocalManagers:
             except Exception as exc:
                 logger.warning("[PresenceManager] lease of %s not released: %s", user_id, exc)
 
-    async def stop_if_absent(self, user_id: str) -> None:
-        """Stop our manager for an absent user; start it again if they came back meanwhile."""
+    async def stop_if_absent(self, user_id: str, *, seen_absent: bool = False) -> None:
+        """Stop our manager for an absent user; start it again if they came back meanwhile.
+
+        ``seen_absent``: the caller read them absent a moment ago (a due cleanup's facts),
+        so the stop does not wait for another round trip: a burst of cleanups stops each
+        manager on time. A return in between is still caught, by the release.
+        """
         async with self.lock(user_id):
-            if user_id not in self.managers or await self.store.sessions(user_id) > 0:
+            if user_id not in self.managers:
+                return
+            if not seen_absent and await self.store.sessions(user_id) > 0:
                 return
             await self.stop(user_id, release=False)
             if not await self.leases.release_if_absent(user_id, self.store.user_prefix + user_id):
@@ -104,8 +111,8 @@ class LocalManagers:
         match action:
             case Start(user_id):
                 self.start(user_id)
-            case Stop(user_id, "cleanup"):
-                self.scope.spawn(self.stop_if_absent(user_id), f"stop:{user_id}")
+            case Stop(user_id, "cleanup"):  # the core decided on facts read just now
+                self.scope.spawn(self.stop_if_absent(user_id, seen_absent=True), f"stop:{user_id}")
             case Stop(user_id, why):
                 if why == "lost":
                     logger.warning(

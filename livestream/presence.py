@@ -143,20 +143,21 @@ return out
 """,
 )
 
-# ARGV[6]: gone ttl ms, ARGV[7]: cleanup delay seconds; then (user_id, ref) per
-# connection. Returns {sessions left, meta json} per connection, {-1, ''} for one
-# that was not tracked. The connection is marked gone either way.
+# ARGV[6]: gone ttl ms; then (user_id, ref, cleanup delay seconds) per connection.
+# Returns {sessions left, meta json} per connection, {-1, ''} for one that was not
+# tracked. The connection is marked gone either way. Each connection has its own
+# delay: the caller takes off the time since it saw the close (a batch waits its turn).
 _UNTRACK = script(
     "presence.untrack",
     _PROLOGUE
     + """
 local out = {}
-for i = 8, #ARGV, 2 do
+for i = 7, #ARGV, 3 do
   local uid, ref = ARGV[i], ARGV[i + 1]
   redis.call('SET', GONE .. ref, '1', 'PX', ARGV[6])
   local meta = redis.call('HGET', USER .. uid, ref)
   if meta then
-    table.insert(out, remove(uid, ref, meta, tonumber(ARGV[7])))
+    table.insert(out, remove(uid, ref, meta, tonumber(ARGV[i + 2])))
     table.insert(out, meta)
   else
     table.insert(out, -1)
@@ -286,19 +287,30 @@ class PresenceStore:
         return (await self.untrack_many([(user_id, ref)], cleanup_delay=cleanup_delay))[0]
 
     async def untrack_many(
-        self, connections: Sequence[tuple[str, str]], *, cleanup_delay: float | None = None
+        self,
+        connections: Sequence[tuple[str, str]],
+        *,
+        cleanup_delay: float | None = None,
+        closed_ago: Sequence[float] | None = None,
     ) -> list[Change | None]:
         """Remove each ``(user_id, ref)`` for good, in one round trip; the leaves (None: not tracked).
 
-        A user left with no connection gets their cleanup timer, due in
-        ``cleanup_delay`` seconds (default CLEANUP_TIMEOUT).
+        A user left with no connection gets their cleanup timer, due ``cleanup_delay``
+        seconds (default CLEANUP_TIMEOUT) after the close: ``closed_ago`` says, per
+        connection, how long ago that was (a batch that waited for Redis still
+        stops the manager on time).
         """
         if not connections:
             return []
         delay = get_settings().CLEANUP_TIMEOUT if cleanup_delay is None else cleanup_delay
+        ago = closed_ago if closed_ago is not None else [0.0] * len(connections)
         gone_ms = max(1000, int(_ttl() * 1000))
-        args = [x for pair in connections for x in pair]
-        flat = await self._run(_UNTRACK, gone_ms, delay, *args)
+        args = [
+            x
+            for (uid, ref), since in zip(connections, ago, strict=True)
+            for x in (uid, ref, round(max(0.0, delay - since), 6))
+        ]
+        flat = await self._run(_UNTRACK, gone_ms, *args)
         return [
             Change(uid, json.loads(flat[2 * i + 1]), int(flat[2 * i])) if int(flat[2 * i]) >= 0 else None
             for i, (uid, _ref) in enumerate(connections)

@@ -104,3 +104,19 @@ async def test_refresh_never_revives_an_untracked_connection():
     assert await store.refresh("1", meta("r1")) is None
     assert await store.sessions("1") == 1
     assert [m["ref"] for m in (await store.list())["1"]["metas"]] == ["r2"]
+
+
+async def test_the_cleanup_counts_from_the_close_not_from_the_untrack():
+    """``closed_ago`` takes the time a close waited (a batch, a Redis retry) off its cleanup
+    delay; a close older than the delay is due at once, never in the past's future."""
+    from livestream.presence import cleanup_timer
+    from livestream.timers import TimerStore
+
+    store = PresenceStore()
+    for uid in ("1", "2", "3"):
+        await store.track(uid, meta("r" + uid))
+    await store.untrack_many([("1", "r1"), ("2", "r2"), ("3", "r3")], cleanup_delay=5.0, closed_ago=[0, 2, 9])
+    due = await TimerStore().pending()
+    assert abs(due[cleanup_timer("1")] - 5.0) < 0.5
+    assert abs(due[cleanup_timer("2")] - 3.0) < 0.5
+    assert due[cleanup_timer("3")] <= 0.0
