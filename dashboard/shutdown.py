@@ -10,17 +10,18 @@ trigger of our own (Twisted waits for it before stopping the loop) hands them of
 
   1. new handshakes are refused (the tracker is ``stopping``) and the heartbeat
      loop stops;
-  2. every open connection is untracked, BATCH per round trip, with the cleanup
-     delay CLEANUP_TIMEOUT + HANDOFF_GRACE instead of CLEANUP_TIMEOUT: the users'
-     managers keep running while their pages reconnect to another daphne (a join
-     cancels the pending cleanup); a tab that does not come back stops its
-     manager CLEANUP_TIMEOUT + HANDOFF_GRACE after the deploy;
-  3. each socket is closed with 1012 ("service restart"; sent on daphne's protocol
+  2. each socket is closed with 1012 ("service restart"; sent on daphne's protocol
      directly, as daphne's own close accepts only 1000 and 3000-4999) and the reason
      "spread=<s>" (``reconnect_spread``: 2 s for a few sockets, N /
      HANDOFF_RECONNECT_RATE for many). presence.js reconnects after a random
      0.1..s, so thousands of tabs arrive at a rate the daphnes left can take, then
      backs off as usual;
+  3. every open connection is untracked, BATCH per round trip, with the cleanup
+     delay CLEANUP_TIMEOUT + HANDOFF_GRACE instead of CLEANUP_TIMEOUT: the users'
+     managers keep running while their pages reconnect to another daphne (a join
+     cancels the pending cleanup; a tab already back leaves no cleanup to cancel);
+     a tab that does not come back stops its manager CLEANUP_TIMEOUT +
+     HANDOFF_GRACE after the deploy;
   4. it waits (at most 2 s) for the closing handshakes, so the close frames leave
      before the process does.
 
@@ -106,7 +107,7 @@ def take_refs(consumers: list[Any]) -> list[tuple[str, str]]:
 
 
 async def hand_off(consumers: list[Any], pairs: list[tuple[str, str]]) -> None:
-    """Untrack ``pairs`` with the hand-off delay, then close ``consumers`` with 1012; never raises."""
+    """Close ``consumers`` with 1012, then untrack ``pairs`` with the hand-off delay; never raises."""
     from dashboard.tracker import BATCH, get_tracker
 
     tracker = get_tracker()
@@ -120,6 +121,16 @@ async def hand_off(consumers: list[Any], pairs: list[tuple[str, str]]) -> None:
         len(consumers),
         delay,
     )
+    # The closes first: each tab starts its reconnect window now, not after thousands of
+    # untracks. The order is safe either way: presence is per connection, so a tab back on
+    # another daphne before its untrack here only leaves its user one connection more
+    # for a moment (and the untrack then schedules no cleanup).
+    spread = reconnect_spread(len(consumers))
+    for consumer in consumers:
+        try:
+            await consumer.close_for_restart(spread)
+        except Exception as exc:
+            logger.debug("[PresenceConsumer] close on shutdown failed: %r", exc)
     store = tracker.store()
     for start in range(0, len(pairs), BATCH):
         batch = pairs[start : start + BATCH]
@@ -132,12 +143,6 @@ async def hand_off(consumers: list[Any], pairs: list[tuple[str, str]]) -> None:
                     "[PresenceConsumer] hand-off untrack failed (attempt %d): %r", attempt + 1, exc
                 )
                 await asyncio.sleep(0.2)
-    spread = reconnect_spread(len(consumers))
-    for consumer in consumers:
-        try:
-            await consumer.close_for_restart(spread)
-        except Exception as exc:
-            logger.debug("[PresenceConsumer] close on shutdown failed: %r", exc)
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
         protocols = [c._protocol() for c in consumers]

@@ -28,8 +28,9 @@ class LivestreamSettings:
     # A stopping daphne spreads its tabs' reconnects over N / HANDOFF_RECONNECT_RATE
     # seconds (at least 2, at most 30): it closes them with 1012 and the reason
     # "spread=<s>", and presence.js waits a random 0.1..s. Set it near what one
-    # daphne accepts per second (make bench: 5a), times the daphnes left.
-    HANDOFF_RECONNECT_RATE: float = 500.0
+    # daphne accepts per second (make bench: 5a, about 800 returning page sockets
+    # per CPU-second here), times the daphnes left.
+    HANDOFF_RECONNECT_RATE: float = 800.0
     # Dotted paths of the components every UserStreamManager supervises.
     # A user's rows in livestream.models.UserComponent enable or disable single
     # components on top of this list (livestream/choices.py).
