@@ -48,6 +48,7 @@ class LocalManagers:
         self.managers: dict[str, UserStreamManager] = {}
         self.status = StatusPusher(self.managers)  # live dashboards
         self.latency = metrics.JoinLatency()
+        self.restarts = metrics.RestartCount()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._components = component_classes()
 
@@ -59,7 +60,7 @@ class LocalManagers:
     def start(self, user_id: str) -> UserStreamManager:
         self.core.started(user_id)
         manager = self.managers[user_id] = UserStreamManager(
-            user_id, self._components, choose=choices.for_user
+            user_id, self._components, choose=choices.for_user, on_restart=self.restarts.count
         )
         manager.start()
         self.status.announce(user_id)
@@ -74,6 +75,11 @@ class LocalManagers:
                 manager.on_running = lambda: self.latency.observe(time.monotonic() - received)
             if i % START_CHUNK == 0:
                 await asyncio.sleep(0)
+
+    async def flush_metrics(self) -> None:
+        """Write what this worker measured since the last flush (once per reconcile tick)."""
+        await self.latency.flush()
+        await self.restarts.flush()
 
     async def stop(self, user_id: str, *, release: bool) -> None:
         manager = self.managers.pop(user_id, None)

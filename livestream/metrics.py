@@ -15,10 +15,8 @@ LIVESTREAM["METRICS_ENABLED"]).
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -87,38 +85,28 @@ class JoinLatency:
             raise
 
 
-# Users counted between two yields to the loop.
-YIELD_EVERY = 500
-
-
-class RestartCounter:
-    """Turns the restart counts of running managers into totals that only go up.
-
-    A worker calls ``publish`` with its managers' statuses every reconcile tick;
-    restarts are counted once however many ticks see them.
-    """
+class RestartCount:
+    """Component restarts, counted as they happen (each supervisor's ``on_restart``) and
+    written once per reconcile tick: no pass over every manager's status to find them."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[str, float, str], int] = {}
+        self._counts: Counter[str] = Counter()
 
-    async def publish(self, statuses: dict[str, dict[str, Any]]) -> None:
-        seen: dict[tuple[str, float, str], int] = {}
-        added: Counter[str] = Counter()
-        for i, (user_id, status) in enumerate(statuses.items(), 1):
-            if i % YIELD_EVERY == 0:
-                # 10,000 managers of three components each are 30,000 entries: in one go
-                # they held the worker's loop up for tens of ms, every tick (worker_capacity).
-                await asyncio.sleep(0)
-            for name, component in status["components"].items():
-                ident = (user_id, status["started_at"], name)
-                seen[ident] = int(component.get("restarts", 0))
-                added[name] += max(0, seen[ident] - self._seen.get(ident, 0))
-        if +added:
+    def count(self, component: str) -> None:
+        self._counts[component] += 1
+
+    async def flush(self) -> None:
+        if not self._counts:
+            return
+        counts, self._counts = self._counts, Counter()
+        try:
             async with get_redis().pipeline(transaction=True) as pipe:
-                for name, n in (+added).items():
+                for name, n in counts.items():
                     pipe.hincrby(_restarts_key(), name, n)
                 await pipe.execute()
-        self._seen = seen  # only once written: a failed write is retried next tick
+        except Exception:
+            self._counts.update(counts)  # kept for the next tick
+            raise
 
 
 # -- scrape side ---------------------------------------------------------------

@@ -46,7 +46,6 @@ from livestream import (
     ids,
     inbox,
     logformats,
-    metrics,
     reconcile,
 )
 from livestream.conf import get_settings
@@ -89,7 +88,7 @@ class PresenceManager:
             on_renewal=self._renewed,
             on_stale=lambda: self.local.fence(self.keeper.last_renewal),
         )
-        self.publisher = StatePublisher(self.worker_id, then=metrics.RestartCounter().publish)
+        self.publisher = StatePublisher(self.worker_id)
         self.inbox: str | None = None
         self.live_workers = 1
         self._info: dict[str, str] = {}
@@ -120,7 +119,7 @@ class PresenceManager:
         reader = events.read(self.store, self.leases, self.take_diffs, self.take_starts, self._closing)
         self.scope.spawn(reader, "events")
         self.scope.every("reconcile tick", interval, self.tick, first_delay=interval())
-        self.scope.every("metrics", interval, self.local.latency.flush)
+        self.scope.every("metrics", interval, self.local.flush_metrics)
 
     def _closing(self) -> bool:
         return self.scope.closing

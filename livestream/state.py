@@ -179,11 +179,9 @@ class Publishable(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-async def publish_managers(
-    worker_id: str, managers: Mapping[str, Publishable], ttl: float
-) -> dict[str, dict[str, Any]]:
+async def publish_managers(worker_id: str, managers: Mapping[str, Publishable], ttl: float) -> None:
     """Write ``worker_id``'s running managers (user id -> UserStreamManager) to
-    ``<prefix>:managers:<worker_id>``, replacing what it wrote before; returns their statuses.
+    ``<prefix>:managers:<worker_id>``, replacing what it wrote before.
 
     Written PUBLISH_CHUNK at a time into a scratch key renamed over the old one at
     the end: readers never see half a worker, and 10,000 managers never hold the
@@ -193,40 +191,37 @@ async def publish_managers(
     state_key = keys.managers(worker_id)
     scratch = keys.managers(worker_id) + ":next"
     running = list(managers.items())
-    statuses: dict[str, dict[str, Any]] = {}
+    published = 0
     await redis.delete(scratch)
     for start in range(0, len(running), PUBLISH_CHUNK):
         chunk: dict[EncodableT, EncodableT] = {}
         for uid, manager in running[start : start + PUBLISH_CHUNK]:
             if managers.get(uid) is not manager:
                 continue  # stopped while we yielded
-            statuses[uid] = manager.status()
-            chunk[uid] = json.dumps(statuses[uid])
+            chunk[uid] = json.dumps(manager.status())
         if chunk:
+            published += len(chunk)
             await redis.hset(scratch, mapping=chunk)
     async with redis.pipeline(transaction=True) as pipe:
-        if statuses:
+        if published:
             pipe.rename(scratch, state_key)
             pipe.pexpire(state_key, int(ttl * 1000))
         else:
             pipe.delete(state_key)
         await pipe.execute()
-    return statuses
 
 
 class StatePublisher:
     """One worker's write side: its managers every reconcile tick (and after a staff action),
-    one publish at a time (each writes the same scratch key), each followed by ``then(statuses)``
-    (the restart totals, livestream/metrics.py)."""
+    one publish at a time (each writes the same scratch key)."""
 
-    def __init__(self, worker_id: str, then: Callable[[dict[str, dict[str, Any]]], Awaitable[None]]) -> None:
-        self.worker_id, self.then = worker_id, then
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
         self._publishing = asyncio.Lock()
 
     async def publish(self, managers: Mapping[str, Publishable]) -> None:
         async with self._publishing:
-            statuses = await publish_managers(self.worker_id, managers, get_settings().LEASE_TTL * 3)
-            await self.then(statuses)
+            await publish_managers(self.worker_id, managers, get_settings().LEASE_TTL * 3)
 
 
 def run_sync(fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:

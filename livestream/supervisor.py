@@ -34,10 +34,15 @@ class State(StrEnum):
 
 class ComponentSupervisor:
     def __init__(
-        self, component_class: type[Component], user_id: str, on_running: Callable[[], None] | None = None
+        self,
+        component_class: type[Component],
+        user_id: str,
+        on_running: Callable[[], None] | None = None,
+        on_restart: Callable[[str], None] | None = None,
     ) -> None:
         self.component_class = component_class
         self.on_running = on_running  # told each time a fresh instance starts running
+        self.on_restart = on_restart  # told the component's name at each restart (the metrics)
         self.user_id = user_id
         self.name = component_class.__name__
         self.state = State.STARTING
@@ -85,6 +90,8 @@ class ComponentSupervisor:
                 return
             self._crashes.append(now)
             self.restarts += 1
+            if self.on_restart is not None:
+                self.on_restart(self.name)
             self.state = State.RESTARTING
             delay = retry_delay(len(self._crashes), conf.RESTART_BACKOFF, conf.RESTART_BACKOFF_MAX)
             logger.warning(

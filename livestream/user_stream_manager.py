@@ -38,16 +38,21 @@ class UserStreamManager:
         components: list[type[Component]] | None = None,
         *,
         choose: Chooser | None = None,
+        on_restart: Callable[[str], None] | None = None,
     ) -> None:
         self.user_id = user_id
+        self.on_restart = on_restart  # a component restarted (its name): the worker counts them
         classes = component_classes() if components is None else components
-        self.children = [ComponentSupervisor(cls, user_id, self._child_running) for cls in classes]
+        self.children = [self._supervisor(cls) for cls in classes]
         self.choose = choose
         self.started_at = time.time()
         self.stopped = False
         self._boot: asyncio.Task[None] | None = None
         # Called once, when every component first runs (the join-to-running metric).
         self.on_running: Callable[[], None] | None = None
+
+    def _supervisor(self, cls: type[Component]) -> ComponentSupervisor:
+        return ComponentSupervisor(cls, self.user_id, self._child_running, self.on_restart)
 
     def _child_running(self) -> None:
         if self.on_running is not None and all(c.state == State.RUNNING for c in self.children):
@@ -72,7 +77,7 @@ class UserStreamManager:
                 exc,
             )
             classes = [child.component_class for child in self.children]
-        self.children = [ComponentSupervisor(cls, self.user_id, self._child_running) for cls in classes]
+        self.children = [self._supervisor(cls) for cls in classes]
         for child in self.children:
             child.start()
 
@@ -95,7 +100,7 @@ class UserStreamManager:
         wanted = {cls.__name__: cls for cls in classes}
         gone = [child for child in self.children if child.name not in wanted]
         have = {child.name for child in self.children}
-        added = [ComponentSupervisor(cls, self.user_id) for name, cls in wanted.items() if name not in have]
+        added = [self._supervisor(cls) for name, cls in wanted.items() if name not in have]
         self.children = [child for child in self.children if child.name in wanted] + added
         for child in added:
             child.start()
