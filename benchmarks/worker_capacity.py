@@ -72,12 +72,15 @@ def lateness(path: Path, window: tuple[int, int]) -> tuple[list[float], dict[str
 
 
 async def running_managers() -> int:
-    from livestream.redis import get_redis, key
+    """Managers the live workers published (their ``managers:<worker>`` HASHes; not the
+    scratch HASH a publish in progress writes, which a key scan would count twice)."""
+    from livestream import keys
+    from livestream.redis import get_redis, texts
 
     client = get_redis()
     total = 0
-    async for state_key in client.scan_iter(match=key("managers", "*"), count=1000):
-        total += await client.hlen(state_key)
+    for worker_id in texts(await client.zrange(keys.workers(), 0, -1)):
+        total += await client.hlen(keys.managers(worker_id))
     return total
 
 
