@@ -63,3 +63,19 @@ def test_console_lines_and_fences():
         "ts": "2026-11-30 04:00:02.123456",
     }
     assert logs.fences(written(logformats.FENCE, 2.0, 3)) == 1
+
+
+def test_a_cleanup_shortened_by_its_wait_still_reads_in_5s(caplog):
+    """daphne takes the time a close waited for its batched untrack off the cleanup delay
+    (livestream/presence.py): the line keeps the seed's "in 5s" for a wait of microseconds,
+    and says how much is left when the wait was long (an untrack retried through an outage)."""
+    from livestream import events
+
+    caplog.set_level(logging.INFO, logger=logformats.WORKER_LOGGER)
+    leave = {"joins": {}, "leaves": {"7": {"metas": [{}]}}, "sessions": {"7": 0}}
+    events.changes([{**leave, "cleanup": {"7": 4.99996}}, {**leave, "cleanup": {"7": 2.34}}])
+    scheduled = [r.getMessage() for r in caplog.records if "cleanup scheduled" in r.getMessage()]
+    assert scheduled == [
+        "[PresenceManager] cleanup scheduled: 7 in 5s",
+        "[PresenceManager] cleanup scheduled: 7 in 2.3s",
+    ]
