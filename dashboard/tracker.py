@@ -178,7 +178,7 @@ class Tracker:
         for start in range(0, len(connections), BATCH):
             batch = connections[start : start + BATCH]
             try:
-                changes = await self.store().track_many(batch)
+                changes = await self.store().track_many(batch, heartbeat=True)
             except Exception as exc:  # Redis restarting: the next beat tries again
                 logger.warning("[PresenceConsumer] heartbeat of %d connections failed: %r", len(batch), exc)
                 return

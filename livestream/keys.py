@@ -6,6 +6,8 @@
   presence:<topic>:expiry         ZSET   "<user>|<ref>" -> heartbeat deadline
   presence:<topic>:gone:<ref>     STRING a connection untracked for good
   presence:<topic>:events         LIST   presence_diffs for the workers
+  presence:<topic>:rebuilt:<user> STRING a heartbeat re-tracked the user (Redis lost them): no
+                                         lease is granted for LEASE_TTL but back to its owner
   lease:<user>                    STRING the worker running the user (or a staff hold)  leases.py
   workers                         ZSET   worker id -> last beat (Redis clock)
   workers:load                    HASH   worker id -> managers it runs (placement)

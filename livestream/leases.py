@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
@@ -33,6 +34,9 @@ from livestream.conf import get_settings
 from livestream.liveness import is_dead
 from livestream.redis import LUA_NOW, get_redis, run_script, script, text_map, text_or_none, texts
 
+if TYPE_CHECKING:
+    from livestream.presence import PresenceStore
+
 # A lease whose value starts with this is a staff hold, not a worker
 # (livestream/control.py): a join ends it.
 HOLD_PREFIX = "held-by-staff:"
@@ -40,13 +44,15 @@ HOLD_PREFIX = "held-by-staff:"
 # KEYS: lease, dead workers SET, epoch, epoch hold. ARGV: me, ttl ms, the epoch we know.
 # 1 if we hold the lease now. After Redis lost its data, a lease that vanished may
 # still be running on a worker that has not taken it back yet (see check_epoch):
-# no new lease is granted by a worker that has not seen the loss, nor during the hold.
+# no new lease is granted by a worker that has not seen Redis' current epoch (a
+# worker that never looked included: it cannot tell a loss from a first start), nor
+# during the hold. The same guard is in _PLACE and _CLAIM_ORPHANS.
 _ACQUIRE = script(
     "leases.acquire",
     """
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[3] then return 0 end
+if ARGV[3] == '' or redis.call('GET', KEYS[3]) ~= ARGV[3] then return 0 end
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 if not cur or redis.call('SISMEMBER', KEYS[2], cur) == 1 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1
@@ -113,20 +119,28 @@ return 1
 """,
 )
 
-# KEYS: present users SET, dead workers SET, epoch hold. ARGV: me, ttl ms, lease prefix,
-# live workers, managers I run. Claims present users nobody runs (no lease, or a dead
-# worker's), at most what brings us up to a fair share of all present users (at least
-# one): after a worker dies, every survivor takes its part in one tick. Nothing during
-# an epoch hold (see _EPOCH).
+# KEYS: present users SET, dead workers SET, epoch hold, epoch. ARGV: me, ttl ms, lease
+# prefix, live workers, managers I run, the epoch we know, rebuilt-marker prefix. Claims
+# present users nobody runs (no lease, or a dead worker's), at most what brings us up to
+# a fair share of all present users (at least one): after a worker dies, every survivor
+# takes its part in one tick. Nothing by a worker that has not seen Redis' current
+# epoch, nor during an epoch hold (see _ACQUIRE), and no user a heartbeat re-tracked in
+# the last LEASE_TTL (livestream/presence.py): right after Redis restarted empty, the
+# heartbeats re-track everyone while the leases are gone and their managers still run;
+# a worker that joined meanwhile has seen only the new epoch.
 _CLAIM_ORPHANS = script(
     "leases.claim_orphans",
     """
+if ARGV[6] == '' or redis.call('GET', KEYS[4]) ~= ARGV[6] then return {} end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {} end
 local users = redis.call('SMEMBERS', KEYS[1])
 local orphans = {}
 for _, uid in ipairs(users) do
   local owner = redis.call('GET', ARGV[3] .. uid)
-  if not owner or redis.call('SISMEMBER', KEYS[2], owner) == 1 then table.insert(orphans, uid) end
+  if (not owner or redis.call('SISMEMBER', KEYS[2], owner) == 1)
+      and redis.call('EXISTS', ARGV[7] .. uid) == 0 then
+    table.insert(orphans, uid)
+  end
 end
 local fair = math.ceil(#users / math.max(1, tonumber(ARGV[4])))
 local share = math.min(#orphans, math.max(1, fair - tonumber(ARGV[5])))
@@ -141,18 +155,19 @@ return claimed
 
 # KEYS: workers ZSET, worker loads HASH, dead workers SET, epoch, epoch hold.
 # ARGV: me, ttl ms, lease prefix, the epoch we know, horizon s, presence hash prefix,
-# start list prefix, held prefix, user ids...
+# start list prefix, held prefix, rebuilt-marker prefix, user ids...
 # Places each present user nobody runs (no lease, a dead worker's, or a staff hold,
 # which a join ends) on the least loaded live worker: its lease is set to that
 # worker, whose load goes up by one, and a worker other than us finds the user on
 # its start list. Returns the users to run here: placed here, or ours already.
 # Nothing is granted by a worker that has not seen Redis' current epoch, nor during
-# an epoch hold (see _EPOCH).
+# an epoch hold (see _EPOCH), nor for a user a heartbeat re-tracked lately (see
+# _CLAIM_ORPHANS): that user's lease goes back to its owner only, by its renewal.
 _PLACE = script(
     "leases.place",
     LUA_NOW
     + """
-if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return {} end
+if ARGV[4] == '' or redis.call('GET', KEYS[4]) ~= ARGV[4] then return {} end
 if redis.call('EXISTS', KEYS[5]) == 1 then return {} end
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[5]), '+inf')
 local loads, me_live = {}, false
@@ -162,9 +177,9 @@ for i, w in ipairs(live) do
 end
 if not me_live then table.insert(live, ARGV[1]) table.insert(loads, 0) end
 local mine = {}
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   local uid = ARGV[i]
-  if redis.call('HLEN', ARGV[6] .. uid) > 0 then
+  if redis.call('HLEN', ARGV[6] .. uid) > 0 and redis.call('EXISTS', ARGV[9] .. uid) == 0 then
     local lease = ARGV[3] .. uid
     local cur = redis.call('GET', lease)
     if cur == ARGV[1] then
@@ -279,18 +294,20 @@ class LeaseStore:
         names = [self.lease_key(user_id), presence_hash]
         return bool(await run_script(self.redis, _RELEASE_IF_ABSENT, names, self.worker_id))
 
-    async def claim_orphans(self, users_key: str, live_workers: int, running: int = 0) -> list[str]:
+    async def claim_orphans(self, presence: PresenceStore, live_workers: int, running: int = 0) -> list[str]:
         """Present users to start here (see _CLAIM_ORPHANS); ``running``: managers we run now."""
         return list(
             await run_script(
                 self.redis,
                 _CLAIM_ORPHANS,
-                [users_key, self.dead_key, self.hold_key],
+                [presence.users_key, self.dead_key, self.hold_key, self.epoch_key],
                 self.worker_id,
                 self.ttl_ms,
                 self.prefix,
                 live_workers,
                 running,
+                self.epoch,
+                presence.rebuilt_prefix,
             )
         )
 
@@ -307,7 +324,7 @@ class LeaseStore:
         self.epoch = epoch
         return bool(int(changed))
 
-    async def place(self, user_ids: list[str], presence_prefix: str) -> list[str]:
+    async def place(self, user_ids: list[str], presence: PresenceStore) -> list[str]:
         """Place present users nobody runs on the least loaded live worker (see _PLACE);
         returns those to run here (placed here, or ours already)."""
         if not user_ids:
@@ -319,9 +336,10 @@ class LeaseStore:
             self.prefix,
             self.epoch,
             get_settings().LEASE_TTL,
-            presence_prefix,
+            presence.user_prefix,
             keys.worker(""),
             HOLD_PREFIX,
+            presence.rebuilt_prefix,
         ]
         return list(await run_script(self.redis, _PLACE, names, *args, *user_ids))
 

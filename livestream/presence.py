@@ -9,6 +9,10 @@ Layout, under ``<prefix>:presence:<topic>``:
                    {"type": "presence_diff", "joins": {uid: {"metas": [meta]}},
                     "leaves": {}, "sessions": {uid: connections left},
                     "cleanup": {uid: seconds}}   (a leave that scheduled the cleanup)
+  ``:rebuilt:<user_id>``  a heartbeat found the user's connection gone and tracked it
+                   again (Redis lost its data): for LEASE_TTL no worker grants the user's
+                   lease, so the worker still running their manager takes it back with its
+                   next renewal instead of a second worker starting one (livestream/leases.py)
 
 Every operation is one Lua script: atomic, one round trip (for one connection or
 a batch), and it reports how many connections the user has left, so two daphne
@@ -104,13 +108,15 @@ end
 """
 )
 
-# ARGV[6]: ttl seconds, ARGV[7]: sticky-events hash prefix ('' for none: heartbeats);
-# then (user_id, ref, meta json) per connection. Returns {added, sessions, sticky
-# frames} per connection: a connect also reads the user's sticky component events
-# (livestream/component_events.py) in the same round trip. Tracking one already tracked only pushes its
-# deadline back (a heartbeat). A connection untracked for good (``gone``) is never
-# tracked again: a heartbeat sent just before the disconnect's untrack can reach
-# Redis after it and must not bring the closed connection back as a ghost.
+# ARGV[6]: ttl seconds, ARGV[7]: sticky-events hash prefix ('' for none: heartbeats),
+# ARGV[8]: rebuilt-marker prefix ('' unless a heartbeat), ARGV[9]: its ttl ms; then
+# (user_id, ref, meta json) per connection. Returns {added, sessions, sticky frames}
+# per connection: a connect also reads the user's sticky component events
+# (livestream/component_events.py) in the same round trip. Tracking one already tracked
+# only pushes its deadline back (a heartbeat); a heartbeat that has to add it again
+# marks the user rebuilt (see the module docstring). A connection untracked for good
+# (``gone``) is never tracked again: a heartbeat sent just before the disconnect's
+# untrack can reach Redis after it and must not bring the closed connection back as a ghost.
 _TRACK = script(
     "presence.track",
     _PROLOGUE
@@ -118,7 +124,8 @@ _TRACK = script(
 local out = {}
 local ttl = tonumber(ARGV[6])
 local sticky = ARGV[7]
-for i = 8, #ARGV, 3 do
+local rebuilt = ARGV[8]
+for i = 10, #ARGV, 3 do
   local uid, ref, meta = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local hash = USER .. uid
   local added = 0
@@ -126,6 +133,7 @@ for i = 8, #ARGV, 3 do
     added = redis.call('HSET', hash, ref, meta)
     redis.call('ZADD', KEYS[2], now + ttl, uid .. '|' .. ref)
     if added == 1 then
+      if rebuilt ~= '' then redis.call('SET', rebuilt .. uid, '1', 'PX', ARGV[9]) end
       redis.call('SADD', KEYS[1], uid)
       cancel_cleanup(uid)
       emit('j', uid, meta, redis.call('HLEN', hash))
@@ -246,6 +254,7 @@ class PresenceStore:
         self.expiry_key = f"{base}:expiry"
         self.gone_prefix = f"{base}:gone:"
         self.events_key = f"{base}:events"
+        self.rebuilt_prefix = f"{base}:rebuilt:"
 
     async def _run(self, lua: Script, *args: Any) -> Any:
         conf = get_settings()
@@ -258,7 +267,7 @@ class PresenceStore:
         return (await self.track_many([(user_id, meta)]))[0]
 
     async def track_many(
-        self, connections: Sequence[tuple[str, Meta]], *, sticky: bool = False
+        self, connections: Sequence[tuple[str, Meta]], *, sticky: bool = False, heartbeat: bool = False
     ) -> list[Change | None]:
         """Track (or, for one tracked already, refresh) each connection, in one round trip.
 
@@ -266,11 +275,17 @@ class PresenceStore:
         re-tracked after Redis lost it or the sweeper expired it), else None. A
         connection that was untracked is never revived (see _TRACK). With
         ``sticky`` (connects), each join also carries the user's sticky events.
+        ``heartbeat``: these connections were open all along, so one that has to be
+        added again was lost by Redis: its user is marked rebuilt.
         """
         if not connections:
             return []
         args = [x for uid, meta in connections for x in (uid, meta["ref"], json.dumps(meta))]
-        flat = await self._run(_TRACK, _ttl(), keys.sticky_prefix() if sticky else "", *args)
+        rebuilt = self.rebuilt_prefix if heartbeat else ""
+        grace_ms = int(get_settings().LEASE_TTL * 1000)
+        flat = await self._run(
+            _TRACK, _ttl(), keys.sticky_prefix() if sticky else "", rebuilt, grace_ms, *args
+        )
         return [
             Change(uid, meta, int(flat[3 * i + 1]), tuple(flat[3 * i + 2] or ()))
             if int(flat[3 * i])
@@ -280,7 +295,7 @@ class PresenceStore:
 
     async def refresh(self, user_id: str, meta: Meta) -> Change | None:
         """Heartbeat of one connection: ``track_many`` of one."""
-        return await self.track(user_id, meta)
+        return (await self.track_many([(user_id, meta)], heartbeat=True))[0]
 
     async def untrack(self, user_id: str, ref: str, *, cleanup_delay: float | None = None) -> Change | None:
         """Remove one connection for good. Returns the leave, or None if it was not tracked."""

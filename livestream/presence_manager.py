@@ -92,6 +92,8 @@ class PresenceManager:
         self.inbox: str | None = None
         self.live_workers = 1
         self._info: dict[str, str] = {}
+        # Set by the first renewal round: the epoch is known, so leases can be granted.
+        self._first_renewal = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -111,7 +113,14 @@ class PresenceManager:
 
     async def _boot(self) -> None:
         """One tick first (it buries workers that died, so their overdue timers and users
-        are ours at once), then the timers, the presence events and the periodic work."""
+        are ours at once), then the timers, the presence events and the periodic work.
+
+        The tick waits (a moment) for the first renewal round: until this worker has seen
+        Redis' epoch it may grant no lease (livestream/leases.py), so a tick or a join
+        before it would start nobody."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(get_settings().RECONCILE_INTERVAL):
+                await self._first_renewal.wait()
         with contextlib.suppress(Exception):  # Redis down: the loops below retry
             await self.tick()
         interval = lambda: get_settings().RECONCILE_INTERVAL  # noqa: E731
@@ -159,7 +168,7 @@ class PresenceManager:
         """Presence diffs from the store, in order: a line per change, then one decision per user."""
         received = time.monotonic()
         joined, sessions = events.changes(batch)
-        await self.local.start_many(await self.leases.place(joined, self.store.user_prefix), received)
+        await self.local.start_many(await self.leases.place(joined, self.store), received)
         for user_id in joined:
             self.status.announce(user_id)  # the new tab shows the state at once
         for user_id, count in sessions.items():
@@ -205,6 +214,7 @@ class PresenceManager:
         await choices.reconfigure(self, message)  # a user's components changed
 
     def _renewed(self, renewal: Renewal) -> None:
+        self._first_renewal.set()
         self.live_workers = renewal.live_workers
         self.local.renewed(renewal)
 

@@ -57,7 +57,7 @@ async def tick(pm: Worker) -> None:
     plan = pm.core.tick(pm.keeper.last_renewal, time.monotonic())
     if plan.claim_orphans:
         running = len(pm.managers) + len(pm.core.fenced)
-        claimed = await pm.leases.claim_orphans(pm.store.users_key, pm.live_workers, running)
+        claimed = await pm.leases.claim_orphans(pm.store, pm.live_workers, running)
         await pm.local.start_many(claimed, time.monotonic())
     if plan.schedule_cleanups:
         for user_id in await pm.store.unattended(list(pm.managers)):

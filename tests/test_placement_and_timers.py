@@ -26,7 +26,7 @@ async def test_joins_go_to_the_least_loaded_live_worker_and_reach_its_start_list
     presence = PresenceStore()
     for uid in ("1", "2", "3", "4"):
         await presence.track(uid, meta(f"r{uid}"))
-    mine = await a.place(["1", "2", "3", "4"], presence.user_prefix)
+    mine = await a.place(["1", "2", "3", "4"], presence)
     # b (load 1) takes users until it is as loaded as a (3), then they alternate, a first.
     assert mine == ["3"]
     assert [await a.owner(u) for u in ("1", "2", "3", "4")] == ["b", "b", "a", "b"]
@@ -41,7 +41,7 @@ async def test_placement_skips_absent_users_and_running_ones_and_ends_a_staff_ho
         await presence.track(uid, meta(uid))
     await aredis.set(b.lease_key("run"), "b", px=3000)
     await aredis.set(a.lease_key("held"), HOLD_PREFIX + "7", px=60000)
-    placed = await a.place(["gone", "run", "held"], presence.user_prefix)
+    placed = await a.place(["gone", "run", "held"], presence)
     assert await a.owner("gone") is None  # not present: nobody runs them
     assert await a.owner("run") == "b"  # already running elsewhere: stays there
     assert await a.owner("held") in ("a", "b")  # a join ends a staff stop
@@ -49,12 +49,21 @@ async def test_placement_skips_absent_users_and_running_ones_and_ends_a_staff_ho
 
 
 async def test_no_lease_is_granted_by_a_worker_that_has_not_seen_the_current_epoch(aredis):
+    """Redis restarted empty: daphne's heartbeats re-track everyone at once, while the
+    workers still run the managers whose leases vanished. A worker that has not looked at
+    the epoch since (or never did) grants nothing, by any of the three ways to a lease
+    (seen: a reconcile tick's orphan claim started a second manager of a running user)."""
     (a,) = (await live("a")).values()
     presence = PresenceStore()
     await presence.track("1", meta("r1"))
-    a.epoch = "an-epoch-redis-forgot"
-    assert await a.place(["1"], presence.user_prefix) == []
-    assert await a.owner("1") is None
+    for known in ("an-epoch-redis-forgot", ""):
+        a.epoch = known
+        assert await a.place(["1"], presence) == []
+        assert await a.claim_orphans(presence, live_workers=1) == []
+        assert await a.acquire("1") is False
+        assert await a.owner("1") is None
+    await a.check_epoch()  # looks again: Redis' current epoch
+    assert await a.claim_orphans(presence, live_workers=1) == ["1"]
 
 
 async def test_a_cleanup_is_left_to_the_worker_running_the_user_then_anyone_takes_it(aredis):
@@ -86,3 +95,23 @@ async def test_a_cleanup_of_a_user_nobody_runs_or_of_a_dead_workers_user_is_anyo
     await aredis.sadd(a.dead_key, "w-dead")
     claimed, _ = await timers.claim_due(worker_id="a")
     assert sorted(message["user_id"] for _, _, message in claimed) == ["dead", "free"]
+
+
+async def test_a_user_a_heartbeat_re_tracked_goes_back_to_its_owner_only(aredis, configure_livestream):
+    """Redis lost a running user's connection and lease; daphne's heartbeat tracks the
+    connection again. For LEASE_TTL no worker may place or claim that user (a worker new to
+    this Redis has seen only its new epoch), while the owner takes its lease back by renewing."""
+    configure_livestream(LEASE_TTL=0.5)
+    owner, newcomer = (await live("owner", "newcomer")).values()
+    presence = PresenceStore()
+    await presence.track("1", meta("r1"))  # the connect
+    await aredis.set(owner.lease_key("1"), "owner", px=10_000)  # its manager runs on "owner"
+    await aredis.delete(owner.lease_key("1"), presence.user_prefix + "1")  # Redis lost them
+    assert await presence.refresh("1", meta("r1")) is not None  # the heartbeat adds it again
+    assert await newcomer.place(["1"], presence) == []
+    assert await newcomer.claim_orphans(presence, live_workers=2) == []
+    assert await owner.renew(["1"]) == []  # the owner's next renewal takes it back
+    assert await newcomer.owner("1") == "owner"
+    await aredis.delete(owner.lease_key("1"))  # and if the owner is gone for good:
+    await asyncio.sleep(0.6)  # LEASE_TTL later, anyone may claim the user
+    assert await newcomer.claim_orphans(presence, live_workers=1) == ["1"]

@@ -143,7 +143,9 @@ async def test_worker_start_runs_present_users_and_overdue_cleanups(run_worker, 
     await TimerStore().schedule(
         "cleanup:3", get_settings().WORKER_CHANNEL, {"type": "presence.cleanup", "user_id": "3"}, 0
     )
-    await LeaseStore("dead-worker").acquire("3")
+    dead = LeaseStore("dead-worker")
+    await dead.check_epoch()  # as its lease keeper did, before it died
+    await dead.acquire("3")
     worker = await run_worker()
     await wait_log(caplog, r".*UserStreamManager started: 1")
     await wait_log(caplog, r".*UserStreamManager started: 2")

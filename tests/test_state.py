@@ -83,7 +83,9 @@ async def test_a_user_listed_by_two_workers_is_shown_on_the_lease_owner(aredis):
     now = time.time()
     await publish_fake_worker(aredis, "old-owner", {"1": status(now - 10)})
     await publish_fake_worker(aredis, "new-owner", {"1": status(now - 20)})
-    await LeaseStore("new-owner", aredis).acquire("1")
+    owner = LeaseStore("new-owner", aredis)
+    await owner.check_epoch()
+    await owner.acquire("1")
     assert (await read_state()).managers["1"].worker == "new-owner"
     await aredis.delete(key("lease", "1"))  # no lease: the newest start wins
     assert (await read_state()).managers["1"].worker == "old-owner"

@@ -35,5 +35,5 @@ def test_the_config_dump_of_each_connection_is_formatted_only_if_logged():
     protocol.makeConnection(StringTransport())
     [attrs] = [kw["attrs"] for fmt, kw in protocol.log.debug_calls if fmt == "\n{attrs}"]
     assert not isinstance(attrs, str)  # nothing formatted yet
-    text = "\n{attrs}".format(attrs=attrs)
+    text = f"\n{attrs}"  # what the log line does with it
     assert "openHandshakeTimeout" in text and "WebSocketServerFactory" in text
