@@ -30,4 +30,6 @@ def test_settle_freezes_what_is_loaded_raises_the_threshold_and_logs_long_pauses
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "frozen True threshold 50000", lines
-    assert lines[1].startswith("dashboard.consumers garbage collection (generation 2) held the loop for"), lines
+    assert lines[1].startswith("dashboard.consumers garbage collection (generation 2) held the loop for"), (
+        lines
+    )
