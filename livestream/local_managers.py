@@ -47,8 +47,7 @@ class LocalManagers:
         self.core, self.store, self.leases, self.scope, self.forward = core, store, leases, scope, forward
         self.managers: dict[str, UserStreamManager] = {}
         self.status = StatusPusher(self.managers)  # live dashboards
-        self.latency = metrics.JoinLatency()
-        self.restarts = metrics.RestartCount()
+        self.series = metrics.WorkerSeries()  # join-to-running and restarts, written each tick
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._components = component_classes()
 
@@ -60,7 +59,7 @@ class LocalManagers:
     def start(self, user_id: str) -> UserStreamManager:
         self.core.started(user_id)
         manager = self.managers[user_id] = UserStreamManager(
-            user_id, self._components, choose=choices.for_user, on_restart=self.restarts.count
+            user_id, self._components, choose=choices.for_user, on_restart=self.series.count_restart
         )
         manager.start()
         self.status.announce(user_id)
@@ -72,14 +71,9 @@ class LocalManagers:
         for i, user_id in enumerate(user_ids, 1):
             if user_id not in self.managers and not self.lock(user_id).locked():
                 manager = self.start(user_id)
-                manager.on_running = lambda: self.latency.observe(time.monotonic() - received)
+                manager.on_running = lambda: self.series.observe_join(time.monotonic() - received)
             if i % START_CHUNK == 0:
                 await asyncio.sleep(0)
-
-    async def flush_metrics(self) -> None:
-        """Write what this worker measured since the last flush (once per reconcile tick)."""
-        await self.latency.flush()
-        await self.restarts.flush()
 
     async def stop(self, user_id: str, *, release: bool) -> None:
         manager = self.managers.pop(user_id, None)

@@ -54,58 +54,42 @@ async def record_join_to_running(seconds: float, client: aioredis.Redis | None =
         await pipe.execute()
 
 
-class JoinLatency:
-    """Join-to-running observations, kept in memory and written once per reconcile tick.
-
-    A flood of joins must not cost a Redis round trip (and a task) per manager.
-    """
+class WorkerSeries:
+    """The two series only a worker observes, kept in memory and written once per reconcile
+    tick in one round trip: join-to-running observations (a flood of joins must not cost a
+    round trip and a task per manager) and component restarts, counted as they happen (each
+    supervisor's ``on_restart``; no pass over every manager's status to find them)."""
 
     def __init__(self) -> None:
         self._buckets: Counter[int] = Counter()
         self._sum = 0.0
+        self._restarts: Counter[str] = Counter()
 
-    def observe(self, seconds: float) -> None:
+    def observe_join(self, seconds: float) -> None:
         self._buckets[_bucket(seconds)] += 1
         self._sum += seconds
 
+    def count_restart(self, component: str) -> None:
+        self._restarts[component] += 1
+
     async def flush(self) -> None:
-        if not self._buckets:
+        if not self._buckets and not self._restarts:
             return
-        buckets, total = self._buckets, self._sum
-        self._buckets, self._sum = Counter(), 0.0
+        buckets, total, restarts = self._buckets, self._sum, self._restarts
+        self._buckets, self._sum, self._restarts = Counter(), 0.0, Counter()
         try:
             async with get_redis().pipeline(transaction=True) as pipe:
                 for bucket, n in buckets.items():
                     pipe.hincrby(_latency_key(), str(bucket), n)
-                pipe.hincrbyfloat(_latency_key(), "sum", total)
-                await pipe.execute()
-        except Exception:
-            self._buckets.update(buckets)  # kept for the next tick
-            self._sum += total
-            raise
-
-
-class RestartCount:
-    """Component restarts, counted as they happen (each supervisor's ``on_restart``) and
-    written once per reconcile tick: no pass over every manager's status to find them."""
-
-    def __init__(self) -> None:
-        self._counts: Counter[str] = Counter()
-
-    def count(self, component: str) -> None:
-        self._counts[component] += 1
-
-    async def flush(self) -> None:
-        if not self._counts:
-            return
-        counts, self._counts = self._counts, Counter()
-        try:
-            async with get_redis().pipeline(transaction=True) as pipe:
-                for name, n in counts.items():
+                if buckets:
+                    pipe.hincrbyfloat(_latency_key(), "sum", total)
+                for name, n in restarts.items():
                     pipe.hincrby(_restarts_key(), name, n)
                 await pipe.execute()
-        except Exception:
-            self._counts.update(counts)  # kept for the next tick
+        except Exception:  # kept for the next tick
+            self._buckets.update(buckets)
+            self._sum += total
+            self._restarts.update(restarts)
             raise
 
 

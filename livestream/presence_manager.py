@@ -128,7 +128,7 @@ class PresenceManager:
         reader = events.read(self.store, self.leases, self.take_diffs, self.take_starts, self._closing)
         self.scope.spawn(reader, "events")
         self.scope.every("reconcile tick", interval, self.tick, first_delay=interval())
-        self.scope.every("metrics", interval, self.local.flush_metrics)
+        self.scope.every("metrics", interval, self.local.series.flush)
 
     def _closing(self) -> bool:
         return self.scope.closing
