@@ -1,6 +1,6 @@
 """Donation alerts, web side: each user's secret webhook (model, admin, views).
 
-The Redis queue the webhook fills is livestream/alert_queue.py; the component that
+The Redis queue the webhook fills is alerts/queue.py; the component that
 delivers it is livestream/components/alert_manager.py; the page overlay is
 dashboard/static/dashboard/alerts.js.
 """

@@ -38,9 +38,9 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from alerts.models import AlertWebhook, new_secret
+from alerts.queue import AlertQueue
 from alerts.validation import Invalid, parse
-from dashboard.limits import Throttled
-from livestream.alert_queue import AlertQueue
+from dashboard.ws.limits import Throttled
 from livestream.conf import get_settings
 
 logger = logging.getLogger(__name__)

@@ -452,11 +452,11 @@ def refusal_kind(exc: BaseException) -> str:
 
 async def announce_join(user_id: str, meta: dict[str, Any], store: Any = None) -> None:
     """Track one connection, as PresenceConsumer.connect does: the track script also
-    announces the join to the workers (livestream/presence.py).
+    announces the join to the workers (livestream/presence/store.py).
 
     The only place the benchmarks call the presence API for simulated joins.
     """
-    from livestream.presence import PresenceStore
+    from livestream.presence.store import PresenceStore
 
     await (store or PresenceStore()).track(user_id, meta)
 

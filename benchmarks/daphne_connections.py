@@ -82,7 +82,7 @@ async def connect_cost(
 
     ``returning``: each measured session connects and closes once before the
     measurement (as after a reload or a reconnect); otherwise each measured
-    connect is its session's first (our handshake cache misses, dashboard/ws_auth.py).
+    connect is its session's first (our handshake cache misses, dashboard/auth/ws_auth.py).
     """
     stack = new_stack(
         tmp,

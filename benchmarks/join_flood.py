@@ -41,7 +41,7 @@ JOIN_CONCURRENCY = 500
 
 async def flood(tmp: Any, template: Any, server: Any, n: int, watch: float) -> dict[str, Any]:
     from devtools.logs import RunTracker
-    from livestream.presence import PresenceStore
+    from livestream.presence.store import PresenceStore
 
     stack = new_stack(tmp, template, server, LIVESTREAM_PRESENCE_TTL="86400")
     uids = [f"f{i}" for i in range(n)]

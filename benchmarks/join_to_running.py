@@ -51,7 +51,7 @@ def first_console_lines(text: str) -> dict[str, float]:
 
 
 async def one_size(tmp: Any, template: Any, server: Any, users_count: int, offset: int) -> dict[str, Any]:
-    from livestream.presence import PresenceStore
+    from livestream.presence.store import PresenceStore
 
     stack = new_stack(
         tmp,

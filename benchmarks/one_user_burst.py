@@ -62,7 +62,7 @@ async def iteration(
     web: Any, worker: Any, server: Any, uid: str, session: str, n: int, live: bool, seed: int
 ) -> dict[str, Any]:
     from devtools.clients import open_socket
-    from livestream.presence import PresenceStore
+    from livestream.presence.store import PresenceStore
 
     path = "/ws/presence/?live=1" if live else "/ws/presence/"
     w_mark, d_mark = worker.log.mark(), web.log.mark()

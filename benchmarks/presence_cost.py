@@ -57,7 +57,7 @@ def meta(ref: str) -> dict[str, Any]:
 
 
 async def store_costs(url: str, users: int) -> dict[str, Any]:
-    from livestream.presence import PresenceStore
+    from livestream.presence.store import PresenceStore
 
     store = PresenceStore()
     await store.track("warm", meta("warm"))  # loads the scripts once
@@ -97,7 +97,7 @@ async def connect_path(users: int, concurrency: int) -> dict[str, Any]:
     """What PresenceConsumer.connect / disconnect cost in Redis: one track / untrack, whose
     script also announces the change to the workers (the events LIST) and schedules or
     cancels the cleanup."""
-    from livestream.presence import PresenceStore
+    from livestream.presence.store import PresenceStore
 
     store = PresenceStore()
     refs = [uuid.uuid4().hex for _ in range(users)]

@@ -86,7 +86,7 @@ async def running_managers() -> int:
 
 async def join(count: int, ramp: float) -> None:
     """``count`` users join over ``ramp`` seconds, as PresenceConsumer.connect does."""
-    from livestream.presence import PresenceStore
+    from livestream.presence.store import PresenceStore
 
     store = PresenceStore()
     started = time.monotonic()

@@ -1,5 +1,5 @@
 """The dashboard app's config: connects its signal receivers (impersonation audit, session ends)
-and trims autobahn's connect path (dashboard/transport.py)."""
+and trims autobahn's connect path (dashboard/daphne/transport.py)."""
 
 from django.apps import AppConfig
 
@@ -11,7 +11,6 @@ class DashboardConfig(AppConfig):
     def ready(self) -> None:
         # Signal receivers: audit log of impersonation, sockets closed when a session ends,
         # the handshake cache forgetting a saved or deleted user (in every process that saves one).
-        from dashboard import impersonation, sessions, ws_auth  # noqa: F401
-        from dashboard.transport import lazy_autobahn_config_log
+        from dashboard.daphne.transport import lazy_autobahn_config_log
 
         lazy_autobahn_config_log()

@@ -3,8 +3,8 @@
 connect    -> refuse anonymous users and cross-origin handshakes before anything
               is written (``handshake_rejection``), and handshakes over the per-IP
               rate (HANDSHAKE_RATE) or while this daphne is stopping; subscribe
-              the socket's channels on this process's hub (dashboard/hub.py);
-              track the connection (dashboard/tracker.py: batched, one EVALSHA for
+              the socket's channels on this process's hub (dashboard/ws/hub.py);
+              track the connection (dashboard/ws/tracker.py: batched, one EVALSHA for
               everything queued); then accept. A connection over
               MAX_SOCKETS_PER_USER is untracked, accepted and closed with 4029.
 heartbeat  -> none per socket: the process's tracker refreshes all of its open
@@ -15,18 +15,18 @@ disconnect -> forget (heartbeat set), queue the untrack (retried in the backgrou
               the background.
 pushes     -> from the hub, by an explicit allowlist (HUB_HANDLERS): the user's
               manager status and session count are forwarded to live sockets
-              (``?live=1``) as published; ``session.ended`` (logout, dashboard/sessions.py)
+              (``?live=1``) as published; ``session.ended`` (logout, dashboard/auth/sessions.py)
               closes with 4001; ``user.deactivated`` closes with 4003. Component
               events go to every socket of the user (live or not), in order; the
               sticky ones came back with the track and are sent right after accept,
               then whatever arrived meanwhile. A socket with more than
               EVENT_SEND_BUFFER bytes unsent is closed (4008): a slow or dead tab
               never holds daphne or the worker up, and reconnects to the sticky state.
-commands   -> ``{"type": "command", ...}`` frames go through dashboard/commands.py to
+commands   -> ``{"type": "command", ...}`` frames go through dashboard/ws/commands.py to
               the user's running manager; the reply comes back to this socket only.
 
-The checks before anything is written are in dashboard/handshake.py, daphne's
-transport below ASGI in dashboard/transport.py. (Over 300 lines all the same: this
+The checks before anything is written are in dashboard/ws/handshake.py, daphne's
+transport below ASGI in dashboard/daphne/transport.py. (Over 300 lines all the same: this
 is the one object daphne runs per socket, and its handlers share the connection's
 state: connect, frames, hub pushes, and the four ways a socket ends.)
 
@@ -61,21 +61,21 @@ from typing import Any
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from dashboard import shutdown
-from dashboard.commands import SocketCommands
-from dashboard.handshake import handshake_limiter, handshake_rejection, refuse_log
-from dashboard.hub import control_channel, get_hub
-from dashboard.limits import TokenBucket
-from dashboard.live import SESSION_ENDED, wants_pushes
-from dashboard.tracker import get_tracker
-from dashboard.transport import daphne_protocol, daphne_send, small_receive_buffer, unsent_bytes
-from livestream import push
+from dashboard.daphne import shutdown
+from dashboard.daphne.transport import daphne_protocol, daphne_send, small_receive_buffer, unsent_bytes
+from dashboard.ws.commands import SocketCommands
+from dashboard.ws.handshake import handshake_limiter, handshake_rejection, refuse_log
+from dashboard.ws.hub import control_channel, get_hub
+from dashboard.ws.limits import TokenBucket
+from dashboard.ws.live import SESSION_ENDED, wants_pushes
+from dashboard.ws.tracker import get_tracker
 from livestream.conf import get_settings
+from livestream.pushes import channels as push
 
 logger = logging.getLogger(__name__)
 
 # Close codes (autobahn lets an application close only with 1000 or 3000-4999;
-# 1012 is sent on the protocol directly by dashboard/shutdown.py):
+# 1012 is sent on the protocol directly by dashboard/daphne/shutdown.py):
 FRAME_TOO_BIG = 4009  # a frame over MAX_FRAME_BYTES (1009 is not allowed to apps)
 DEACTIVATED = 4003  # the account was deactivated: presence.js shows "signed out", no retry
 TOO_MANY_SOCKETS = 4029  # over MAX_SOCKETS_PER_USER: "too many open tabs", retried after 30-60 s
@@ -109,7 +109,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     channels: tuple[str, ...] = ()
     live = False
     closing = False
-    handed_off = False  # SIGTERM: dashboard/shutdown.py untracked it with the hand-off delay
+    handed_off = False  # SIGTERM: dashboard/daphne/shutdown.py untracked it with the hand-off delay
     commands: SocketCommands | None = None
     too_slow = False  # over EVENT_SEND_BUFFER: being closed, no more events
     # Component events that arrived before the accept (None once accepted: sent at once).
@@ -164,7 +164,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     def _untrack(self, cleanup_delay: float | None = None) -> asyncio.Future[Any] | None:
         """Queue this connection's untrack (once); forgets it for heartbeats first."""
-        if self.handed_off:  # dashboard/shutdown.py took the ref and untracks it
+        if self.handed_off:  # dashboard/daphne/shutdown.py took the ref and untracks it
             return None
         ref, self.ref = self.ref, None
         if ref is None or self.user_id is None:

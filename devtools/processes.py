@@ -241,7 +241,7 @@ def wait_listening(port: int, proc: Proc, timeout: float = 30) -> None:
     """Wait for daphne's "Listening on" line rather than probing the port.
 
     A probe would be one more connection daphne's shutdown trips over (an entry
-    without an application; see dashboard/shutdown.py) and one more line in its log.
+    without an application; see dashboard/daphne/shutdown.py) and one more line in its log.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

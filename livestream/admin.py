@@ -26,9 +26,9 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
-from livestream import views
 from livestream.models import Debug, UserComponent
-from livestream.state import session_counts_sync
+from livestream.observe import views
+from livestream.observe.state import session_counts_sync
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ class LivestreamSettings:
     HANDOFF_RECONNECT_RATE: float = 800.0
     # Dotted paths of the components every UserStreamManager supervises.
     # A user's rows in livestream.models.UserComponent enable or disable single
-    # components on top of this list (livestream/choices.py).
+    # components on top of this list (livestream/components/choices.py).
     COMPONENTS: tuple[str, ...] = (
         "livestream.components.console_logger.ConsoleLogger",
         "livestream.components.stream_state.StreamStateServer",
@@ -65,7 +65,7 @@ class LivestreamSettings:
     WORKER_CHANNEL: str = "presence-manager"
     # Prefix of every Redis key the app writes (tests use one per test).
     KEY_PREFIX: str = "streampai"
-    # Serve Prometheus metrics at /metrics (see livestream/metrics.py); off by
+    # Serve Prometheus metrics at /metrics (see livestream/observe/metrics.py); off by
     # default (404). When on, only staff sessions and requests bearing
     # ``Authorization: Bearer <METRICS_TOKEN>`` (if a token is set) may read them.
     METRICS_ENABLED: bool = False
@@ -76,7 +76,7 @@ class LivestreamSettings:
     # WebSocket frames larger than this close the socket.
     MAX_FRAME_BYTES: int = 64 * 1024
     # How often the worker pushes changed manager statuses to their users' open
-    # dashboards (seconds; see livestream/status_push.py). At most one group_send
+    # dashboards (seconds; see livestream/pushes/status.py). At most one group_send
     # per running manager per push; 0 leaves only the lifecycle pushes.
     STATUS_PUSH_INTERVAL: float = 1.0
     # Dashboard socket limits (dashboard/consumers.py). Open dashboard sockets per
@@ -98,11 +98,11 @@ class LivestreamSettings:
     # track) at once per daphne process; the others wait their turn in arrival
     # order, and one that could not start within HANDSHAKE_QUEUE_WAIT seconds is
     # refused at once (HTTP 403) rather than timing out after the work
-    # (dashboard/admission.py). Keep the wait under daphne's 5 s handshake timeout.
+    # (dashboard/ws/admission.py). Keep the wait under daphne's 5 s handshake timeout.
     MAX_PENDING_HANDSHAKES: int = 32
     HANDSHAKE_QUEUE_WAIT: float = 3.0
     # A dashboard handshake finds its session's user in a Redis cache instead of
-    # the database (dashboard/ws_auth.py): an entry lives this long at most
+    # the database (dashboard/auth/ws_auth.py): an entry lives this long at most
     # (seconds) and is dropped at once on logout, session rotation and any save of
     # the user. 0 turns the cache off (every handshake asks the database).
     WS_AUTH_CACHE_TTL: float = 300.0

@@ -26,7 +26,7 @@
   alerts:<user>:delivered         STRING alerts delivered so far (a counter)
   alerts:wake                     pub/sub channel: "<user>" after each alert queued
   push:user:<user>, push:session:<hash>   pub/sub channels to open tabs           push.py
-  wsauth:s:<hash>                 STRING a session's user, for handshakes     dashboard/ws_auth.py
+  wsauth:s:<hash>                 STRING a session's user, for handshakes     dashboard/auth/ws_auth.py
   wsauth:u:<user>                 SET    that user's wsauth:s keys
   wsauth:gen                      STRING bumped on every invalidation
   push:control:<user>             pub/sub every open tab of the user: control, component
@@ -56,7 +56,7 @@ def presence(topic: str) -> str:
 
 
 def presence_user(topic: str, user_id: str) -> str:
-    """A user's connections in a presence topic (HASH ref -> meta; livestream/presence.py)."""
+    """A user's connections in a presence topic (HASH ref -> meta; livestream/presence/store.py)."""
     return f"{presence(topic)}:u:{user_id}"
 
 

@@ -20,7 +20,7 @@ class Debug(models.Model):
 
 class UserComponent(models.Model):
     """One user's choice about one component, over the LIVESTREAM["COMPONENTS"] default:
-    enabled adds it to their manager, disabled removes it (livestream/choices.py).
+    enabled adds it to their manager, disabled removes it (livestream/components/choices.py).
     Saving or deleting a row starts or stops just that component in a running manager."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="components")

@@ -8,7 +8,7 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from livestream import choices
+from livestream.components import choices
 from livestream.models import UserComponent
 
 

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from livestream import views
+from livestream.observe import views
 
 app_name = "livestream"
 

@@ -20,11 +20,11 @@ from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter
 from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
-from dashboard.admission import HandshakeGate
+from dashboard.auth.ws_auth import CachedAuthMiddlewareStack
 from dashboard.routing import websocket_urlpatterns
-from dashboard.ws_auth import CachedAuthMiddlewareStack
+from dashboard.ws.admission import HandshakeGate
 from livestream.conf import get_settings
-from livestream.consumers import PresenceManagerConsumer
+from livestream.worker.consumer import PresenceManagerConsumer
 
 http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app
 
@@ -34,7 +34,7 @@ application = ProtocolTypeRouter(
         # Origin is checked by the consumer itself (same-origin, logged), so
         # that a refusal says why.
         # Admission first: a storm of handshakes waits its turn before any work.
-        # The session's user comes from a Redis cache when it can (dashboard/ws_auth.py).
+        # The session's user comes from a Redis cache when it can (dashboard/auth/ws_auth.py).
         "websocket": HandshakeGate(CachedAuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
         "channel": ChannelNameRouter({get_settings().WORKER_CHANNEL: PresenceManagerConsumer.as_asgi()}),
     }

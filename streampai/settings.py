@@ -129,8 +129,8 @@ INSTALLED_APPS = [
 ]
 
 # Database sessions that also drop the WebSocket handshake cache's entry when deleted
-# (dashboard/ws_auth.py).
-SESSION_ENGINE = "dashboard.session_store"
+# (dashboard/auth/ws_auth.py).
+SESSION_ENGINE = "dashboard.auth.session_store"
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -143,7 +143,7 @@ MIDDLEWARE = [
     "allauth.account.middleware.AccountMiddleware",
     "hijack.middleware.HijackUserMiddleware",
     # Closes a session's dashboard sockets after logout / impersonation switches.
-    "dashboard.sessions.EndedSessionsMiddleware",
+    "dashboard.auth.sessions.EndedSessionsMiddleware",
 ]
 
 ROOT_URLCONF = "streampai.urls"
@@ -211,8 +211,8 @@ ACCOUNT_LOGOUT_REDIRECT_URL = "/accounts/login/"
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 
 # django-hijack: only superusers impersonate, and never another superuser
-# (dashboard/impersonation.py); the banner is dashboard/templates/hijack/notification.html.
-HIJACK_PERMISSION_CHECK = "dashboard.impersonation.superusers_impersonate_others"
+# (dashboard/auth/impersonation.py); the banner is dashboard/templates/hijack/notification.html.
+HIJACK_PERMISSION_CHECK = "dashboard.auth.impersonation.superusers_impersonate_others"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -101,7 +101,7 @@ class InProcessWorker:
         from channels.routing import get_default_application
 
         from livestream.conf import get_settings
-        from livestream.worker import Worker
+        from livestream.worker.runner import Worker
 
         self.worker = Worker(
             application=get_default_application(),
@@ -112,7 +112,7 @@ class InProcessWorker:
         self.task: asyncio.Task | None = None
 
     async def start(self) -> InProcessWorker:
-        from livestream.consumers import get_presence_manager
+        from livestream.worker.consumer import get_presence_manager
 
         self.task = asyncio.create_task(self.worker.arun())
         deadline = time.monotonic() + 5

@@ -8,8 +8,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from livestream.leases import LeaseStore
-from livestream.presence import PresenceStore
+from livestream.ownership.leases import LeaseStore
+from livestream.presence.store import PresenceStore
 from livestream.redis import key
 from tests.conftest import wait_until
 

@@ -21,11 +21,11 @@ from django.test import Client
 from django.urls import reverse
 
 from livestream.conf import get_settings
-from livestream.leases import LeaseStore
-from livestream.presence import PresenceStore
-from livestream.presence_manager import PresenceManager
-from livestream.state import read_state, run_sync
-from livestream.timers import TimerStore
+from livestream.observe.state import read_state, run_sync
+from livestream.ownership.leases import LeaseStore
+from livestream.presence.store import PresenceStore
+from livestream.timers.store import TimerStore
+from livestream.worker.presence_manager import PresenceManager
 from tests.conftest import wait_until
 from tests.harness import Stack, login, open_socket, signup
 from tests.staff_helpers import connect, disconnect, publish_fake_worker, status, ticks

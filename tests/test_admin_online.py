@@ -12,8 +12,8 @@ from django.urls import reverse
 from hijack.contrib.admin import HijackUserAdminMixin
 
 from livestream.admin import OnlineUserAdmin
-from livestream.presence import PresenceStore
-from livestream.state import run_sync
+from livestream.observe.state import run_sync
+from livestream.presence.store import PresenceStore
 
 pytestmark = pytest.mark.django_db
 

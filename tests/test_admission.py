@@ -1,11 +1,11 @@
-"""dashboard/admission.py: a storm of handshakes runs a few at a time, in order, and the
+"""dashboard/ws/admission.py: a storm of handshakes runs a few at a time, in order, and the
 ones that cannot start in time are refused at once instead of timing out after the work."""
 
 from __future__ import annotations
 
 import asyncio
 
-from dashboard.admission import HandshakeGate
+from dashboard.ws.admission import HandshakeGate
 
 
 class SlowHandshakes:

@@ -2,7 +2,7 @@
 
 The component runs under its real ComponentSupervisor and emits through the real
 Component.emit; a probe subscribed to the user's control channel (what every open tab
-of the user is subscribed to, dashboard/hub.py) stands in for the tabs.
+of the user is subscribed to, dashboard/ws/hub.py) stands in for the tabs.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from alerts.queue import AlertQueue
 from livestream import keys
-from livestream.alert_queue import AlertQueue
 from livestream.components.alert_manager import AlertManager
-from livestream.supervisor import ComponentSupervisor
+from livestream.components.supervisor import ComponentSupervisor
 from tests.harness import wait_until
 from tests.test_alert_queue import present
 
@@ -110,7 +110,7 @@ async def test_alerts_queued_with_no_manager_are_delivered_in_order_one_at_a_tim
 async def test_an_alert_queued_while_running_is_delivered_at_once(tabs):
     supervisor = await start()
     try:
-        from livestream.alert_wakeups import listener
+        from alerts.wakeups import listener
 
         await asyncio.wait_for(listener().subscribed.wait(), 5)
         queued_at = time.monotonic()
@@ -170,7 +170,7 @@ async def test_an_alert_left_in_flight_by_a_dead_instance_is_not_sent_again(tabs
 
 
 async def test_with_no_open_tab_alerts_wait_and_go_out_when_a_tab_comes_back(tabs, fast_alerts):
-    from livestream.presence import PresenceStore
+    from livestream.presence.store import PresenceStore
 
     await PresenceStore().untrack_many([(USER, fast_alerts)])  # last tab closed: cleanup pending
     ids = await queue_alerts(2)
@@ -235,7 +235,7 @@ async def test_after_a_redis_restart_without_data_the_running_manager_delivers_a
             await pubsub.subscribe(keys.control(USER))
             tabs.pubsub = pubsub
             ids = await wait_until(lambda: _queue_quietly(2), 10, "Redis back")
-            await present(USER)  # the tab's next heartbeat tracks it again (dashboard/tracker.py)
+            await present(USER)  # the tab's next heartbeat tracks it again (dashboard/ws/tracker.py)
             await tabs.collect(2, timeout=10)
         assert tabs.ids()[1:] == ids
         assert supervisor.state == "running" and supervisor.restarts == 0

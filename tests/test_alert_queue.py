@@ -1,4 +1,4 @@
-"""The per-user alert queue (livestream/alert_queue.py) against the suite's real Redis."""
+"""The per-user alert queue (alerts/queue.py) against the suite's real Redis."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import uuid
 
 import pytest
 
+from alerts.queue import AWAY, SUPERSEDED, AlertQueue
+from alerts.wakeups import listener
 from livestream import keys
-from livestream.alert_queue import AWAY, SUPERSEDED, AlertQueue
-from livestream.alert_wakeups import listener
-from livestream.presence import PresenceStore
+from livestream.presence.store import PresenceStore
 
 
 async def present(user_id: str) -> str:

@@ -19,7 +19,7 @@ from django.test.utils import CaptureQueriesContext
 
 from alerts import views
 from alerts.models import AlertWebhook
-from livestream.alert_queue import AlertQueue
+from alerts.queue import AlertQueue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

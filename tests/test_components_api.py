@@ -14,18 +14,20 @@ from typing import Any
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from dashboard.commands import BadCommand, client_id, validate
-from livestream import choices, commands, component_events, keys
+from dashboard.ws.commands import BadCommand, client_id, validate
+from livestream import keys
+from livestream.components import choices, commands
+from livestream.components import emitter as component_events
 from livestream.components.alert_manager import AlertManager
 from livestream.components.base import CommandError, Component
 from livestream.components.console_logger import ConsoleLogger
 from livestream.components.stream_state import StreamStateServer
+from livestream.components.user_manager import UserStreamManager
 from livestream.conf import LivestreamSettings, get_settings
 from livestream.conf import validate as validate_settings
-from livestream.presence import PresenceStore
-from livestream.presence_manager import PresenceManager
+from livestream.presence.store import PresenceStore
 from livestream.redis import get_redis
-from livestream.user_stream_manager import UserStreamManager
+from livestream.worker.presence_manager import PresenceManager
 from tests.components import Echo
 from tests.harness import listen, next_json, wait_until
 

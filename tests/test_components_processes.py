@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from livestream.commands import NO_MANAGER
+from livestream.components.commands import NO_MANAGER
 from tests.harness import Stack, create_accounts, log_problems, wait_until, worker_id
 from tests.tabs import Tab
 

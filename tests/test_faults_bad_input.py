@@ -17,11 +17,11 @@ import pytest
 from channels.layers import get_channel_layer
 
 from dashboard.consumers import FRAME_TOO_BIG
-from livestream import push
-from livestream.leases import LeaseStore
-from livestream.presence import PresenceStore
-from livestream.presence_manager import PresenceManager
-from livestream.timers import TimerPump, TimerStore
+from livestream.ownership.leases import LeaseStore
+from livestream.presence.store import PresenceStore
+from livestream.pushes import channels as push
+from livestream.timers.store import TimerPump, TimerStore
+from livestream.worker.presence_manager import PresenceManager
 from streampai.redisconf import channel_layers
 from tests.conftest import wait_until
 from tests.harness import (
@@ -195,7 +195,7 @@ async def test_lost_presence_events_and_full_channels_are_repaired(
     channel is kept for later, not lost or raised."""
     caplog.set_level(logging.INFO, logger="livestream")
     store = PresenceStore()
-    monkeypatch.setattr("livestream.presence.EVENTS_CAP", 3)
+    monkeypatch.setattr("livestream.presence.store.EVENTS_CAP", 3)
     for uid in ("71", "72", "73", "74", "75"):
         await store.track(uid, {"email": "full@x.io", "joined_at": 1, "ref": f"r{uid}"})
     # The oldest were dropped, the newest kept: a bounded LIST, however long no worker reads.

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from livestream.presence import PresenceStore
+from livestream.presence.store import PresenceStore
 from tests.harness import Stack, closed_with, create_accounts, manager_runs, open_socket, overlapping_runs
 
 pytestmark = pytest.mark.processes
@@ -87,7 +87,7 @@ async def test_sigterm_daphne_hands_its_connections_off(stack):
 
     daphne 4.2.3's own cancel of the consumers fails whenever a connection less
     than about a second old is in its table (as here: SIGTERM right after the
-    handshake); dashboard/shutdown.py's trigger does it regardless. The socket is
+    handshake); dashboard/daphne/shutdown.py's trigger does it regardless. The socket is
     closed with 1012 (service restart) and, as this tab never reconnects, its
     user's manager stops CLEANUP_TIMEOUT + HANDOFF_GRACE after the leave.
     """

@@ -15,8 +15,8 @@ from collections import Counter
 
 import pytest
 
-from livestream.leases import LeaseStore
-from livestream.presence import PresenceStore
+from livestream.ownership.leases import LeaseStore
+from livestream.presence.store import PresenceStore
 from tests.harness import (
     Proc,
     RunTracker,

@@ -15,7 +15,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from dashboard.hub import control_channel
+from dashboard.ws.hub import control_channel
 from streampai.embedded_redis import EmbeddedRedis
 from tests.harness import (
     Proc,

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from livestream.leases import LeaseStore
-from livestream.timers import TimerStore
+from livestream.ownership.leases import LeaseStore
+from livestream.timers.store import TimerStore
 from tests.conftest import wait_until
 from tests.harness import Stack, create_accounts, manager_runs, open_socket, overlapping_runs, worker_id
 

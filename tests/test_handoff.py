@@ -1,4 +1,4 @@
-"""SIGTERM's hand-off (dashboard/shutdown.py) against a consumer daphne already cancelled.
+"""SIGTERM's hand-off (dashboard/daphne/shutdown.py) against a consumer daphne already cancelled.
 
 daphne's kill_all_applications can cancel a consumer just before our shutdown
 trigger runs; the consumer's own ``finally`` then runs before the hand-off's
@@ -13,8 +13,8 @@ import asyncio
 
 import pytest
 
-from dashboard import shutdown
-from livestream.presence import PresenceStore
+from dashboard.daphne import shutdown
+from livestream.presence.store import PresenceStore
 from tests.test_presence_consumer import communicator, session_for, worker_inbox
 
 pytestmark = pytest.mark.django_db(transaction=True)

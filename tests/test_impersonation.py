@@ -13,8 +13,8 @@ import websockets
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from dashboard.impersonation import superusers_impersonate_others
-from dashboard.live import SESSION_ENDED
+from dashboard.auth.impersonation import superusers_impersonate_others
+from dashboard.ws.live import SESSION_ENDED
 from tests.harness import Stack, login, open_socket
 
 LIVE = "/ws/presence/?live=1"  # the dashboard page's socket: it gets the pushes

@@ -1,7 +1,7 @@
 """The live dashboard: the worker pushes each user's own manager status to that user's tabs.
 
 In-process tests drive the StatusPusher and a PresenceManager against the real
-Redis, with a probe subscribed to the user's pub/sub channel (livestream/push.py)
+Redis, with a probe subscribed to the user's pub/sub channel (livestream/pushes/channels.py)
 standing in for a tab; the end-to-end test uses real daphne + runworker processes
 and real WebSockets for two users.
 """
@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
-from livestream import diffs, push
 from livestream.components.base import Component
-from livestream.presence import PresenceStore
-from livestream.presence_manager import PresenceManager
-from livestream.status_push import StatusPusher
-from livestream.user_stream_manager import UserStreamManager
+from livestream.components.user_manager import UserStreamManager
+from livestream.presence import diffs
+from livestream.presence.store import PresenceStore
+from livestream.pushes import channels as push
+from livestream.pushes.status import StatusPusher
+from livestream.worker.presence_manager import PresenceManager
 from tests.harness import Stack, listen, next_json, open_socket, signup
 
 LIVE = "/ws/presence/?live=1"  # the dashboard page's socket: it gets the pushes

@@ -67,9 +67,9 @@ def test_console_lines_and_fences():
 
 def test_a_cleanup_shortened_by_its_wait_still_reads_in_5s(caplog):
     """daphne takes the time a close waited for its batched untrack off the cleanup delay
-    (livestream/presence.py): the line keeps the seed's "in 5s" for a wait of microseconds,
+    (livestream/presence/store.py): the line keeps the seed's "in 5s" for a wait of microseconds,
     and says how much is left when the wait was long (an untrack retried through an outage)."""
-    from livestream import events
+    from livestream.worker import feed as events
 
     caplog.set_level(logging.INFO, logger=logformats.WORKER_LOGGER)
     leave = {"joins": {}, "leaves": {"7": {"metas": [{}]}}, "sessions": {"7": 0}}

@@ -17,10 +17,10 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.test import RequestFactory
 
-from dashboard.live import SESSION_ENDED
-from dashboard.sessions import end_session
-from livestream import push
-from livestream.presence import PresenceStore
+from dashboard.auth.sessions import end_session
+from dashboard.ws.live import SESSION_ENDED
+from livestream.presence.store import PresenceStore
+from livestream.pushes import channels as push
 from livestream.redis import get_redis
 from tests.harness import Stack, login, open_socket, signup
 

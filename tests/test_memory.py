@@ -1,8 +1,8 @@
-"""dashboard/memory.py: one trim per burst, only once most of the peak has closed."""
+"""dashboard/daphne/memory.py: one trim per burst, only once most of the peak has closed."""
 
 from __future__ import annotations
 
-from dashboard import memory
+from dashboard.daphne import memory
 
 
 async def test_a_trim_runs_once_after_a_burst_closed_and_not_for_small_dips():

@@ -10,11 +10,11 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from livestream.components.base import Component
-from livestream.metrics import BUCKETS, read_metrics, record_join_to_running, render
-from livestream.presence import PresenceStore
+from livestream.observe.metrics import BUCKETS, read_metrics, record_join_to_running, render
+from livestream.observe.state import run_sync
+from livestream.presence.store import PresenceStore
 from livestream.redis import key
-from livestream.state import run_sync
-from livestream.timers import TimerStore
+from livestream.timers.store import TimerStore
 from tests.conftest import wait_until
 from tests.staff_helpers import connect, publish_fake_worker, status, ticks
 

@@ -1,4 +1,4 @@
-"""The worker's decisions (livestream/ownership.py), without Redis or processes.
+"""The worker's decisions (livestream/ownership/policy.py), without Redis or processes.
 
 The rules that otherwise only fault tests reach (SIGSTOP, Redis restarts, two
 workers) are checked here with explicit clocks, in milliseconds.
@@ -7,7 +7,16 @@ workers) are checked here with explicit clocks, in milliseconds.
 from __future__ import annotations
 
 from livestream.conf import LivestreamSettings
-from livestream.ownership import CleanupFacts, Forward, Ownership, Release, ReleaseHold, Start, Stop, TickPlan
+from livestream.ownership.policy import (
+    CleanupFacts,
+    Forward,
+    Ownership,
+    Release,
+    ReleaseHold,
+    Start,
+    Stop,
+    TickPlan,
+)
 
 CONF = LivestreamSettings(LEASE_TTL=3.0, RECONCILE_INTERVAL=1.0, HEARTBEAT_INTERVAL=10.0)
 ME, OTHER = "w-me", "w-other"
@@ -106,7 +115,7 @@ def test_the_tick_schedules_no_cleanup_while_presence_is_rebuilt_after_redis_los
 
 
 def test_due_timers_split_into_cleanups_with_valid_ids_and_every_other_message():
-    from livestream.cleanups import split_due
+    from livestream.timers.cleanups import split_due
 
     due = [
         {"type": "presence.cleanup", "user_id": "1"},

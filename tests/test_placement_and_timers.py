@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from livestream.leases import HOLD_PREFIX, LeaseStore
-from livestream.presence import PresenceStore, cleanup_timer
-from livestream.timers import OWNER_GRACE, TimerStore
+from livestream.ownership.leases import HOLD_PREFIX, LeaseStore
+from livestream.presence.store import PresenceStore, cleanup_timer
+from livestream.timers.store import OWNER_GRACE, TimerStore
 
 
 def meta(ref: str) -> dict:

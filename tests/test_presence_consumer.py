@@ -13,7 +13,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from dashboard.consumers import FRAME_TOO_BIG
-from livestream.presence import PresenceStore
+from livestream.presence.store import PresenceStore
 from streampai.asgi import application
 from tests.conftest import wait_until
 
@@ -276,7 +276,7 @@ class FakePubSub:
 def bare_hub():
     """A Hub without Redis, driving its bookkeeping alone, and its writer task."""
     from dashboard.consumers import HUB_HANDLERS
-    from dashboard.hub import Hub
+    from dashboard.ws.hub import Hub
 
     hub = Hub(HUB_HANDLERS)
     hub._start = lambda: None

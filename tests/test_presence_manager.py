@@ -12,9 +12,9 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from livestream.conf import get_settings
-from livestream.leases import LeaseStore
-from livestream.presence import PresenceStore
-from livestream.timers import TimerStore
+from livestream.ownership.leases import LeaseStore
+from livestream.presence.store import PresenceStore
+from livestream.timers.store import TimerStore
 from streampai.channel_layer import RedisChannelLayer
 from tests.conftest import wait_until
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from livestream.presence import PresenceStore
+from livestream.presence.store import PresenceStore
 
 
 def meta(ref: str, email: str = "a@example.com", joined_at: int = 1) -> dict:
@@ -109,8 +109,8 @@ async def test_refresh_never_revives_an_untracked_connection():
 async def test_the_cleanup_counts_from_the_close_not_from_the_untrack():
     """``closed_ago`` takes the time a close waited (a batch, a Redis retry) off its cleanup
     delay; a close older than the delay is due at once, never in the past's future."""
-    from livestream.presence import cleanup_timer
-    from livestream.timers import TimerStore
+    from livestream.presence.store import cleanup_timer
+    from livestream.timers.store import TimerStore
 
     store = PresenceStore()
     for uid in ("1", "2", "3"):

@@ -20,7 +20,7 @@ import time
 import pytest
 import websockets
 
-from livestream.presence import PresenceStore
+from livestream.presence.store import PresenceStore
 from tests.harness import Stack, create_accounts, log_time, open_socket
 from tests.reconnect_policy import ReconnectPolicy
 

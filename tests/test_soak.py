@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import pytest
 import websockets
 
-from livestream.leases import LeaseStore
-from livestream.presence import PresenceStore
+from livestream.ownership.leases import LeaseStore
+from livestream.presence.store import PresenceStore
 from tests.harness import (
     Account,
     Proc,

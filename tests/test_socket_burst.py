@@ -23,7 +23,7 @@ import time
 import psutil
 import pytest
 
-from livestream.presence import PresenceStore
+from livestream.presence.store import PresenceStore
 from tests.harness import Stack, create_accounts, open_socket
 
 pytestmark = pytest.mark.processes

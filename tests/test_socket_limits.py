@@ -19,7 +19,7 @@ import time
 import pytest
 import websockets
 
-from livestream.presence import PresenceStore
+from livestream.presence.store import PresenceStore
 from tests.harness import BASE_DIR, Stack, create_accounts, open_socket, ping
 
 pytestmark = pytest.mark.processes

@@ -9,10 +9,10 @@ from datetime import datetime
 
 import pytest
 
-from livestream.leases import LeaseStore
-from livestream.presence import PresenceStore
+from livestream.observe.state import read_state, read_state_sync, run_sync
+from livestream.ownership.leases import LeaseStore
+from livestream.presence.store import PresenceStore
 from livestream.redis import key
-from livestream.state import read_state, read_state_sync, run_sync
 from tests.conftest import wait_until
 from tests.staff_helpers import connect, disconnect, publish_fake_worker, status
 
@@ -101,7 +101,7 @@ async def test_malformed_published_status_is_logged_and_skipped(aredis, caplog):
 
 
 async def test_pending_cleanups_are_only_cleanup_timers_with_time_left(aredis):
-    from livestream.timers import TimerStore
+    from livestream.timers.store import TimerStore
 
     timers = TimerStore(aredis)
     await timers.schedule("cleanup:7", "x", {"type": "presence.cleanup", "user_id": "7"}, 4.0)

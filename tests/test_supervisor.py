@@ -10,7 +10,7 @@ import pytest
 
 from livestream.components.base import Component
 from livestream.components.console_logger import ConsoleLogger
-from livestream.user_stream_manager import UserStreamManager
+from livestream.components.user_manager import UserStreamManager
 from tests.conftest import wait_until
 
 CRASHES: dict[str, int] = {}

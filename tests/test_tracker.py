@@ -1,13 +1,13 @@
-"""daphne's per-process presence I/O (dashboard/tracker.py), against the real Redis."""
+"""daphne's per-process presence I/O (dashboard/ws/tracker.py), against the real Redis."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from dashboard.tracker import Tracker
-from livestream.presence import PresenceStore, cleanup_timer
-from livestream.timers import TimerStore
+from dashboard.ws.tracker import Tracker
+from livestream.presence.store import PresenceStore, cleanup_timer
+from livestream.timers.store import TimerStore
 
 
 async def test_a_close_that_waited_for_its_batch_still_stops_the_manager_on_time(

@@ -1,4 +1,4 @@
-"""daphne below ASGI (dashboard/transport.py): autobahn's connect path."""
+"""daphne below ASGI (dashboard/daphne/transport.py): autobahn's connect path."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.testing import StringTransport
 
-from dashboard.transport import lazy_autobahn_config_log
+from dashboard.daphne.transport import lazy_autobahn_config_log
 
 
 class Recorder:

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from livestream.presence import PresenceStore
+from livestream.presence.store import PresenceStore
 from tests.harness import Proc, Stack
 
 pytestmark = pytest.mark.processes

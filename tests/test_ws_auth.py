@@ -1,4 +1,4 @@
-"""The handshake's user cache (dashboard/ws_auth.py): a hit answers what the database would.
+"""The handshake's user cache (dashboard/auth/ws_auth.py): a hit answers what the database would.
 
 Through the real ASGI stack and a real Redis. The cache's use is seen from the
 outside: a change written to the database without Django's signals (a queryset
@@ -13,9 +13,9 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from dashboard import ws_auth
+from dashboard.auth import ws_auth
 from livestream import keys
-from livestream.presence import PresenceStore
+from livestream.presence.store import PresenceStore
 from livestream.redis import get_redis, run_script
 from tests.test_presence_consumer import communicator, session_for
 

@@ -1,7 +1,7 @@
 """AlertManager: delivers a user's queued alerts (donations, ...) to their open dashboard tabs.
 
 The webhook (alerts/views.py) queues alerts in Redis whether or not this runs
-(livestream/alert_queue.py); while the user's manager runs, this component emits
+(alerts/queue.py); while the user's manager runs, this component emits
 them, oldest first, one every ALERT_DISPLAY_INTERVAL seconds:
 
   {"type": "event", "component": "AlertManager", "event": "alert",
@@ -15,7 +15,7 @@ in the few milliseconds between taking an alert and emitting it.
 
 1. A new instance (first start, a supervisor restart, a takeover by another worker
    after a kill -9) first *claims* the queue with a fresh token (batched with the
-   other starts of the process, livestream/alert_wakeups.py): from then on only it
+   other starts of the process, alerts/wakeups.py): from then on only it
    can take, and an older instance still running somewhere (a fenced worker not yet
    stopped) gets SUPERSEDED and stops delivering instead of racing it. An idle
    instance sends no command: it waits for a wake-up.
@@ -54,8 +54,8 @@ import logging
 import secrets
 from typing import Any
 
-from livestream.alert_queue import AWAY, SUPERSEDED, Alert, AlertQueue
-from livestream.alert_wakeups import WakeListener, listener, stop_requested
+from alerts.queue import AWAY, SUPERSEDED, Alert, AlertQueue
+from alerts.wakeups import WakeListener, listener, stop_requested
 from livestream.components.base import Component
 from livestream.conf import get_settings
 

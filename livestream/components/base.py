@@ -6,7 +6,7 @@
   on_command(name, args)     a tab's command; returns the reply's result, or raises
                              CommandError (its text is the reply's "error")
 
-See the README's "Writing a component" and livestream/component_events.py for the
+See the README's "Writing a component" and livestream/components/emitter.py for the
 wire format.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from livestream import component_events
+from livestream.components import emitter as component_events
 
 
 class CommandError(Exception):
@@ -25,7 +25,7 @@ class Component:
     """One supervised piece of a user's stream (chat connector, alert queue, ...).
 
     Subclasses implement ``run``: it runs until cancelled. Raising restarts the
-    component with a fresh instance (with backoff, see livestream/supervisor.py);
+    component with a fresh instance (with backoff, see livestream/components/supervisor.py);
     returning normally means it is done and it is not restarted.
     """
 

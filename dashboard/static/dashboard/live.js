@@ -1,6 +1,6 @@
 // Renders the user's own stream manager from what the server pushes over the
 // page's presence socket (presence.js turns each JSON message into a
-// `streampai:message` event; dashboard/live.py documents the messages).
+// `streampai:message` event; dashboard/ws/live.py documents the messages).
 (function () {
   "use strict";
   var root = document.getElementById("manager");

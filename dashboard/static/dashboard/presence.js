@@ -25,14 +25,14 @@
   var stateEl = document.getElementById("connection-state");
   var dot = document.getElementById("connection-dot");
   var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-  // data-live: this page renders the pushed manager status (dashboard/live.py).
+  // data-live: this page renders the pushed manager status (dashboard/ws/live.py).
   var url = scheme + window.location.host + root.dataset.wsPath + (root.dataset.live ? "?live=1" : "");
   var MIN_DELAY = 500;
   var MAX_DELAY = 15000;
   var base = 0; // the last backoff base (ms); 0 once a socket opened
   var socket = null;
   var closedByPage = false;
-  var SESSION_ENDED = 4001; // dashboard/live.py
+  var SESSION_ENDED = 4001; // dashboard/ws/live.py
   var DEACTIVATED = 4003; // dashboard/consumers.py
   var TOO_MANY = 4029;
   var RESTART = [1012, 1001, 4012];
@@ -136,7 +136,7 @@
       }
       if (RESTART.indexOf(event.code) >= 0 && base === 0) {
         // The server is being restarted (a deploy): come back soon, spread out
-        // over the window it asked for (dashboard/shutdown.py), 2 s by default.
+        // over the window it asked for (dashboard/daphne/shutdown.py), 2 s by default.
         var asked = /spread=([0-9.]+)/.exec(event.reason || "");
         var spread = asked ? Math.min(Math.max(parseFloat(asked[1]) * 1000, 2000), 30000) : 2000;
         base = 100 + Math.random() * (spread - 100);

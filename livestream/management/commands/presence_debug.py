@@ -2,7 +2,7 @@
 
 The CLI twin of the admin's presence debug page (and of the original's
 ``PresenceHelper.debug()``); it reads the shared state any worker publishes to
-Redis (livestream/state.py), so it works from any machine with the settings.
+Redis (livestream/observe/state.py), so it works from any machine with the settings.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from livestream.conf import get_settings
-from livestream.state import Snapshot, describe, format_duration, read_state_sync
+from livestream.observe.state import Snapshot, describe, format_duration, read_state_sync
 
 
 class Command(BaseCommand):

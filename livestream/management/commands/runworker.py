@@ -1,4 +1,4 @@
-"""``runworker`` with livestream's hardened Worker (see livestream/worker.py).
+"""``runworker`` with livestream's hardened Worker (see livestream/worker/runner.py).
 
 livestream is listed before channels in INSTALLED_APPS, so this command
 replaces Channels' own, the way daphne replaces runserver.
@@ -6,7 +6,7 @@ replaces Channels' own, the way daphne replaces runserver.
 
 from channels.management.commands.runworker import Command as ChannelsRunworker
 
-from livestream.worker import Worker
+from livestream.worker.runner import Worker
 
 
 class Command(ChannelsRunworker):

@@ -1,0 +1,1 @@
+"""Who a socket belongs to: the WebSocket auth cache, sessions ending, impersonation."""

@@ -1,0 +1,1 @@
+"""Everything below ASGI: daphne's, autobahn's and Twisted's internals, SIGTERM, memory."""

@@ -1,0 +1,1 @@
+"""The presence WebSocket's parts: handshake checks, admission, limits, commands, the hub, the tracker."""

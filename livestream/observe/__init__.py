@@ -1,0 +1,1 @@
+"""What is going on: published manager state, Prometheus metrics, the staff views."""

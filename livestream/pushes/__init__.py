@@ -1,0 +1,1 @@
+"""Worker -> tabs: the pub/sub channels and each user's manager status."""

@@ -1,0 +1,1 @@
+"""Timers kept in Redis, delivered when due; the cleanup timer's worker side."""

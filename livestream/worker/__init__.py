@@ -1,0 +1,1 @@
+"""The presence-manager worker: runworker, its feed, the scheduler (PresenceManager), local managers."""

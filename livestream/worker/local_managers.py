@@ -1,0 +1,162 @@
+"""The UserStreamManagers this worker runs, and the effects of what livestream/ownership/policy.py decides.
+
+The effect half of the ownership core. ``managers`` maps a user id to the
+UserStreamManager running here (this process only: who runs whom is in Redis, as
+leases). A lock per user keeps a start, a stop and a staff action of one user from
+interleaving. Starting and stopping log the worker's lines
+
+    [PresenceManager] UserStreamManager started: <user>
+    [PresenceManager] UserStreamManager stopped: <user>
+
+and push the status to the user's tabs (livestream/pushes/status.py). ``apply``
+performs one Action of the pure core; ``renewed`` and ``fence`` turn a renewal
+round or a renewal that failed for too long into such actions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from livestream import logformats
+from livestream.components import choices
+from livestream.components.user_manager import UserStreamManager, component_classes
+from livestream.observe import metrics
+from livestream.ownership.keeper import Renewal
+from livestream.ownership.leases import LeaseStore
+from livestream.ownership.policy import Action, Forward, Ownership, Release, ReleaseHold, Start, Stop
+from livestream.presence.store import PresenceStore
+from livestream.pushes.status import StatusPusher
+from livestream.tasks import TaskScope
+from livestream.worker import control
+
+logger = logging.getLogger(logformats.WORKER_LOGGER)
+
+# Managers started between two yields to the loop: a batch of joins must not hold
+# up the ticks of the managers already running.
+START_CHUNK = 200
+
+Forwarder = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class LocalManagers:
+    def __init__(
+        self, core: Ownership, store: PresenceStore, leases: LeaseStore, scope: TaskScope, forward: Forwarder
+    ) -> None:
+        self.core, self.store, self.leases, self.scope, self.forward = core, store, leases, scope, forward
+        self.managers: dict[str, UserStreamManager] = {}
+        self.status = StatusPusher(self.managers)  # live dashboards
+        self.series = metrics.WorkerSeries()  # join-to-running and restarts, written each tick
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._components = component_classes()
+
+    def lock(self, user_id: str) -> asyncio.Lock:
+        return self._locks[user_id]
+
+    # -- start and stop ----------------------------------------------------------
+
+    def start(self, user_id: str) -> UserStreamManager:
+        self.core.started(user_id)
+        manager = self.managers[user_id] = UserStreamManager(
+            user_id, self._components, choose=choices.for_user, on_restart=self.series.count_restart
+        )
+        manager.start()
+        self.status.announce(user_id)
+        logger.info(logformats.MANAGER_STARTED, user_id)
+        return manager
+
+    async def start_many(self, user_ids: list[str], received: float) -> None:
+        """A manager for each of ``user_ids`` (whose lease we hold) not running yet."""
+        for i, user_id in enumerate(user_ids, 1):
+            if user_id not in self.managers and not self.lock(user_id).locked():
+                manager = self.start(user_id)
+                manager.on_running = lambda: self.series.observe_join(time.monotonic() - received)
+            if i % START_CHUNK == 0:
+                await asyncio.sleep(0)
+
+    async def stop(self, user_id: str, *, release: bool) -> None:
+        manager = self.managers.pop(user_id, None)
+        if manager is None:
+            return
+        self.status.announce(user_id, "stopping", manager)
+        await manager.stop()
+        self.status.announce(user_id, "stopped", manager)
+        logger.info(logformats.MANAGER_STOPPED, user_id)
+        if release:
+            try:
+                await self.leases.release(user_id)
+            except Exception as exc:
+                logger.warning("[PresenceManager] lease of %s not released: %s", user_id, exc)
+
+    async def stop_if_absent(self, user_id: str, *, seen_absent: bool = False) -> None:
+        """Stop our manager for an absent user; start it again if they came back meanwhile.
+
+        ``seen_absent``: the caller read them absent a moment ago (a due cleanup's facts),
+        so the stop does not wait for another round trip: a burst of cleanups stops each
+        manager on time. A return in between is still caught, by the release.
+        """
+        async with self.lock(user_id):
+            if user_id not in self.managers:
+                return
+            if not seen_absent and await self.store.sessions(user_id) > 0:
+                return
+            await self.stop(user_id, release=False)
+            if not await self.leases.release_if_absent(user_id, self.store.user_prefix + user_id):
+                self.start(user_id)
+
+    # -- what the core decided ---------------------------------------------------
+
+    async def apply(self, action: Action | None) -> None:
+        match action:
+            case Start(user_id):
+                self.start(user_id)
+            case Stop(user_id, "cleanup"):  # the core decided on facts read just now
+                self.scope.spawn(self.stop_if_absent(user_id, seen_absent=True), f"stop:{user_id}")
+            case Stop(user_id, why):
+                if why == "lost":
+                    logger.warning(
+                        "[PresenceManager] lease of %s taken by another worker; stopping here", user_id
+                    )
+                self.scope.spawn(self.stop(user_id, release=False), f"{why}:{user_id}")
+            case Release(user_id):
+                await self.leases.release(user_id)
+            case ReleaseHold(user_id):
+                await control.release_hold(self.leases, user_id)  # their cleanup ends a staff stop
+            case Forward(owner, user_id):
+                await self.forward(owner, {"type": "presence.stop", "user_id": user_id})
+
+    def renewed(self, renewal: Renewal) -> None:
+        """A renewal round reached Redis (livestream/ownership/keeper.py); runs on our loop."""
+        now = time.monotonic()
+        actions, resumable = self.core.renewed(
+            renewal.users, renewal.lost, self.managers, renewal.epoch_changed, now
+        )
+        if renewal.epoch_changed and (self.managers or self.core.fenced):
+            grace = self.core.rebuild_until - now
+            logger.warning("[PresenceManager] Redis lost its data; rebuilding presence for %.0fs", grace)
+        for action in actions:
+            self.scope.spawn(self.apply(action), "renewal")
+        if resumable:
+            self.scope.spawn(self._resume(resumable), "resume-fenced")
+
+    async def _resume(self, user_ids: list[str]) -> None:
+        """Fenced users whose leases are ours again: run them again now rather than after someone's claim."""
+        for user_id in user_ids:
+            async with self.lock(user_id):
+                if user_id not in self.managers:
+                    present = await self.store.sessions(user_id) > 0
+                    await self.apply(self.core.resume(user_id, present, time.monotonic()))
+
+    def fence(self, last_renewal: float) -> None:
+        """Unable to renew: stop everything before our leases can expire and be claimed."""
+        now = time.monotonic()
+        if not self.managers or not self.core.fence_due(last_renewal, now):
+            return
+        logger.warning(logformats.FENCE, now - last_renewal, len(self.managers))
+        for action in self.core.fence(list(self.managers), last_renewal, now):
+            self.managers[action.user_id].cancel()  # now: a worker waking from a freeze must not act first
+            self.scope.spawn(self.apply(action), "fence")
