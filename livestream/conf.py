@@ -150,6 +150,24 @@ class LivestreamSettings:
     STREAM_START_DELAY: float = 1.0
     STREAM_END_DELAY: float = 1.0
 
+    # --- Connected platforms (issue 21: platforms/, the PlatformSupervisor) ---
+    # Where each platform is reached; tests point them at local servers
+    # (LIVESTREAM_TWITCH_IRC_URL=irc://127.0.0.1:<port> is plain TCP, ircs:// is TLS).
+    TWITCH_IRC_URL: str = "ircs://irc.chat.twitch.tv:6697"
+    TWITCH_HELIX_URL: str = "https://api.twitch.tv/helix"
+    TWITCH_TOKEN_URL: str = "https://id.twitch.tv/oauth2/token"
+    YOUTUBE_API_URL: str = "https://www.googleapis.com/youtube/v3"
+    GOOGLE_TOKEN_URL: str = "https://oauth2.googleapis.com/token"
+    # Twitch's chat send limit for a normal user: TWITCH_SEND_LIMIT messages per
+    # TWITCH_SEND_WINDOW seconds (a token bucket; over it send_chat is refused).
+    TWITCH_SEND_LIMIT: int = 20
+    TWITCH_SEND_WINDOW: float = 30.0
+    # A platform's connection that drops or fails is retried after a backoff that
+    # doubles from PLATFORM_RETRY_MIN up to PLATFORM_RETRY_MAX seconds (reset once
+    # connected). A refused login is not retried until the connection changes.
+    PLATFORM_RETRY_MIN: float = 0.25
+    PLATFORM_RETRY_MAX: float = 30.0
+
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(LivestreamSettings)}
 
@@ -268,6 +286,14 @@ def validate(conf: LivestreamSettings) -> None:
     need(conf.EVENT_SEND_BUFFER >= 4096, f"EVENT_SEND_BUFFER must be >= 4096 (is {conf.EVENT_SEND_BUFFER})")
     for name in ("STREAM_START_DELAY", "STREAM_END_DELAY"):
         need(getattr(conf, name) >= 0, f"{name} must be >= 0 (is {getattr(conf, name)})")
+    for name in ("TWITCH_IRC_URL", "TWITCH_HELIX_URL", "TWITCH_TOKEN_URL", "YOUTUBE_API_URL", "GOOGLE_TOKEN_URL"):
+        need("://" in getattr(conf, name), f"{name} must be a URL (is {getattr(conf, name)!r})")
+    need(conf.TWITCH_SEND_LIMIT >= 1, f"TWITCH_SEND_LIMIT must be >= 1 (is {conf.TWITCH_SEND_LIMIT})")
+    need(conf.TWITCH_SEND_WINDOW > 0, f"TWITCH_SEND_WINDOW must be > 0 (is {conf.TWITCH_SEND_WINDOW})")
+    need(
+        0 < conf.PLATFORM_RETRY_MIN <= conf.PLATFORM_RETRY_MAX,
+        f"need 0 < PLATFORM_RETRY_MIN ({conf.PLATFORM_RETRY_MIN}) <= PLATFORM_RETRY_MAX ({conf.PLATFORM_RETRY_MAX})",
+    )
     if problems:
         raise ImproperlyConfigured("LIVESTREAM: " + "; ".join(problems))
 

@@ -115,6 +115,7 @@ INSTALLED_APPS = [
     "daphne",  # before staticfiles: its runserver serves ASGI
     "dashboard",
     "alerts",
+    "platforms",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

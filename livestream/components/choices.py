@@ -7,10 +7,14 @@ defaults.
 
   for_user(user_id)   (worker) the classes to run; batched: a burst of starts reads
                       the rows of up to BATCH users in one query, on a thread
-  notify(user_id)     (web, sync; post_save/post_delete of a row, after commit)
-                      {"type": "component.config", "user_id": "7"} to the worker channel
+  notify(user_id, component=None)
+                      (web, sync; post_save/post_delete of a row, after commit)
+                      {"type": "component.config", "user_id": "7"} to the worker channel;
+                      with ``component`` ({"component": "PlatformSupervisor"}) the message
+                      also tells that running component its own configuration changed
   reconfigure(pm, m)  (worker) the owner applies the user's new choice to the running
-                      manager (only the changed components start or stop); any other
+                      manager (only the changed components start or stop), then calls
+                      the named component's ``reconfigure()`` if it has one; any other
                       worker forwards the message to the owner once
 """
 
@@ -122,9 +126,12 @@ async def for_user(user_id: str) -> list[type[Component]]:
 # -- web side ------------------------------------------------------------------------
 
 
-def notify(user_id: str) -> None:
-    """Tell the workers that ``user_id``'s choice changed (sync: model signals)."""
+def notify(user_id: str, component: str | None = None) -> None:
+    """Tell the workers that ``user_id``'s choice changed (sync: model signals); with
+    ``component``, that this component's own configuration (e.g. its rows) changed too."""
     message = {"type": CONFIG, "user_id": str(user_id)}
+    if component:
+        message["component"] = component
     try:
         async_to_sync(get_channel_layer().send)(get_settings().WORKER_CHANNEL, message)
     except Exception as exc:  # Redis down: the user's next manager start reads the rows anyway
@@ -146,15 +153,23 @@ async def reconfigure(pm: PresenceManager, message: dict[str, Any]) -> None:
             if held_by(owner) is None:
                 await pm.forward(owner, {**message, "forwarded": True})
         return
-    pm.scope.spawn(_apply(pm, user_id), f"components:{user_id}")
+    pm.scope.spawn(_apply(pm, user_id, str(message.get("component") or "")), f"components:{user_id}")
 
 
-async def _apply(pm: PresenceManager, user_id: str) -> None:
+async def _apply(pm: PresenceManager, user_id: str, component: str = "") -> None:
     async with pm.lock(user_id):
         manager = pm.managers.get(user_id)
         if manager is None:
             return
         started, stopped = await manager.apply(await for_user(user_id))
+        # A component that just started read its configuration already; a running one is told.
+        running = manager.component(component) if component and component not in started else None
+        hook = getattr(running, "reconfigure", None)
+        if hook is not None:
+            try:
+                await hook()
+            except Exception:
+                logger.exception("[UserStreamManager:%s] %s reconfigure failed", user_id, component)
     if started or stopped:
         logger.info(
             "[PresenceManager] components of %s changed: started %s, stopped %s",

@@ -1,0 +1,224 @@
+"""One running platform per connection: its chat session and what it can send.
+
+The PlatformSupervisor (livestream/components/platform_supervisor.py) runs
+``session()`` of each enabled connection's client in a loop of its own: a session
+is one connection's lifetime; it calls ``connected()`` once it can chat and
+raises when it ends (LoginFailed: the token was refused, do not retry; Reconnect:
+retry at once; anything else: retry with backoff).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from livestream.conf import get_settings
+from platforms.twitch.irc import IrcConnection, LoginFailed, Message, Reconnect, clean_text
+
+__all__ = [
+    "Connection",
+    "CustomClient",
+    "LoginFailed",
+    "PlatformClient",
+    "Reconnect",
+    "TokenBucket",
+    "TwitchClient",
+]
+
+ChatSink = Callable[[dict[str, Any]], Awaitable[None]]
+Connected = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A PlatformConnection row as the worker uses it (secrets decrypted, in memory only)."""
+
+    pk: int
+    platform: str
+    name: str
+    channel: str
+    access_token: str
+    refresh_token: str
+    expires_at: float | None
+    url: str
+    key: str
+    enabled: bool
+    revoked: str
+    version: str  # changes whenever the row is saved: a changed row restarts its child
+
+    @property
+    def public_id(self) -> str:
+        return f"{self.platform}:{self.pk}"
+
+    def __repr__(self) -> str:  # never the secrets, even in a traceback
+        return f"Connection({self.public_id}, {self.channel or self.name!r}, enabled={self.enabled})"
+
+
+class TokenBucket:
+    """``capacity`` sends at once, refilled at ``capacity / window`` per second."""
+
+    def __init__(self, capacity: int, window: float) -> None:
+        self.capacity = float(capacity)
+        self.rate = capacity / window
+        self.tokens = float(capacity)
+        self.stamp = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def available(self) -> bool:
+        self._refill()
+        return self.tokens >= 1.0
+
+    def take(self) -> None:
+        self._refill()
+        self.tokens -= 1.0
+
+
+class PlatformClient:
+    """What every platform offers the supervisor; a platform without chat refuses sends."""
+
+    max_length = 0  # 0: no chat
+
+    def __init__(self, conn: Connection, on_chat: ChatSink) -> None:
+        self.conn = conn
+        self.on_chat = on_chat
+        self.connected = False
+
+    @property
+    def has_chat(self) -> bool:
+        return self.max_length > 0
+
+    async def session(self, connected: Connected) -> None:
+        raise NotImplementedError
+
+    def refusal(self, text: str) -> str | None:
+        """Why ``text`` cannot be sent now (None: it can). Checked for every target before
+        any is sent to, so a refused send_chat sends nothing anywhere."""
+        if not self.has_chat:
+            return "has no chat"
+        if not self.connected:
+            return "not connected"
+        if len(text) > self.max_length:
+            return f"message too long ({len(text)} characters, at most {self.max_length})"
+        return None
+
+    def reserve(self) -> None:
+        """Count a send against the platform's limit (right after ``refusal`` said yes)."""
+
+    async def send(self, text: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class CustomClient(PlatformClient):
+    """A custom RTMP target: an output of the broadcast only, no chat; always "connected"."""
+
+    async def session(self, connected: Connected) -> None:
+        self.connected = True
+        await connected()
+        await asyncio.Event().wait()
+
+
+class TwitchClient(PlatformClient):
+    """Twitch chat over IRC (platforms/twitch/irc.py), with Twitch's send limits."""
+
+    max_length = 500
+    # No traffic for this long: we PING; none again for as long: the connection is dead.
+    IDLE = 330.0
+
+    def __init__(self, conn: Connection, on_chat: ChatSink) -> None:
+        super().__init__(conn, on_chat)
+        conf = get_settings()
+        self.bucket = TokenBucket(conf.TWITCH_SEND_LIMIT, conf.TWITCH_SEND_WINDOW)
+        self.irc: IrcConnection | None = None
+        self._local_ids = itertools.count(1)
+
+    @property
+    def login(self) -> str:
+        return self.conn.channel.lstrip("#").lower()
+
+    async def session(self, connected: Connected) -> None:
+        url = get_settings().TWITCH_IRC_URL
+        irc = await IrcConnection.open(url, self.login, self.conn.access_token, self.login)
+        self.irc = irc
+        try:
+            self.connected = True
+            await connected()
+            waited = False
+            while True:
+                try:
+                    msg = await asyncio.wait_for(irc.read(), self.IDLE)
+                except TimeoutError:
+                    if waited:
+                        raise ConnectionError(f"no data from the server for {2 * self.IDLE:.0f}s") from None
+                    waited = True
+                    await irc.send_line("PING :streampai")
+                    continue
+                waited = False
+                if msg.command == "PRIVMSG" and len(msg.params) >= 2:
+                    await self.on_chat(self.chat_data(msg))
+        finally:
+            self.connected = False
+            self.irc = None
+            irc.close()
+
+    def chat_data(self, msg: Message) -> dict[str, Any]:
+        """The ``chat`` event's data of a PRIVMSG (tags when the server sends them)."""
+        tags = msg.tags
+        sent = tags.get("tmi-sent-ts", "")
+        badges = [b for b in tags.get("badges", "").split(",") if b]
+        return {
+            "platform": "twitch",
+            "channel": msg.params[0].lstrip("#"),
+            "id": tags.get("id") or uuid.uuid4().hex,
+            "author": tags.get("display-name") or msg.nick,
+            "text": msg.params[-1],
+            "ts": int(sent) / 1000 if sent.isdigit() else time.time(),
+            "badges": badges,
+        }
+
+    def refusal(self, text: str) -> str | None:
+        why = super().refusal(text)
+        if why is None and not self.bucket.available():
+            conf = get_settings()
+            why = f"rate limited ({conf.TWITCH_SEND_LIMIT} messages per {conf.TWITCH_SEND_WINDOW:g} s)"
+        return why
+
+    def reserve(self) -> None:
+        """Count a send against the limit (right after ``refusal`` said yes, before any await)."""
+        self.bucket.take()
+
+    async def send(self, text: str) -> dict[str, Any]:
+        irc = self.irc
+        if irc is None:
+            raise ConnectionError("not connected")
+        await irc.privmsg(text)
+        # Twitch does not echo our own messages: every tab is shown it here.
+        data = {
+            "platform": "twitch",
+            "channel": self.login,
+            "id": f"sent-{uuid.uuid4().hex}",
+            "author": self.login,
+            "text": clean_text(text),
+            "ts": time.time(),
+            "badges": ["broadcaster/1"],
+        }
+        await self.on_chat(data)
+        return {"id": data["id"]}
+
+
+def client_for(conn: Connection, on_chat: ChatSink) -> PlatformClient:
+    if conn.platform == "twitch":
+        return TwitchClient(conn, on_chat)
+    if conn.platform == "youtube":
+        from platforms.youtube.chat import YouTubeClient
+
+        return YouTubeClient(conn, on_chat)
+    return CustomClient(conn, on_chat)
