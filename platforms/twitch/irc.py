@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 CAPABILITIES = "twitch.tv/tags twitch.tv/commands"
 LOGIN_FAILURES = ("Login authentication failed", "Login unsuccessful", "Improperly formatted auth")
+_LINE_BREAKS = re.compile(r"[\r\n\0]+")
 _TAG_ESCAPES = {":": ";", "s": " ", "\\": "\\", "r": "\r", "n": "\n"}
 
 
@@ -100,7 +102,7 @@ def parse(line: str) -> Message | None:
 
 def clean_text(text: str) -> str:
     """A line safe to send: no CR/LF (they would end the line and start another command)."""
-    return " ".join(text.replace("\r", "\n").split("\n")).strip()
+    return _LINE_BREAKS.sub(" ", text).strip()
 
 
 class IrcConnection:

@@ -1,0 +1,208 @@
+"""Twitch chat end to end with real processes: miniircd as Twitch's IRC server
+(LIVESTREAM_TWITCH_IRC_URL=irc://...), daphne, runworker(s), a connection made with
+``manage.py connect_platform``, real WebSockets as the user's tabs, and a plain IRC
+client as a viewer in the channel.
+
+IRC keeps no history: what is said while nobody of ours is in the channel (between a
+drop and the rejoin) is not seen by anyone who joins later, on Twitch as here. The
+promise tested is "no message lost from the rejoin on" and "none twice".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.harness import Account, Stack, create_accounts, log_problems
+from tests.irc import IrcServer, Viewer
+from tests.tabs import Tab
+
+pytestmark = pytest.mark.processes
+
+CHANNEL = "streamer"
+TOKEN = "good-token"
+ENV = {
+    "LIVESTREAM_PRESENCE_TTL": "3",
+    "LIVESTREAM_HEARTBEAT_INTERVAL": "1",
+    "LIVESTREAM_TWITCH_SEND_LIMIT": "5",
+    "LIVESTREAM_PLATFORM_RETRY_MAX": "1",
+}
+
+
+@pytest.fixture
+def ircd(tmp_path):
+    server = IrcServer(tmp_path, password=f"oauth:{TOKEN}").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def stack(tmp_path, migrated_db_template, key_prefix, ircd):
+    stack = Stack(
+        tmp_path, migrated_db_template, key_prefix, env={**ENV, "LIVESTREAM_TWITCH_IRC_URL": ircd.url}
+    )
+    yield stack
+    stack.stop_all()
+
+
+def platforms(tab: Tab) -> list[dict]:
+    states = tab.named("PlatformSupervisor", "platforms")
+    return states[-1]["platforms"] if states else []
+
+
+def state_of(tab: Tab, cid: str) -> dict | None:
+    return next((p for p in platforms(tab) if p["id"] == cid), None)
+
+
+async def until_state(tab: Tab, cid: str, state: str, timeout: float) -> dict:
+    return await tab.until(
+        lambda: (p := state_of(tab, cid)) is not None and p["state"] == state and p, timeout, f"{cid} {state}"
+    )
+
+
+def chat(tab: Tab) -> list[dict]:
+    return tab.named("PlatformSupervisor", "chat")
+
+
+async def connected_user(stack: Stack, email: str, token: str = TOKEN) -> tuple[Account, str, Tab]:
+    account = create_accounts(stack, [email])[email]
+    cid = stack.manage("connect_platform", email, "twitch", "--channel", CHANNEL, "--token", token).strip()
+    assert cid.startswith("twitch:"), cid
+    tab = await Tab.open(stack.web.url, account.session)
+    return account, cid, tab
+
+
+async def test_chat_both_ways_limits_and_a_connection_disabled_and_enabled_while_running(stack, ircd):
+    stack.web = stack.start_daphne()
+    worker = stack.start_worker()
+    await worker.log.wait_for(r"worker \S+ started", 30)
+    account, cid, tab = await connected_user(stack, "chat@example.com")
+    viewer = await Viewer.join(ircd, "viewer", CHANNEL)
+    try:
+        await until_state(tab, cid, "connected", 15)
+        assert state_of(tab, cid) == {
+            "id": cid,
+            "platform": "twitch",
+            "name": CHANNEL,
+            "state": "connected",
+            "error": "",
+        }
+        second = await Tab.open(stack.web.url, account.session)
+        await second.until(lambda: state_of(second, cid), 5, "the sticky platforms state")
+
+        # A viewer's line reaches both tabs.
+        await viewer.say(CHANNEL, "hello <b>streamer</b>")
+        for t in (tab, second):
+            line = (await t.until(lambda t=t: chat(t), 5, "chat"))[-1]
+            assert line["platform"] == "twitch" and line["channel"] == CHANNEL
+            assert line["author"] == "viewer" and line["text"] == "hello <b>streamer</b>"
+            assert set(line) == {"platform", "channel", "id", "author", "text", "ts", "badges"}
+
+        # send_chat reaches the channel, and every tab sees it.
+        reply = await tab.command("PlatformSupervisor", "send_chat", {"text": "thanks for watching"})
+        assert reply["ok"], reply
+        assert list(reply["result"]["results"]) == [cid]
+        await viewer.wait_for(lambda line: line.endswith(f"PRIVMSG #{CHANNEL} :thanks for watching"), 5)
+        await second.until(
+            lambda: any(c["text"] == "thanks for watching" for c in chat(second)), 5, "own line"
+        )
+
+        # Refusals are error replies, and nothing is sent.
+        too_long = await tab.command("PlatformSupervisor", "send_chat", {"text": "x" * 501})
+        assert not too_long["ok"] and "too long" in too_long["error"]
+        unknown = await tab.command(
+            "PlatformSupervisor", "send_chat", {"text": "hi", "platforms": ["twitch:999"]}
+        )
+        assert not unknown["ok"] and "twitch:999" in unknown["error"]
+        empty = await tab.command("PlatformSupervisor", "send_chat", {"text": " \r\n"})
+        assert not empty["ok"]
+        # LIVESTREAM_TWITCH_SEND_LIMIT=5 per 30 s: 4 more go, the next is refused.
+        for n in range(4):
+            assert (await tab.command("PlatformSupervisor", "send_chat", {"text": f"n{n}"}))["ok"]
+        limited = await tab.command("PlatformSupervisor", "send_chat", {"text": "one too many"})
+        assert not limited["ok"] and "rate limited" in limited["error"], limited
+        await viewer.wait_for(lambda line: line.endswith(":n3"), 5)
+        await asyncio.sleep(0.3)
+        assert not any("one too many" in line for line in viewer.lines)
+
+        # Disabled while running: that child stops at once; enabled again: back.
+        mark = len(viewer.lines)
+        stack.manage(
+            "connect_platform",
+            "chat@example.com",
+            "twitch",
+            "--channel",
+            CHANNEL,
+            "--token",
+            TOKEN,
+            "--disabled",
+        )
+        await until_state(tab, cid, "off", 5)
+        await viewer.wait_for(
+            lambda line: line.startswith(f":{CHANNEL}!") and (" QUIT" in line or " PART" in line), 5, mark
+        )
+        stack.manage("connect_platform", "chat@example.com", "twitch", "--channel", CHANNEL, "--token", TOKEN)
+        await until_state(tab, cid, "connected", 5)
+        await second.close()
+    finally:
+        await viewer.close()
+        await tab.close()
+    assert TOKEN not in worker.log.text() and TOKEN not in stack.web.log.text()
+    assert not log_problems([worker, stack.web])
+
+
+async def test_the_server_drops_the_connection_back_within_5s_and_nothing_lost_from_the_rejoin(stack, ircd):
+    stack.web = stack.start_daphne()
+    worker = stack.start_worker()
+    await worker.log.wait_for(r"worker \S+ started", 30)
+    _account, cid, tab = await connected_user(stack, "drop@example.com")
+    try:
+        await until_state(tab, cid, "connected", 15)
+        ircd.stop()  # every connection dropped at once
+        dropped = time.monotonic()
+        await tab.until(lambda: state_of(tab, cid)["state"] != "connected", 5, "the drop noticed")  # type: ignore[index]
+        ircd.start()
+        await until_state(tab, cid, "connected", 5)
+        back = time.monotonic() - dropped
+        assert back < 5.0, back
+        viewer = await Viewer.join(ircd, "viewer2", CHANNEL)
+        try:
+            # The NAMES reply lists who is in the channel: our client is back in it.
+            await viewer.wait_for(lambda line: " 353 " in line and CHANNEL in line.rsplit(":", 1)[-1].split(), 5)
+            before = len(chat(tab))
+            for n in range(50):
+                await viewer.say(CHANNEL, f"after {n}")
+            await tab.until(lambda: len(chat(tab)) >= before + 50, 10, "50 lines")
+            assert [c["text"] for c in chat(tab)[before:]] == [f"after {n}" for n in range(50)]
+        finally:
+            await viewer.close()
+        print(f"\nIRC server restarted: chat connected again {back:.2f}s after the drop")
+    finally:
+        await tab.close()
+    assert worker.log.findall(rf"platform {cid} disconnected \(")
+
+
+async def test_a_wrong_token_is_failed_with_the_reason_and_not_retried(stack, ircd):
+    stack.web = stack.start_daphne()
+    worker = stack.start_worker()
+    await worker.log.wait_for(r"worker \S+ started", 30)
+    _account, cid, tab = await connected_user(stack, "wrong@example.com", token="wrong-token")
+    try:
+        failed = await until_state(tab, cid, "failed", 15)
+        assert "Password incorrect" in failed["error"] and "reconnect Twitch" in failed["error"], failed
+        await asyncio.sleep(3)  # a tight retry loop would show many attempts by now
+        attempts = worker.log.findall(rf"platform {cid} failed: ")
+        assert len(attempts) == 1, attempts
+        assert ircd.log().count("PASS") <= 2
+        reply = await tab.command("PlatformSupervisor", "send_chat", {"text": "hi"})
+        assert not reply["ok"] and "not connected" in reply["error"], reply
+        # A new token (the connection saved again): tried at once, and in.
+        stack.manage(
+            "connect_platform", "wrong@example.com", "twitch", "--channel", CHANNEL, "--token", TOKEN
+        )
+        await until_state(tab, cid, "connected", 5)
+    finally:
+        await tab.close()
+    assert "wrong-token" not in worker.log.text()
