@@ -11,6 +11,7 @@ promise tested is "no message lost from the rejoin on" and "none twice".
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -170,7 +171,9 @@ async def test_the_server_drops_the_connection_back_within_5s_and_nothing_lost_f
         viewer = await Viewer.join(ircd, "viewer2", CHANNEL)
         try:
             # The NAMES reply lists who is in the channel: our client is back in it.
-            await viewer.wait_for(lambda line: " 353 " in line and CHANNEL in line.rsplit(":", 1)[-1].split(), 5)
+            await viewer.wait_for(
+                lambda line: " 353 " in line and CHANNEL in line.rsplit(":", 1)[-1].split(), 5
+            )
             before = len(chat(tab))
             for n in range(50):
                 await viewer.say(CHANNEL, f"after {n}")
@@ -206,3 +209,56 @@ async def test_a_wrong_token_is_failed_with_the_reason_and_not_retried(stack, ir
     finally:
         await tab.close()
     assert "wrong-token" not in worker.log.text()
+
+
+async def test_kill_9_of_the_worker_chat_comes_back_on_the_other_and_nothing_twice(stack, ircd):
+    stack.web = stack.start_daphne()
+    workers = [stack.start_worker("worker-a"), stack.start_worker("worker-b")]
+    for proc in workers:
+        await proc.log.wait_for(r"worker \S+ started", 30)
+    _account, cid, tab = await connected_user(stack, "kill@example.com")
+    viewer = await Viewer.join(ircd, "viewer3", CHANNEL)
+    try:
+        await until_state(tab, cid, "connected", 15)
+        owner = next(w for w in workers if w.log.findall(rf"platform {cid} connected"))
+        survivor = next(w for w in workers if w is not owner)
+        # A steady trickle of numbered lines, across the kill.
+        sent: list[tuple[float, int]] = []
+
+        async def talk() -> None:
+            for n in itertools.count():
+                await viewer.say(CHANNEL, f"m{n}")
+                sent.append((time.monotonic(), n))
+                await asyncio.sleep(0.02)
+
+        talker = asyncio.create_task(talk())
+        await tab.until(lambda: len(chat(tab)) >= 20, 10, "lines before the kill")
+        owner.kill()
+        await survivor.log.wait_for(rf"platform {cid} connected", 15)
+        # The survivor's client is in the channel once the viewer sees it join.
+        rejoined = await viewer.wait_for(
+            lambda line: line.startswith(f":{CHANNEL}!") and " JOIN " in line, 15
+        )
+        rejoined_at = time.monotonic()
+        assert rejoined
+        await asyncio.sleep(1.0)
+        talker.cancel()
+        last = sent[-1][1]
+        await tab.until(lambda: any(c["text"] == f"m{last}" for c in chat(tab)), 10, "the last line")
+        await tab.pong()
+    finally:
+        await viewer.close()
+        await tab.close()
+    got = [int(c["text"][1:]) for c in chat(tab)]
+    assert len(got) == len(set(got)), "a line delivered twice"
+    assert got == sorted(got), "lines out of order"
+    ids = [c["id"] for c in chat(tab)]
+    assert len(ids) == len(set(ids))
+    # Everything said after the survivor's client was back in the channel arrived.
+    after = [n for t, n in sent if t > rejoined_at + 0.1]
+    assert after and set(after) <= set(got), sorted(set(after) - set(got))
+    lost = sorted(set(range(last + 1)) - set(got))
+    print(
+        f"\nkill -9: {len(got)} lines delivered once each; {len(lost)} said while no client was in the channel"
+    )
+    assert not log_problems([survivor, stack.web])
