@@ -168,3 +168,8 @@ def broadcast_input(user_id: str) -> str:
 def broadcast_wake() -> str:
     """Pub/sub: the user id after each change of their input state (broadcast/inputs.py)."""
     return key("broadcast", "wake")
+
+
+def platform_refresh_lock(connection_pk: str) -> str:
+    """STRING (a random owner token, PX-bounded): one worker refreshes a connection's OAuth token at a time."""
+    return key("platforms", "refresh", connection_pk)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from livestream.conf import get_settings
+from platforms.tokens import Credentials, ensure_fresh, refresh
 from platforms.twitch.irc import IrcConnection, LoginFailed, Message, Reconnect, clean_text
 
 __all__ = [
@@ -91,6 +92,9 @@ class PlatformClient:
         self.conn = conn
         self.on_chat = on_chat
         self.connected = False
+        self.creds = Credentials(
+            conn.pk, conn.platform, conn.access_token, conn.refresh_token, conn.expires_at
+        )
 
     @property
     def has_chat(self) -> bool:
@@ -146,7 +150,15 @@ class TwitchClient(PlatformClient):
 
     async def session(self, connected: Connected) -> None:
         url = get_settings().TWITCH_IRC_URL
-        irc = await IrcConnection.open(url, self.login, self.conn.access_token, self.login)
+        await ensure_fresh(self.creds)
+        try:
+            irc = await IrcConnection.open(url, self.login, self.creds.access_token, self.login)
+        except LoginFailed:
+            if not self.creds.refresh_token:
+                raise
+            # An expired or revoked token: one refresh (Revoked if refused), then once more.
+            await refresh(self.creds, force=True)
+            irc = await IrcConnection.open(url, self.login, self.creds.access_token, self.login)
         self.irc = irc
         try:
             self.connected = True

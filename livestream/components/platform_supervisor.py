@@ -99,7 +99,9 @@ class Child:
         await self._set(CONNECTED)
 
     async def _supervise(self) -> None:
+        from platforms.api import ApiError, RateLimited
         from platforms.clients import LoginFailed, Reconnect
+        from platforms.tokens import Revoked
 
         conf = get_settings()
         self.backoff = Backoff(conf.PLATFORM_RETRY_MIN, conf.PLATFORM_RETRY_MAX)
@@ -107,10 +109,10 @@ class Child:
         while True:
             try:
                 await self.client.session(self._connected)
-                why = "session ended"
+                why, why_kind = "session ended", ""
             except asyncio.CancelledError:
                 raise
-            except LoginFailed as exc:
+            except (LoginFailed, Revoked) as exc:
                 reason = f"{exc} (reconnect {PLATFORM_NAMES.get(self.conn.platform, self.conn.platform)})"
                 logger.warning(logformats.PLATFORM_FAILED, user, cid, reason)
                 await self._set(FAILED, reason)
@@ -119,15 +121,22 @@ class Child:
                 logger.info(logformats.PLATFORM_RETRY, user, cid, exc, 0.0)
                 await self._set(CONNECTING)
                 continue
-            except Exception as exc:  # network, protocol, a bug: this child only, with backoff
+            except RateLimited as exc:  # the API said how long
+                logger.warning(logformats.PLATFORM_RETRY, user, cid, exc, exc.retry_after)
+                await self._set(CONNECTING, str(exc))
+                await asyncio.sleep(exc.retry_after)
+                continue
+            except Exception as exc:  # network, protocol, quota, a bug: this child only, with backoff
                 why = str(exc) or type(exc).__name__
-                if not isinstance(exc, (OSError, ConnectionError, TimeoutError)):
+                why_kind = "api" if isinstance(exc, ApiError) else ""
+                if not isinstance(exc, (OSError, ConnectionError, TimeoutError, ApiError)):
                     logger.exception("[UserStreamManager:%s] platform %s crashed", user, cid)
             delay = self.backoff.failed()
             logger.warning(logformats.PLATFORM_RETRY, user, cid, why, delay)
-            # One drop shows "connecting"; failing again and again shows "failed" and why
-            # (while it keeps retrying).
-            await self._set(CONNECTING if self.backoff.failures <= 1 else FAILED, why)
+            # One drop shows "connecting"; failing again and again, or an API's refusal (quota,
+            # no broadcast), shows "failed" and why (while it keeps retrying).
+            transient = self.backoff.failures <= 1 and why_kind != "api"
+            await self._set(CONNECTING if transient else FAILED, why)
             await asyncio.sleep(delay)
 
     def describe(self) -> dict[str, Any]:

@@ -1,0 +1,220 @@
+"""Tokens, Twitch Helix and the YouTube Data API against local contract servers
+(tests/contract/): refresh before expiry (once, across two "workers"), 401 -> one
+refresh and a retry, a refused refresh -> revoked, 429 -> back off, YouTube chat polled
+at the interval and with the page token it returns, quota exhausted -> shown in the
+supervisor's ``platforms`` state (what the page renders)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import timedelta
+
+import pytest
+from channels.db import database_sync_to_async
+from django.utils import timezone
+
+from livestream import keys
+from livestream.redis import get_redis
+from platforms import tokens
+from platforms.api import RateLimited
+from platforms.models import PlatformConnection
+from platforms.twitch import helix
+from platforms.youtube import api as youtube
+from tests.contract import twitch as twitch_contract
+from tests.contract import youtube as youtube_contract
+from tests.contract.server import Reply
+from tests.contract.twitch import TwitchContract
+from tests.contract.youtube import YouTubeContract
+from tests.harness import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def twitch(settings, configure_livestream):
+    server = TwitchContract("access-0", "refresh-0").start()
+    configure_livestream(TWITCH_HELIX_URL=server.helix_url, TWITCH_TOKEN_URL=server.token_url)
+    settings.SOCIALACCOUNT_PROVIDERS = {
+        "twitch": {
+            "APPS": [{"client_id": twitch_contract.CLIENT_ID, "secret": twitch_contract.CLIENT_SECRET}]
+        },
+        "google": {
+            "APPS": [{"client_id": youtube_contract.CLIENT_ID, "secret": youtube_contract.CLIENT_SECRET}]
+        },
+    }
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def yt(settings, configure_livestream):
+    server = YouTubeContract("ya29.old", "1//refresh").start()
+    configure_livestream(YOUTUBE_API_URL=server.api_url, GOOGLE_TOKEN_URL=server.token_url)
+    settings.SOCIALACCOUNT_PROVIDERS = {
+        "google": {
+            "APPS": [{"client_id": youtube_contract.CLIENT_ID, "secret": youtube_contract.CLIENT_SECRET}]
+        },
+    }
+    yield server
+    server.stop()
+
+
+@database_sync_to_async
+def make_connection(
+    platform: str, access: str, refresh: str, expires_in: float | None, channel: str = "streamer"
+):
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_user(
+        username=f"u{time.monotonic_ns()}", email=f"{time.monotonic_ns()}@example.com"
+    )
+    row = PlatformConnection(user=user, platform=platform, channel=channel)
+    row.access_token, row.refresh_token = access, refresh
+    if expires_in is not None:
+        row.expires_at = timezone.now() + timedelta(seconds=expires_in)
+    row.save()
+    return row
+
+
+@database_sync_to_async
+def reload(row: PlatformConnection) -> PlatformConnection:
+    return PlatformConnection.objects.get(pk=row.pk)
+
+
+def creds(row: PlatformConnection) -> tokens.Credentials:
+    expires = row.expires_at.timestamp() if row.expires_at else None
+    return tokens.Credentials(row.pk, row.platform, row.access_token, row.refresh_token, expires)
+
+
+async def test_a_token_near_expiry_is_refreshed_once_even_by_two_workers_at_once(twitch):
+    row = await make_connection("twitch", "access-0", "refresh-0", expires_in=60)
+    a, b = creds(row), creds(row)  # two workers' copies
+    await asyncio.gather(tokens.ensure_fresh(a), tokens.ensure_fresh(b))
+    assert len(twitch.calls("POST", "/oauth2/token")) == 1
+    assert a.access_token == b.access_token == "access-1"
+    stored = await reload(row)
+    assert stored.access_token == "access-1" and stored.refresh_token == "refresh-1"
+    assert "access-1" not in stored.access_token_enc  # encrypted at rest
+    assert stored.expires_at and stored.expires_at.timestamp() > time.time() + 14000
+    assert not await get_redis().exists(keys.platform_refresh_lock(str(row.pk)))
+    # Far from expiry: nothing happens.
+    await tokens.ensure_fresh(a)
+    assert len(twitch.calls("POST", "/oauth2/token")) == 1
+
+
+async def test_helix_stream_key_after_a_401_one_refresh_and_one_retry(twitch):
+    row = await make_connection("twitch", "expired-access", "refresh-0", expires_in=None)
+    c = creds(row)
+    assert await helix.stream_key(c) == twitch_contract.STREAM_KEY
+    assert len(twitch.calls("POST", "/oauth2/token")) == 1
+    users = twitch.calls("GET", "/helix/users")
+    assert [r.headers["authorization"] for r in users] == ["Bearer expired-access", "Bearer access-1"]
+    key_call = twitch.calls("GET", "/helix/streams/key")[-1]
+    assert key_call.query == {"broadcaster_id": twitch_contract.USER_ID}
+    assert key_call.headers["client-id"] == twitch_contract.CLIENT_ID
+
+
+async def test_a_refused_refresh_marks_the_connection_revoked(twitch):
+    row = await make_connection("twitch", "expired-access", "bad-refresh", expires_in=None)
+    with pytest.raises(tokens.Revoked, match="Invalid refresh token"):
+        await helix.stream_key(creds(row))
+    assert "Invalid refresh token" in (await reload(row)).revoked
+    assert len(twitch.calls("GET", "/helix/users")) == 1  # one try, one refresh, no loop
+
+
+async def test_helix_429_is_rate_limited_with_the_reset_time(twitch):
+    row = await make_connection("twitch", "access-0", "refresh-0", expires_in=None)
+    reset = int(time.time()) + 3
+    twitch.inject(
+        "GET",
+        "/helix/users",
+        Reply(
+            429, {"error": "Too Many Requests", "status": 429, "message": ""}, {"Ratelimit-Reset": str(reset)}
+        ),
+    )
+    with pytest.raises(RateLimited) as caught:
+        await helix.stream_key(creds(row))
+    assert 1.5 <= caught.value.retry_after <= 3.5
+    assert await helix.stream_key(creds(row)) == twitch_contract.STREAM_KEY
+
+
+async def test_helix_channel_update_sends_title_and_category(twitch):
+    row = await make_connection("twitch", "access-0", "refresh-0", expires_in=None)
+    await helix.update_channel(creds(row), "Building a chat client", "Science & Technology")
+    assert twitch.channel == {"title": "Building a chat client", "game_id": "509670"}
+    assert twitch.calls("GET", "/helix/games")[-1].query == {"name": "Science & Technology"}
+
+
+async def test_youtube_chat_polls_at_the_interval_with_the_page_token_and_sends(yt):
+    from platforms.clients import Connection
+    from platforms.youtube.chat import YouTubeClient
+
+    row = await make_connection("youtube", "ya29.old", "1//refresh", expires_in=None, channel="UCstreamer")
+    yt.say("old viewer", "said before we connected")  # history: not shown again
+    got: list[dict] = []
+
+    async def sink(data: dict) -> None:
+        got.append(data)
+
+    conn = Connection(
+        row.pk, "youtube", "yt", "UCstreamer", "ya29.old", "1//refresh", None, "", "", True, "", "v"
+    )
+    client = YouTubeClient(conn, sink)
+    connected = asyncio.Event()
+
+    async def on_connected() -> None:
+        connected.set()
+
+    session = asyncio.create_task(client.session(on_connected))
+    try:
+        await asyncio.wait_for(connected.wait(), 5)
+        yt.say("viewer", "hello")
+        yt.say("viewer2", "<i>hi</i>")
+        await wait_until(lambda: len(got) >= 2, 5, "two messages")
+        assert [(m["author"], m["text"]) for m in got] == [("viewer", "hello"), ("viewer2", "<i>hi</i>")]
+        assert set(got[0]) == {"platform", "channel", "id", "author", "text", "ts", "badges"}
+        sent = await client.send("thanks!")
+        await wait_until(lambda: any(m["text"] == "thanks!" for m in got), 5, "own message from the poll")
+        assert sent["id"] and got[-1]["badges"] == ["owner"]
+    finally:
+        session.cancel()
+        await asyncio.gather(session, return_exceptions=True)
+    polls = yt.calls("GET", "/youtube/v3/liveChat/messages")
+    assert "pageToken" not in polls[0].query
+    assert all(p.query.get("pageToken", "").startswith("p") for p in polls[1:])
+    assert polls[1].query["pageToken"] == "p1"  # the first page's nextPageToken
+    assert [m["text"] for m in got].count("hello") == 1
+
+
+async def test_youtube_ingestion_and_quota_exhausted(yt):
+    row = await make_connection("youtube", "ya29.old", "1//refresh", expires_in=None)
+    assert await youtube.ingestion(creds(row)) == youtube_contract.INGEST
+    yt.quota_exhausted = True
+    with pytest.raises(youtube.QuotaExceeded, match="quota"):
+        await youtube.ingestion(creds(row))
+
+
+async def test_quota_exhausted_shows_in_the_platforms_state(yt):
+    from livestream.components.platform_supervisor import PlatformSupervisor
+
+    yt.quota_exhausted = True
+    row = await make_connection("youtube", "ya29.old", "1//refresh", expires_in=None)
+    supervisor = PlatformSupervisor(str(row.user_id))
+    task = asyncio.create_task(supervisor.run())
+
+    async def shown() -> dict | None:
+        frame = await get_redis().hget(keys.sticky(str(row.user_id)), "PlatformSupervisor:platforms")
+        listed = json.loads(frame)["data"]["platforms"] if frame else []
+        return next((p for p in listed if p["id"] == f"youtube:{row.pk}" and p["state"] == "failed"), None)
+
+    try:
+        deadline = time.monotonic() + 10
+        while (state := await shown()) is None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert state["error"] == "YouTube API quota exhausted (quotaExceeded)", state
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
