@@ -9,4 +9,4 @@ class PlatformsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from platforms import signals  # noqa: F401  (connects the PlatformConnection receivers)
+        from platforms import oauth, signals  # noqa: F401  (connect the model receivers)

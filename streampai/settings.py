@@ -126,6 +126,11 @@ INSTALLED_APPS = [
     "channels",
     "allauth",
     "allauth.account",
+    # Connecting Twitch / YouTube (issue 21, platforms/): allauth's own providers; a
+    # connected account becomes a platforms.PlatformConnection (platforms/oauth.py).
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.twitch",
+    "allauth.socialaccount.providers.google",
     "hijack",
     "hijack.contrib.admin",
 ]
@@ -210,6 +215,40 @@ ACCOUNT_LOGOUT_ON_GET = False
 LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "/dashboard/"
 ACCOUNT_LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+# Connected platforms (platforms/, docs/platforms.md): the OAuth apps come from the
+# environment (TWITCH_CLIENT_ID / TWITCH_CLIENT_SECRET, GOOGLE_CLIENT_ID /
+# GOOGLE_CLIENT_SECRET); a provider without them is not offered. The tokens allauth
+# receives are moved, encrypted, into the PlatformConnection (platforms/oauth.py).
+SOCIALACCOUNT_STORE_TOKENS = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
+
+
+def oauth_provider(id_var: str, secret_var: str, **options: object) -> dict[str, object]:
+    client_id, secret = os.environ.get(id_var, ""), os.environ.get(secret_var, "")
+    apps = [{"client_id": client_id, "secret": secret}] if client_id and secret else []
+    return {"APPS": apps, **options}
+
+
+SOCIALACCOUNT_PROVIDERS = {
+    "twitch": oauth_provider(
+        "TWITCH_CLIENT_ID",
+        "TWITCH_CLIENT_SECRET",
+        SCOPE=[
+            "user:read:email",
+            "chat:read",
+            "chat:edit",
+            "channel:read:stream_key",
+            "channel:manage:broadcast",
+        ],
+    ),
+    "google": oauth_provider(
+        "GOOGLE_CLIENT_ID",
+        "GOOGLE_CLIENT_SECRET",
+        SCOPE=["profile", "email", "https://www.googleapis.com/auth/youtube"],
+        AUTH_PARAMS={"access_type": "offline", "prompt": "consent"},  # a refresh token every time
+    ),
+}
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 
 # django-hijack: only superusers impersonate, and never another superuser

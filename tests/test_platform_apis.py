@@ -218,3 +218,40 @@ async def test_quota_exhausted_shows_in_the_platforms_state(yt):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+@database_sync_to_async
+def connect_through_allauth(provider: str, uid: str, extra: dict, token: str, refresh: str):
+    """What allauth's connect flow stores (SOCIALACCOUNT_STORE_TOKENS): a SocialAccount and its SocialToken."""
+    from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_user(username=f"oauth{uid}", email=f"{uid}@example.com")
+    app = SocialApp.objects.create(provider=provider, name=provider, client_id="id", secret="secret")
+    account = SocialAccount.objects.create(user=user, provider=provider, uid=uid, extra_data=extra)
+    SocialToken.objects.create(
+        app=app,
+        account=account,
+        token=token,
+        token_secret=refresh,
+        expires_at=timezone.now() + timedelta(hours=4),
+    )
+    rows = list(PlatformConnection.objects.filter(user=user))
+    stored = SocialToken.objects.get(account=account)
+    return rows, stored
+
+
+async def test_an_allauth_connection_becomes_an_encrypted_platform_connection():
+    rows, stored = await connect_through_allauth(
+        "twitch",
+        "141981764",
+        {"id": "141981764", "login": "Streamer", "display_name": "Streamer"},
+        "tok-abc",
+        "ref-xyz",
+    )
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row.platform, row.channel, row.name, row.uid) == ("twitch", "streamer", "Streamer", "141981764")
+    assert row.access_token == "tok-abc" and row.refresh_token == "ref-xyz"
+    assert "tok-abc" not in row.access_token_enc and row.expires_at is not None
+    assert (stored.token, stored.token_secret) == ("", "")  # no plaintext token left at rest
