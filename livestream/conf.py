@@ -157,6 +157,8 @@ class LivestreamSettings:
     TWITCH_IRC_URL: str = "ircs://irc.chat.twitch.tv:6697"
     TWITCH_HELIX_URL: str = "https://api.twitch.tv/helix"
     TWITCH_TOKEN_URL: str = "https://id.twitch.tv/oauth2/token"
+    # Where a Twitch stream is sent (the RTMP "server"; the key comes from Helix).
+    TWITCH_INGEST_URL: str = "rtmp://live.twitch.tv/app"
     YOUTUBE_API_URL: str = "https://www.googleapis.com/youtube/v3"
     GOOGLE_TOKEN_URL: str = "https://oauth2.googleapis.com/token"
     # Twitch's chat send limit for a normal user: TWITCH_SEND_LIMIT messages per

@@ -10,3 +10,11 @@ class PlatformsConfig(AppConfig):
 
     def ready(self) -> None:
         from platforms import oauth, signals  # noqa: F401  (connect the model receivers)
+
+        try:
+            from broadcast.outputs import register_source
+        except ImportError:  # without the broadcast app there is nothing to send a stream to
+            return
+        from platforms.outputs import platform_outputs
+
+        register_source(platform_outputs)

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from channels.db import database_sync_to_async
+
 from livestream.conf import get_settings
 from platforms.tokens import Credentials, ensure_fresh, refresh
 from platforms.twitch.irc import IrcConnection, LoginFailed, Message, Reconnect, clean_text
@@ -58,6 +60,35 @@ class Connection:
 
     def __repr__(self) -> str:  # never the secrets, even in a traceback
         return f"Connection({self.public_id}, {self.channel or self.name!r}, enabled={self.enabled})"
+
+
+def _load(user_id: str) -> list[Connection]:
+    """The user's connections as plain ``platforms.clients.Connection`` values (one query)."""
+    from platforms.models import PlatformConnection
+
+    if not user_id.isdigit():
+        return []
+    rows = PlatformConnection.objects.filter(user_id=int(user_id)).order_by("id")
+    return [
+        Connection(
+            pk=row.pk,
+            platform=row.platform,
+            name=row.display_name,
+            channel=row.channel,
+            access_token=row.access_token,
+            refresh_token=row.refresh_token,
+            expires_at=row.expires_at.timestamp() if row.expires_at else None,
+            url=row.url,
+            key=row.key,
+            enabled=row.enabled,
+            revoked=row.revoked,
+            version=row.updated_at.isoformat(),
+        )
+        for row in rows
+    ]
+
+
+load_connections = database_sync_to_async(_load)
 
 
 class TokenBucket:

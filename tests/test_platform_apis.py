@@ -31,19 +31,17 @@ from tests.harness import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+PROVIDERS = {
+    "twitch": {"APPS": [{"client_id": twitch_contract.CLIENT_ID, "secret": twitch_contract.CLIENT_SECRET}]},
+    "google": {"APPS": [{"client_id": youtube_contract.CLIENT_ID, "secret": youtube_contract.CLIENT_SECRET}]},
+}
+
 
 @pytest.fixture
 def twitch(settings, configure_livestream):
     server = TwitchContract("access-0", "refresh-0").start()
     configure_livestream(TWITCH_HELIX_URL=server.helix_url, TWITCH_TOKEN_URL=server.token_url)
-    settings.SOCIALACCOUNT_PROVIDERS = {
-        "twitch": {
-            "APPS": [{"client_id": twitch_contract.CLIENT_ID, "secret": twitch_contract.CLIENT_SECRET}]
-        },
-        "google": {
-            "APPS": [{"client_id": youtube_contract.CLIENT_ID, "secret": youtube_contract.CLIENT_SECRET}]
-        },
-    }
+    settings.SOCIALACCOUNT_PROVIDERS = PROVIDERS
     yield server
     server.stop()
 
@@ -52,11 +50,7 @@ def twitch(settings, configure_livestream):
 def yt(settings, configure_livestream):
     server = YouTubeContract("ya29.old", "1//refresh").start()
     configure_livestream(YOUTUBE_API_URL=server.api_url, GOOGLE_TOKEN_URL=server.token_url)
-    settings.SOCIALACCOUNT_PROVIDERS = {
-        "google": {
-            "APPS": [{"client_id": youtube_contract.CLIENT_ID, "secret": youtube_contract.CLIENT_SECRET}]
-        },
-    }
+    settings.SOCIALACCOUNT_PROVIDERS = PROVIDERS
     yield server
     server.stop()
 
@@ -255,3 +249,52 @@ async def test_an_allauth_connection_becomes_an_encrypted_platform_connection():
     assert row.access_token == "tok-abc" and row.refresh_token == "ref-xyz"
     assert "tok-abc" not in row.access_token_enc and row.expires_at is not None
     assert (stored.token, stored.token_secret) == ("", "")  # no plaintext token left at rest
+
+
+async def test_the_platforms_are_outputs_of_the_broadcast(twitch, yt, configure_livestream):
+    from broadcast.outputs import outputs_for
+
+    configure_livestream(
+        TWITCH_HELIX_URL=twitch.helix_url,
+        TWITCH_TOKEN_URL=twitch.token_url,
+        YOUTUBE_API_URL=yt.api_url,
+        GOOGLE_TOKEN_URL=yt.token_url,
+        TWITCH_INGEST_URL="rtmp://127.0.0.1:1/app",
+    )
+    tw = await make_connection("twitch", "access-0", "refresh-0", expires_in=None)
+
+    @database_sync_to_async
+    def more() -> tuple[PlatformConnection, PlatformConnection, PlatformConnection]:
+        y = PlatformConnection(user_id=tw.user_id, platform="youtube", channel="UCx")
+        y.access_token, y.refresh_token = "ya29.old", "1//refresh"
+        y.save()
+        c = PlatformConnection(
+            user_id=tw.user_id, platform="custom", name="Backup", url="rtmp://backup.example/live"
+        )
+        c.key = "custom-key-1234"
+        c.save()
+        off = PlatformConnection(
+            user_id=tw.user_id, platform="custom", name="Off", url="rtmp://off/live", enabled=False
+        )
+        off.key = "k"
+        off.save()
+        return y, c, off
+
+    y, c, off = await more()
+    specs = {s.id: s for s in await outputs_for(str(tw.user_id)) if ":" in s.id}
+    assert (specs[tw.public_id].url, specs[tw.public_id].key) == (
+        "rtmp://127.0.0.1:1/app",
+        twitch_contract.STREAM_KEY,
+    )
+    assert (specs[y.public_id].url, specs[y.public_id].key) == youtube_contract.INGEST
+    assert (specs[c.public_id].url, specs[c.public_id].key, specs[c.public_id].name) == (
+        "rtmp://backup.example/live",
+        "custom-key-1234",
+        "Backup",
+    )
+    assert specs[off.public_id].enabled is False and specs[off.public_id].key == ""
+    assert all(s.enabled for i, s in specs.items() if i != off.public_id)
+    # A platform whose API fails is listed disabled; the others are unaffected.
+    yt.quota_exhausted = True
+    specs = {s.id: s for s in await outputs_for(str(tw.user_id)) if ":" in s.id}
+    assert specs[y.public_id].enabled is False and specs[tw.public_id].enabled

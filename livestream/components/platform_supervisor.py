@@ -15,6 +15,8 @@ Wire format (pinned, issue 21):
   event "chat":      {"platform", "channel", "id", "author", "text", "ts", "badges"} (not sticky)
   event "platforms": {"platforms": [{"id", "platform", "name", "state", "error"}]} (sticky),
                      state in connecting / connected / failed / off
+  command "set_stream_info" {"title", "category"} -> the Twitch channel's title and category
+                     (Helix PATCH /channels) on every enabled Twitch connection
   command "send_chat" {"text", "platforms": [ids] (optional: all with chat)}
                      -> {"results": {id: {"id": <message id>}}}; refused (CommandError) as a
                      whole, before anything is sent, when a target is not connected, the text is
@@ -28,7 +30,6 @@ import logging
 import time
 from typing import Any
 
-from channels.db import database_sync_to_async
 from redis.exceptions import RedisError
 
 from livestream import logformats
@@ -42,34 +43,10 @@ CONNECTING, CONNECTED, FAILED, OFF = "connecting", "connected", "failed", "off"
 PLATFORM_NAMES = {"twitch": "Twitch", "youtube": "YouTube", "custom": "Custom RTMP"}
 
 
-def _load(user_id: str) -> list[Any]:
-    """The user's connections as plain ``platforms.clients.Connection`` values (one query)."""
-    from platforms.clients import Connection
-    from platforms.models import PlatformConnection
+async def load_connections(user_id: str) -> list[Any]:
+    from platforms.clients import load_connections as load
 
-    if not user_id.isdigit():
-        return []
-    rows = PlatformConnection.objects.filter(user_id=int(user_id)).order_by("id")
-    return [
-        Connection(
-            pk=row.pk,
-            platform=row.platform,
-            name=row.display_name,
-            channel=row.channel,
-            access_token=row.access_token,
-            refresh_token=row.refresh_token,
-            expires_at=row.expires_at.timestamp() if row.expires_at else None,
-            url=row.url,
-            key=row.key,
-            enabled=row.enabled,
-            revoked=row.revoked,
-            version=row.updated_at.isoformat(),
-        )
-        for row in rows
-    ]
-
-
-load_connections = database_sync_to_async(_load)
+    return await load(user_id)
 
 
 class Child:
@@ -254,6 +231,8 @@ class PlatformSupervisor(Component):
     async def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         if name == "send_chat":
             return await self.send_chat(args)
+        if name == "set_stream_info":
+            return await self.set_stream_info(args)
         return await super().on_command(name, args)
 
     async def send_chat(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -291,4 +270,33 @@ class PlatformSupervisor(Component):
         if failed:
             sent = f" (sent on {', '.join(results)})" if results else ""
             raise CommandError("; ".join(failed) + sent)
+        return {"results": results}
+
+    async def set_stream_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Send the stream's title and category to every enabled Twitch connection (the page
+        sends it with "Go live"). YouTube's title is the broadcast's own (set in YouTube)."""
+        from platforms.twitch import helix
+
+        title, category = args.get("title", ""), args.get("category", "")
+        if (
+            not isinstance(title, str)
+            or not isinstance(category, str)
+            or len(title) > 140
+            or len(category) > 100
+        ):
+            raise CommandError("title (at most 140 characters) and category must be strings")
+        if not title.strip() and not category.strip():
+            return {"results": {}}
+        results: dict[str, Any] = {}
+        failed: list[str] = []
+        for child in list(self.children.values()):
+            if child.conn.platform != "twitch":
+                continue
+            try:
+                await helix.update_channel(child.client.creds, title.strip(), category.strip())
+                results[child.conn.public_id] = {"ok": True}
+            except Exception as exc:  # one platform's refusal does not stop the others
+                failed.append(f"{child.conn.public_id}: {exc}")
+        if failed:
+            raise CommandError("; ".join(failed))
         return {"results": results}
