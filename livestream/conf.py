@@ -323,7 +323,13 @@ def validate(conf: LivestreamSettings) -> None:
     need(conf.INPUT_POLL_INTERVAL > 0, f"INPUT_POLL_INTERVAL must be > 0 (is {conf.INPUT_POLL_INTERVAL})")
     for name in ("STREAM_START_DELAY", "STREAM_END_DELAY"):
         need(getattr(conf, name) >= 0, f"{name} must be >= 0 (is {getattr(conf, name)})")
-    for name in ("TWITCH_IRC_URL", "TWITCH_HELIX_URL", "TWITCH_TOKEN_URL", "YOUTUBE_API_URL", "GOOGLE_TOKEN_URL"):
+    for name in (
+        "TWITCH_IRC_URL",
+        "TWITCH_HELIX_URL",
+        "TWITCH_TOKEN_URL",
+        "YOUTUBE_API_URL",
+        "GOOGLE_TOKEN_URL",
+    ):
         need("://" in getattr(conf, name), f"{name} must be a URL (is {getattr(conf, name)!r})")
     need(conf.TWITCH_SEND_LIMIT >= 1, f"TWITCH_SEND_LIMIT must be >= 1 (is {conf.TWITCH_SEND_LIMIT})")
     need(conf.TWITCH_SEND_WINDOW > 0, f"TWITCH_SEND_WINDOW must be > 0 (is {conf.TWITCH_SEND_WINDOW})")

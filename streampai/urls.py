@@ -9,6 +9,7 @@ urlpatterns = [
     path("", dashboard_views.home),
     path("dashboard/", include("dashboard.urls")),
     path("accounts/", include("allauth.urls")),
+    path("platforms/", include("platforms.urls")),
     path("hijack/", include("hijack.urls")),
     path("admin/", admin.site.urls),
     path("", include("alerts.urls")),  # /hooks/alerts/...
