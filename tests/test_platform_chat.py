@@ -16,9 +16,10 @@ import time
 
 import pytest
 
-from tests.harness import Account, Stack, create_accounts, log_problems
+from tests.harness import Account, Stack, create_accounts, log_problems, wait_until
 from tests.irc import IrcServer, Viewer
 from tests.tabs import Tab
+from tests.twitchlike import TwitchLikeServer
 
 pytestmark = pytest.mark.processes
 
@@ -262,3 +263,56 @@ async def test_kill_9_of_the_worker_chat_comes_back_on_the_other_and_nothing_twi
         f"\nkill -9: {len(got)} lines delivered once each; {len(lost)} said while no client was in the channel"
     )
     assert not log_problems([survivor, stack.web])
+
+
+async def test_twitch_tags_and_reconnect_end_to_end(tmp_path, migrated_db_template, key_prefix):
+    """Against a server speaking Twitch's lines: tags become the chat event's author,
+    badges, id and ts; a RECONNECT brings the chat back within 5 s and nothing said from
+    the rejoin on is lost; a siblings' failure (a refused token) leaves this one alone."""
+    server = await TwitchLikeServer.start(tokens={TOKEN})
+    stack = Stack(
+        tmp_path, migrated_db_template, key_prefix, env={**ENV, "LIVESTREAM_TWITCH_IRC_URL": server.url}
+    )
+    try:
+        stack.web = stack.start_daphne()
+        worker = stack.start_worker()
+        await worker.log.wait_for(r"worker \S+ started", 30)
+        _account, cid, tab = await connected_user(stack, "tags@example.com")
+        other = stack.manage(
+            "connect_platform",
+            "tags@example.com",
+            "twitch",
+            "--channel",
+            "second",
+            "--token",
+            "revoked-token",
+        ).strip()
+        await until_state(tab, cid, "connected", 15)
+        failed = await until_state(tab, other, "failed", 15)
+        assert "Login authentication failed" in failed["error"] and "reconnect Twitch" in failed["error"]
+        sent_at = time.time()
+        server.relay("fan", f"#{CHANNEL}", "PogChamp")
+        line = (await tab.until(lambda: chat(tab), 5, "the tagged line"))[-1]
+        assert line["author"] == "Fan" and line["text"] == "PogChamp"
+        assert line["badges"] == ["subscriber/6", "premium/1"] and line["id"].startswith("msg-")
+        assert abs(line["ts"] - sent_at) < 2
+
+        server.reconnect_all()
+        asked = time.monotonic()
+        await tab.until(lambda: state_of(tab, cid)["state"] != "connected", 5, "reconnecting")  # type: ignore[index]
+        await until_state(tab, cid, "connected", 5)
+        await wait_until(lambda: CHANNEL in server.in_channel(CHANNEL), 5, "rejoined")
+        back = time.monotonic() - asked
+        assert back < 5, back
+        before = len(chat(tab))
+        for n in range(20):
+            server.relay("fan", f"#{CHANNEL}", f"r{n}")
+        await tab.until(lambda: len(chat(tab)) >= before + 20, 5, "20 lines after the RECONNECT")
+        assert [c["text"] for c in chat(tab)[before:]] == [f"r{n}" for n in range(20)]
+        assert state_of(tab, other)["state"] == "failed"  # type: ignore[index]
+        assert server.logins_refused == 1  # the refused token was not retried
+        await tab.close()
+        print(f"\nRECONNECT: chat back in {back:.2f}s")
+    finally:
+        stack.stop_all()
+        await server.stop()
