@@ -147,11 +147,33 @@ async def test_chat_both_ways_limits_and_a_connection_disabled_and_enabled_while
         )
         stack.manage("connect_platform", "chat@example.com", "twitch", "--channel", CHANNEL, "--token", TOKEN)
         await until_state(tab, cid, "connected", 5)
+
+        # Added while running: started at once; removed: gone from the list, the others untouched.
+        custom = stack.manage(
+            "connect_platform",
+            "chat@example.com",
+            "custom",
+            "--url",
+            "rtmp://127.0.0.1/live",
+            "--key",
+            "sk_secret_1",
+        ).strip()
+        await until_state(tab, custom, "connected", 5)
+        stack.manage(
+            "shell",
+            "-c",
+            f"from platforms.models import PlatformConnection as P; P.objects.get(pk={custom.split(':')[1]}).delete()",
+        )
+        await tab.until(lambda: state_of(tab, custom) is None and state_of(tab, cid), 5, "custom removed")
+        assert state_of(tab, cid)["state"] == "connected"  # type: ignore[index]
+        reply = await tab.command("PlatformSupervisor", "send_chat", {"text": "still here"})
+        assert not reply["ok"] and "rate limited" in reply["error"]  # the send limit outlived the restart
         await second.close()
     finally:
         await viewer.close()
         await tab.close()
-    assert TOKEN not in worker.log.text() and TOKEN not in stack.web.log.text()
+    for secret in (TOKEN, "sk_secret_1"):
+        assert secret not in worker.log.text() and secret not in stack.web.log.text()
     assert not log_problems([worker, stack.web])
 
 

@@ -58,6 +58,9 @@ class Child:
         self.owner = owner
         self.conn = conn
         self.client = client_for(conn, owner.chat)
+        bucket = getattr(self.client, "bucket", None)
+        if bucket is not None:  # a send limit outlives restarts of the child (disable/enable, a new token)
+            self.client.bucket = owner.buckets.setdefault(conn.pk, bucket)  # type: ignore[attr-defined]
         self.state = CONNECTING
         self.error = ""
         self.task: asyncio.Task[None] | None = None
@@ -133,6 +136,7 @@ class PlatformSupervisor(Component):
         super().__init__(user_id)
         self.connections: list[Any] = []
         self.children: dict[int, Child] = {}
+        self.buckets: dict[int, Any] = {}  # connection pk -> its send limit's token bucket
         self._reload = asyncio.Event()
         self._published: list[dict[str, Any]] | None = None
         self._publish_lock = asyncio.Lock()
