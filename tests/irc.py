@@ -21,9 +21,12 @@ from devtools.processes import BIN, free_port
 class IrcServer:
     """``miniircd`` on 127.0.0.1:<free port>; ``password`` is what PASS must carry."""
 
-    def __init__(self, log_dir: Path, password: str | None = None) -> None:
+    def __init__(
+        self, log_dir: Path, password: str | None = None, tls: tuple[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.password = password
+        self.tls = tls  # (certificate, key) PEM files: miniircd speaks TLS
         self.log_path = log_dir / f"miniircd-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -35,6 +38,8 @@ class IrcServer:
         args = [str(BIN / "miniircd"), "--listen", "127.0.0.1", "--ports", str(self.port), "--debug"]
         if self.password:
             args += ["-p", self.password]
+        if self.tls:
+            args += ["--ssl-cert-file", self.tls[0], "--ssl-key-file", self.tls[1]]
         if os.geteuid() == 0:  # miniircd refuses root unless told so (CI runs as root)
             args += ["--setuid", "root"]
         log = self.log_path.open("ab")

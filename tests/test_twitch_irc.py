@@ -5,6 +5,7 @@ CAP ACK, PING, RECONNECT, the login-failure NOTICE), which miniircd cannot send.
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import pytest
 
@@ -136,3 +137,56 @@ async def test_twitch_tags_ping_and_reconnect():
         irc.close()
         listener.close()
         await listener.wait_closed()
+
+
+def self_signed(directory) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """A certificate for 127.0.0.1 (and its key), as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+async def test_ircs_is_tls_and_checks_the_certificate(tmp_path, monkeypatch):
+    cert, key = self_signed(tmp_path)
+    server = IrcServer(tmp_path, password="oauth:tls-token", tls=(cert, key)).start()
+    try:
+        url = f"ircs://127.0.0.1:{server.port}"
+        # Not trusted: refused (no fallback to plain text).
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await IrcConnection.open(url, "streamer", "tls-token", "streamer")
+        monkeypatch.setenv("SSL_CERT_FILE", cert)  # the system's trust store, as OpenSSL reads it
+        irc = await IrcConnection.open(url, "streamer", "tls-token", "streamer")
+        assert irc.writer.get_extra_info("ssl_object") is not None
+        irc.close()
+    finally:
+        server.stop()
