@@ -78,6 +78,14 @@ async def test_a_line_typed_on_the_page_reaches_the_channel_and_back_on_another_
             "<img src=x onerror=alert(1)> hi"
         )
 
+        # A tab opened later shows the recent lines, once each and in order.
+        third = await context.new_page()
+        await third.goto(web.url + "/dashboard/stream/")
+        texts = third.locator("#chat-lines .chat-text")
+        await expect(texts).to_have_text(
+            ["hello from the page", "<img src=x onerror=alert(1)> hi"], timeout=10_000
+        )
+
         # A refused send shows its reason on the page.
         await first.fill("#chat-text", "x" * 500)
         await first.evaluate("() => document.getElementById('chat-text').removeAttribute('maxlength')")

@@ -15,6 +15,8 @@ Wire format (pinned, issue 21):
   event "chat":      {"platform", "channel", "id", "author", "text", "ts", "badges"} (not sticky)
   event "platforms": {"platforms": [{"id", "platform", "name", "state", "error"}]} (sticky),
                      state in connecting / connected / failed / off
+  command "recent_chat" {} -> {"lines": [chat data...]}: the last 100 lines this manager saw (in
+                     memory: a tab opened later shows them; after a failover the list starts empty)
   command "set_stream_info" {"title", "category"} -> the Twitch channel's title and category
                      (Helix PATCH /channels) on every enabled Twitch connection
   command "send_chat" {"text", "platforms": [ids] (optional: all with chat)}
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -40,6 +43,7 @@ from livestream.tasks import Backoff, cancel_and_wait
 logger = logging.getLogger("livestream.platforms")
 
 CONNECTING, CONNECTED, FAILED, OFF = "connecting", "connected", "failed", "off"
+RECENT = 100
 PLATFORM_NAMES = {"twitch": "Twitch", "youtube": "YouTube", "custom": "Custom RTMP"}
 
 
@@ -141,6 +145,9 @@ class PlatformSupervisor(Component):
         self._published: list[dict[str, Any]] | None = None
         self._publish_lock = asyncio.Lock()
         self._emit_failed_at = 0.0
+        # The last RECENT chat lines, in memory only: a tab that opens later asks for them
+        # (``recent_chat``) instead of every line costing a Redis write for a replay log.
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
 
     async def reconfigure(self) -> None:
         """The user's connections changed (called by the worker): re-read them now."""
@@ -221,6 +228,7 @@ class PlatformSupervisor(Component):
 
     async def chat(self, data: dict[str, Any]) -> None:
         """A chat message from a platform to every tab (in the platform's order)."""
+        self.recent.append(data)
         try:
             await self.emit("chat", data)
         except RedisError as exc:  # Redis down: the message is lost to the tabs; one line a minute
@@ -237,6 +245,8 @@ class PlatformSupervisor(Component):
             return await self.send_chat(args)
         if name == "set_stream_info":
             return await self.set_stream_info(args)
+        if name == "recent_chat":
+            return {"lines": list(self.recent)}
         return await super().on_command(name, args)
 
     async def send_chat(self, args: dict[str, Any]) -> dict[str, Any]:

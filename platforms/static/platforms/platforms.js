@@ -24,6 +24,8 @@
     return el;
   }
 
+  // Lines arrive in order per platform; the recent ones fetched at connect are older than
+  // anything received live, so a line goes before the first one with a later time.
   function addLine(data) {
     var id = String(data.id || "");
     if (id && seen[id]) { return; }
@@ -32,13 +34,18 @@
     li.className = "chat-line";
     li.dataset.platform = String(data.platform || "");
     li.dataset.id = id;
+    li.dataset.ts = String(Number(data.ts) || 0);
     li.appendChild(span("chat-platform", String(data.platform || "")));
     (data.badges || []).forEach(function (badge) {
       li.appendChild(span("chat-badge", String(badge).split("/")[0]));
     });
     li.appendChild(span("chat-author", String(data.author || "")));
     li.appendChild(span("chat-text", String(data.text || "")));
-    list.appendChild(li);
+    var later = null;
+    for (var node = list.lastElementChild; node; node = node.previousElementSibling) {
+      if (Number(node.dataset.ts) > Number(li.dataset.ts)) { later = node; } else { break; }
+    }
+    list.insertBefore(li, later);
     while (list.children.length > MAX_LINES) {
       delete seen[list.firstChild.dataset.id];
       list.removeChild(list.firstChild);
@@ -62,6 +69,14 @@
     if (!frame || frame.component !== "PlatformSupervisor") { return; }
     if (frame.event === "chat") { addLine(frame.data || {}); }
     if (frame.event === "platforms") { setStates((frame.data || {}).platforms); }
+  });
+
+  // On every (re)connect: the recent lines this tab has not shown (a new tab starts with them).
+  document.addEventListener("streampai:connection", function (event) {
+    if (event.detail.state !== "connected" || !document.querySelector("#platform-list li[data-id]")) { return; }
+    window.streampai.command("PlatformSupervisor", "recent_chat", {})
+      .then(function (result) { (result.lines || []).forEach(addLine); })
+      .catch(function () { /* no supervisor yet: the live lines still come */ });
   });
 
   form.addEventListener("submit", function (event) {
