@@ -340,3 +340,73 @@ async def test_twitch_tags_and_reconnect_end_to_end(tmp_path, migrated_db_templa
     finally:
         stack.stop_all()
         await server.stop()
+
+
+async def test_an_expired_chat_token_is_refreshed_once_and_a_revoked_one_says_reconnect(
+    tmp_path, migrated_db_template, key_prefix
+):
+    """Twitch refuses the IRC login with an expired token: the worker refreshes it at the
+    token endpoint (a contract server) and logs in with the new one. A connection whose
+    refresh token is refused too is marked revoked: "reconnect Twitch", that platform only."""
+    from tests.contract.twitch import CLIENT_ID, CLIENT_SECRET, TwitchContract
+
+    oauth = TwitchContract("unused", "refresh-0").start()
+    server = await TwitchLikeServer.start(tokens={"access-1"})  # what the token endpoint hands out first
+    env = {
+        **ENV,
+        "LIVESTREAM_TWITCH_IRC_URL": server.url,
+        "LIVESTREAM_TWITCH_TOKEN_URL": oauth.token_url,
+        "TWITCH_CLIENT_ID": CLIENT_ID,
+        "TWITCH_CLIENT_SECRET": CLIENT_SECRET,
+    }
+    stack = Stack(tmp_path, migrated_db_template, key_prefix, env=env)
+    try:
+        stack.web = stack.start_daphne()
+        worker = stack.start_worker()
+        await worker.log.wait_for(r"worker \S+ started", 30)
+        account = create_accounts(stack, ["refresh@example.com"])["refresh@example.com"]
+        good = stack.manage(
+            "connect_platform",
+            account.email,
+            "twitch",
+            "--channel",
+            CHANNEL,
+            "--token",
+            "expired-1",
+            "--refresh-token",
+            "refresh-0",
+        ).strip()
+        bad = stack.manage(
+            "connect_platform",
+            account.email,
+            "twitch",
+            "--channel",
+            "other",
+            "--token",
+            "expired-2",
+            "--refresh-token",
+            "revoked-refresh",
+        ).strip()
+        tab = await Tab.open(stack.web.url, account.session)
+        await until_state(tab, good, "connected", 15)
+        failed = await until_state(tab, bad, "failed", 15)
+        assert "Invalid refresh token" in failed["error"] and "reconnect Twitch" in failed["error"], failed
+        assert len(oauth.calls("POST", "/oauth2/token")) == 2  # one refresh each, no retry loop
+        await asyncio.sleep(2)
+        assert len(oauth.calls("POST", "/oauth2/token")) == 2
+        assert state_of(tab, good)["state"] == "connected"  # type: ignore[index]
+        stored = stack.manage(
+            "shell",
+            "-c",
+            "from platforms.models import PlatformConnection as P; "
+            f"r = P.objects.get(pk={good.split(':')[1]}); b = P.objects.get(pk={bad.split(':')[1]}); "
+            "print(r.access_token == 'access-1', r.refresh_token == 'refresh-1', bool(b.revoked), 'access-1' in r.access_token_enc)",
+        )
+        assert stored.split()[-4:] == ["True", "True", "True", "False"], stored
+        await tab.close()
+        for secret in ("expired-1", "refresh-0", "access-1", "refresh-1", "revoked-refresh"):
+            assert secret not in worker.log.text()
+    finally:
+        stack.stop_all()
+        await server.stop()
+        oauth.stop()
