@@ -212,7 +212,8 @@ class TwitchClient(PlatformClient):
             self.irc = None
             irc.close()
 
-    def chat_data(self, msg: Message) -> dict[str, Any]:
+    @staticmethod
+    def chat_data(msg: Message) -> dict[str, Any]:
         """The ``chat`` event's data of a PRIVMSG (tags when the server sends them)."""
         tags = msg.tags
         sent = tags.get("tmi-sent-ts", "")
@@ -222,7 +223,7 @@ class TwitchClient(PlatformClient):
             "channel": msg.params[0].lstrip("#"),
             "id": tags.get("id") or uuid.uuid4().hex,
             "author": tags.get("display-name") or msg.nick,
-            "text": msg.params[-1],
+            "text": _action(msg.params[-1]),
             "ts": int(sent) / 1000 if sent.isdigit() else time.time(),
             "badges": badges,
         }
@@ -255,6 +256,13 @@ class TwitchClient(PlatformClient):
         }
         await self.on_chat(data)
         return {"id": data["id"]}
+
+
+def _action(text: str) -> str:
+    """``/me waves`` arrives as CTCP ``\x01ACTION waves\x01``: shown as the text it says."""
+    if text.startswith("\x01ACTION ") and text.endswith("\x01"):
+        return text[8:-1]
+    return text
 
 
 def client_for(conn: Connection, on_chat: ChatSink) -> PlatformClient:

@@ -190,3 +190,20 @@ async def test_ircs_is_tls_and_checks_the_certificate(tmp_path, monkeypatch):
         irc.close()
     finally:
         server.stop()
+
+
+def test_chat_data_of_a_tagged_line_and_of_a_me_action():
+    from platforms.clients import TwitchClient
+
+    line = "@badges=vip/1;display-name=Ana;id=abc;tmi-sent-ts=1700000000500 :ana!ana@x PRIVMSG #streamer :\x01ACTION waves\x01"
+    msg = parse(line)
+    assert msg is not None
+    assert TwitchClient.chat_data(msg) == {
+        "platform": "twitch",
+        "channel": "streamer",
+        "id": "abc",
+        "author": "Ana",
+        "text": "waves",
+        "ts": 1700000000.5,
+        "badges": ["vip/1"],
+    }
