@@ -410,3 +410,66 @@ async def test_an_expired_chat_token_is_refreshed_once_and_a_revoked_one_says_re
         stack.stop_all()
         await server.stop()
         oauth.stop()
+
+
+async def test_youtube_chat_through_the_worker_refresh_send_and_quota(
+    tmp_path, migrated_db_template, key_prefix
+):
+    """YouTube against its contract server (tests/contract/youtube.py) through a real worker:
+    an expired token is refreshed once (401 -> refresh -> retry), a viewer's line reaches the
+    tab, send_chat inserts and the line comes back in the poll, an exhausted quota shows on the tab."""
+    from tests.contract.youtube import CLIENT_ID, CLIENT_SECRET, YouTubeContract
+
+    yt = YouTubeContract("ya29.current", "1//refresh", polling_ms=200)
+    yt.valid_access = set()  # the stored token has expired: every call is a 401 until refreshed
+    yt.start()
+    env = {
+        **ENV,
+        "LIVESTREAM_YOUTUBE_API_URL": yt.api_url,
+        "LIVESTREAM_GOOGLE_TOKEN_URL": yt.token_url,
+        "GOOGLE_CLIENT_ID": CLIENT_ID,
+        "GOOGLE_CLIENT_SECRET": CLIENT_SECRET,
+    }
+    stack = Stack(tmp_path, migrated_db_template, key_prefix, env=env)
+    try:
+        stack.web = stack.start_daphne()
+        worker = stack.start_worker()
+        await worker.log.wait_for(r"worker \S+ started", 30)
+        account = create_accounts(stack, ["yt@example.com"])["yt@example.com"]
+        yid = stack.manage(
+            "connect_platform",
+            account.email,
+            "youtube",
+            "--channel",
+            "UCstreamer",
+            "--token",
+            "ya29.expired",
+            "--refresh-token",
+            "1//refresh",
+        ).strip()
+        tab = await Tab.open(stack.web.url, account.session)
+        await until_state(tab, yid, "connected", 15)
+        assert len(yt.calls("POST", "/token")) == 1
+
+        yt.say("Viewer One", "hi from YouTube")
+        line = (await tab.until(lambda: chat(tab), 5, "the YouTube line"))[-1]
+        assert (line["platform"], line["author"], line["text"]) == (
+            "youtube",
+            "Viewer One",
+            "hi from YouTube",
+        )
+        reply = await tab.command("PlatformSupervisor", "send_chat", {"text": "welcome!", "platforms": [yid]})
+        assert reply["ok"], reply
+        back = await tab.until(lambda: [c for c in chat(tab) if c["text"] == "welcome!"], 5, "the sent line")
+        assert back[0]["badges"] == ["owner"] and len(back) == 1
+        too_long = await tab.command("PlatformSupervisor", "send_chat", {"text": "y" * 201})
+        assert not too_long["ok"] and "at most 200" in too_long["error"]
+
+        yt.quota_exhausted = True
+        failed = await until_state(tab, yid, "failed", 10)
+        assert failed["error"] == "YouTube API quota exhausted (quotaExceeded)", failed
+        await tab.close()
+        assert "ya29." not in worker.log.text()
+    finally:
+        stack.stop_all()
+        yt.stop()
