@@ -4,6 +4,7 @@ channel appears on a second tab, as text (never HTML); the connection's state sh
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -85,6 +86,11 @@ async def test_a_line_typed_on_the_page_reaches_the_channel_and_back_on_another_
         await expect(texts).to_have_text(
             ["hello from the page", "<img src=x onerror=alert(1)> hi"], timeout=10_000
         )
+
+        if os.environ.get("SCREENSHOT_DIR"):  # a look at the panel while developing
+            await second.screenshot(
+                path=os.path.join(os.environ["SCREENSHOT_DIR"], "chat.png"), full_page=True
+            )
 
         # A refused send shows its reason on the page.
         await first.fill("#chat-text", "x" * 500)
