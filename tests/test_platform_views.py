@@ -113,3 +113,19 @@ def test_connect_platform_command(users, capsys):
         call_command("connect_platform", "a@example.com", "custom", "--url", "rtmp://x/live")
     with pytest.raises(CommandError, match="no user"):
         call_command("connect_platform", "nobody@example.com", "twitch", "--channel", "x", "--token", "y")
+
+
+def test_connect_buttons_only_for_configured_oauth_apps(client, users, settings):
+    client.force_login(users[0])
+    page = client.get("/dashboard/stream/").content.decode()
+    assert 'id="connect-twitch"' not in page and 'id="connect-google"' not in page
+    settings.SOCIALACCOUNT_PROVIDERS = {
+        **settings.SOCIALACCOUNT_PROVIDERS,
+        "twitch": {
+            **settings.SOCIALACCOUNT_PROVIDERS["twitch"],
+            "APPS": [{"client_id": "cid", "secret": "app-secret-xyz"}],
+        },
+    }
+    page = client.get("/dashboard/stream/").content.decode()
+    assert 'id="connect-twitch"' in page and "/accounts/twitch/login/" in page and "process=connect" in page
+    assert 'id="connect-google"' not in page and "app-secret-xyz" not in page
