@@ -21,6 +21,10 @@ class ApiError(Exception):
     """An API answered with an error the caller shows (its text is user-facing)."""
 
 
+class Waiting(ApiError):
+    """Nothing to connect to yet (YouTube: no live broadcast): shown as "connecting", retried."""
+
+
 class RateLimited(ApiError):
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"rate limited; retrying in {retry_after:.0f}s")

@@ -298,3 +298,21 @@ async def test_the_platforms_are_outputs_of_the_broadcast(twitch, yt, configure_
     yt.quota_exhausted = True
     specs = {s.id: s for s in await outputs_for(str(tw.user_id)) if ":" in s.id}
     assert specs[y.public_id].enabled is False and specs[tw.public_id].enabled
+
+
+async def test_youtube_without_a_live_broadcast_is_connecting_and_waiting(yt):
+    from livestream.components.platform_supervisor import PlatformSupervisor
+
+    yt.live = False
+    row = await make_connection("youtube", "ya29.old", "1//refresh", expires_in=None)
+    supervisor = PlatformSupervisor(str(row.user_id))
+    task = asyncio.create_task(supervisor.run())
+    try:
+        await wait_until(lambda: len(yt.calls("GET", "/youtube/v3/liveBroadcasts")) >= 2, 5, "two looks")
+        (state,) = supervisor.platforms()
+        assert (state["state"], state["error"]) == ("connecting", "waiting for a live broadcast")
+        yt.live = True
+        await wait_until(lambda: supervisor.platforms()[0]["state"] == "connected", 5, "connected once live")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

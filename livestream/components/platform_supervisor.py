@@ -83,7 +83,7 @@ class Child:
         await self._set(CONNECTED)
 
     async def _supervise(self) -> None:
-        from platforms.api import ApiError, RateLimited
+        from platforms.api import ApiError, RateLimited, Waiting
         from platforms.clients import LoginFailed, Reconnect
         from platforms.tokens import Revoked
 
@@ -112,14 +112,15 @@ class Child:
                 continue
             except Exception as exc:  # network, protocol, quota, a bug: this child only, with backoff
                 why = str(exc) or type(exc).__name__
-                why_kind = "api" if isinstance(exc, ApiError) else ""
+                why_kind = "wait" if isinstance(exc, Waiting) else "api" if isinstance(exc, ApiError) else ""
                 if not isinstance(exc, (OSError, ConnectionError, TimeoutError, ApiError)):
                     logger.exception("[UserStreamManager:%s] platform %s crashed", user, cid)
             delay = self.backoff.failed()
             logger.warning(logformats.PLATFORM_RETRY, user, cid, why, delay)
-            # One drop shows "connecting"; failing again and again, or an API's refusal (quota,
-            # no broadcast), shows "failed" and why (while it keeps retrying).
-            transient = self.backoff.failures <= 1 and why_kind != "api"
+            # One drop, or nothing to connect to yet (no live broadcast), shows "connecting";
+            # failing again and again, or an API's refusal (quota), shows "failed" and why
+            # (while it keeps retrying).
+            transient = why_kind == "wait" or (self.backoff.failures <= 1 and why_kind != "api")
             await self._set(CONNECTING if transient else FAILED, why)
             await asyncio.sleep(delay)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from platforms.api import ApiError, RateLimited
+from platforms.api import ApiError, RateLimited, Waiting
 from platforms.clients import ChatSink, Connected, Connection, PlatformClient
 from platforms.youtube import api
 
@@ -70,7 +70,7 @@ class YouTubeClient(PlatformClient):
         async with httpx.AsyncClient(timeout=10) as http:
             self.chat_id = await api.active_chat_id(self.creds, http)
             if self.chat_id is None:
-                raise ApiError("no live broadcast with a chat")
+                raise Waiting("waiting for a live broadcast")
             self.http = http
             try:
                 page = await api.messages(self.creds, http, self.chat_id, None)
