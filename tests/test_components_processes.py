@@ -195,7 +195,7 @@ async def test_no_running_manager_is_an_error_reply(stack):
     stack.manage(
         "shell",
         "-c",
-        f"from asgiref.sync import async_to_sync; from livestream import control; "
+        f"from asgiref.sync import async_to_sync; from livestream.worker import control; "
         f"async_to_sync(control.request)('stop', '{uid}', '1')",
     )
     owner = owner_of(stack, uid)
