@@ -7,7 +7,7 @@ environment variables.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
@@ -31,14 +31,14 @@ class LivestreamSettings:
     # daphne accepts per second (make bench: 5a, about 800 returning page sockets
     # per CPU-second here), times the daphnes left.
     HANDOFF_RECONNECT_RATE: float = 800.0
-    # Dotted paths of the components every UserStreamManager supervises.
+    # Names of the components every UserStreamManager supervises, from the
+    # registry (livestream/components/registry.py; a name is the class name).
     # A user's rows in livestream.models.UserComponent enable or disable single
     # components on top of this list (livestream/components/choices.py).
-    COMPONENTS: tuple[str, ...] = (
-        "livestream.components.console_logger.ConsoleLogger",
-        "livestream.components.stream_state.StreamStateServer",
-        "livestream.components.alert_manager.AlertManager",
-    )
+    COMPONENTS: tuple[str, ...] = ("ConsoleLogger", "StreamStateServer", "AlertManager")
+    # More registry entries, {name: dotted path}: a dict written in a settings
+    # module (the tests' fixtures use it), never from the environment or a form.
+    EXTRA_COMPONENTS: dict[str, str] = field(default_factory=dict)
     # Seconds between ConsoleLogger lines.
     CONSOLE_LOG_INTERVAL: float = 1.0
     # Each open socket refreshes its presence this often (seconds) ...
@@ -151,12 +151,25 @@ class LivestreamSettings:
     STREAM_END_DELAY: float = 1.0
 
 
-_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(LivestreamSettings)}
+_DEFAULTS: dict[str, Any] = {
+    f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[operator]
+    for f in fields(LivestreamSettings)
+}
 
 
 def _coerce(name: str, value: Any) -> Any:
     """Convert an override (often a string from the environment) to the key's type."""
     default = _DEFAULTS[name]
+    if isinstance(default, dict):
+        # Only settings code can build a dict: the environment gives strings, refused here.
+        if not (
+            isinstance(value, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        ):
+            raise ImproperlyConfigured(
+                f"LIVESTREAM[{name!r}] must be a dict of name -> dotted path written in settings code"
+            )
+        return dict(value)
     if isinstance(default, bool):
         return value if isinstance(value, bool) else str(value).strip().lower() in {"1", "true", "yes", "on"}
     if isinstance(default, tuple):
@@ -258,6 +271,15 @@ def validate(conf: LivestreamSettings) -> None:
     for name in ("KEY_PREFIX", "TOPIC", "WORKER_CHANNEL"):
         need(bool(getattr(conf, name)), f"{name} must not be empty")
     need(bool(conf.COMPONENTS), "COMPONENTS must list at least one component")
+    from livestream.components.registry import BUILTIN
+
+    registered = {**BUILTIN, **conf.EXTRA_COMPONENTS}
+    unknown = [name for name in conf.COMPONENTS if name not in registered]
+    need(
+        not unknown,
+        f"COMPONENTS names unknown components {', '.join(map(repr, unknown))} "
+        f"(registered: {', '.join(registered)}; a name is a class name, not a dotted path)",
+    )
     need(
         64 <= conf.COMMAND_MAX_BYTES <= conf.MAX_FRAME_BYTES,
         f"COMMAND_MAX_BYTES must be between 64 and MAX_FRAME_BYTES (is {conf.COMMAND_MAX_BYTES})",
