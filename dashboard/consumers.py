@@ -267,8 +267,12 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             return
         try:
             frame = json.loads(text)
-        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
+        except ValueError:
             logger.info("[PresenceConsumer] ignored a non-JSON frame from user %s", self.user_id)
+            return
+        except RecursionError:  # "[[[[..." nested too deep: answer its id if it has one
+            if self.commands is None or not await self.commands.unparsable(text):
+                logger.info("[PresenceConsumer] ignored a non-JSON frame from user %s", self.user_id)
             return
         if not isinstance(frame, dict):
             return
