@@ -106,6 +106,11 @@ class LivestreamSettings:
     # (seconds) and is dropped at once on logout, session rotation and any save of
     # the user. 0 turns the cache off (every handshake asks the database).
     WS_AUTH_CACHE_TTL: float = 300.0
+    # Each daphne checks the sessions of its open dashboard sockets this often
+    # (seconds; one query per 500 sessions) and closes the sockets of sessions
+    # that expired or were deleted bypassing the ORM (raw SQL); ORM deletes and
+    # password changes close them at once (dashboard/auth/revocation.py). 0: off.
+    SESSION_SWEEP_INTERVAL: float = 1.0
 
     # --- Alerts (issue 11: the webhook and the AlertManager) ---
     # Alerts queued per user and not yet delivered; the webhook answers 429 beyond
@@ -220,6 +225,7 @@ def validate(conf: LivestreamSettings) -> None:
         "SHUTDOWN_TIMEOUT",
         "STAFF_STOP_HOLD",
         "WS_AUTH_CACHE_TTL",
+        "SESSION_SWEEP_INTERVAL",
     ):
         need(getattr(conf, name) >= 0, f"{name} must be >= 0 (is {getattr(conf, name)})")
     # A worker fences (stops its managers) when it could not renew for
