@@ -8,6 +8,7 @@ import os
 
 from django.core.asgi import get_asgi_application
 
+from streampai.logredact import install as install_log_redaction
 from streampai.startup import exit_on_bad_configuration
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "streampai.settings")
@@ -25,6 +26,10 @@ from dashboard.routing import websocket_urlpatterns
 from dashboard.ws.admission import HandshakeGate
 from livestream.conf import get_settings
 from livestream.worker.consumer import PresenceManagerConsumer
+
+# daphne imports this module before it serves (and writes its first access-log line):
+# secrets in request paths are masked there too.
+install_log_redaction()
 
 http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app
 
