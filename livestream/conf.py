@@ -119,6 +119,20 @@ class LivestreamSettings:
     ALERT_QUEUE_CAP: int = 100
     # Largest webhook body accepted (bytes); larger ones get 413.
     ALERT_MAX_BODY_BYTES: int = 4096
+    # Webhook rate limits (token buckets in Redis, alerts/ratelimit.py): POSTs per
+    # second per client IP (checked before Django: refusing a flood costs little;
+    # behind a proxy run daphne with --proxy-headers, or every sender is the proxy),
+    # and alerts per second per user (after the secret). Over either: 429 with
+    # Retry-After. A donation platform posting for many users shares one IP's
+    # budget: raise ALERT_RATE_PER_IP for it. 0 turns a limit off.
+    ALERT_RATE_PER_IP: float = 20.0
+    ALERT_BURST_PER_IP: int = 100
+    ALERT_RATE_PER_USER: float = 2.0
+    ALERT_BURST_PER_USER: int = 30
+    # Largest request body daphne reads for any other path (bytes); bigger ones are
+    # refused with 413 while being read, before daphne buffers them
+    # (dashboard/daphne/bodylimit.py). Webhook paths use ALERT_MAX_BODY_BYTES.
+    MAX_REQUEST_BODY_BYTES: int = 2_621_440
     # Seconds the AlertManager waits between two alerts (and the overlay shows each).
     ALERT_DISPLAY_INTERVAL: float = 5.0
     # An idle AlertManager re-checks its queue this often (seconds) even without a
@@ -269,6 +283,14 @@ def validate(conf: LivestreamSettings) -> None:
     need(
         conf.ALERT_RECHECK_INTERVAL > 0,
         f"ALERT_RECHECK_INTERVAL must be > 0 (is {conf.ALERT_RECHECK_INTERVAL})",
+    )
+    for name in ("ALERT_RATE_PER_IP", "ALERT_RATE_PER_USER"):
+        need(getattr(conf, name) >= 0, f"{name} must be >= 0 (is {getattr(conf, name)})")
+    for name in ("ALERT_BURST_PER_IP", "ALERT_BURST_PER_USER"):
+        need(getattr(conf, name) >= 1, f"{name} must be >= 1 (is {getattr(conf, name)})")
+    need(
+        conf.MAX_REQUEST_BODY_BYTES >= 65536,
+        f"MAX_REQUEST_BODY_BYTES must be >= 65536 (is {conf.MAX_REQUEST_BODY_BYTES})",
     )
     need(
         conf.REDIS_MAX_CONNECTIONS >= 4,
