@@ -129,3 +129,29 @@ async def test_the_sweep_closes_expired_and_raw_sql_deleted_sessions(stack):
         assert code_ == SESSION_ENDED and at - started < interval + 1.0, (code_, at - started)
     assert await refused(web.url, expiring) and await refused(web.url, raw)
     await stack.web.log.wait_for(r"sessions with open sockets ended \(expired or deleted\)", 2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deletes_are_announced_once_per_commit_and_never_after_a_rollback(monkeypatch, django_user_model):
+    from django.contrib.sessions.models import Session
+    from django.db import transaction
+    from django.test import Client
+
+    from dashboard.auth import revocation
+
+    announced: list[list[str]] = []
+    monkeypatch.setattr(revocation, "ended", lambda keys, reason: announced.append(sorted(keys)))
+    user = django_user_model.objects.create(username="rb", email="rb@x.y")
+    keys = []
+    for _ in range(4):
+        client = Client()
+        client.force_login(user)
+        keys.append(client.cookies["sessionid"].value)
+    announced.clear()  # logging in rotates (deletes) the session it started with
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Session.objects.filter(session_key=keys[0]).delete()
+        raise RuntimeError("rolled back")
+    assert announced == [] and Session.objects.filter(session_key=keys[0]).exists()
+    Session.objects.filter(session_key__in=keys[:3]).delete()  # one batch for the QuerySet
+    Session.objects.get(session_key=keys[3]).delete()  # autocommit: announced at once
+    assert announced == [sorted(keys[:3]), [keys[3]]]

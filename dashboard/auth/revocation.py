@@ -52,10 +52,18 @@ _local = threading.local()
 def _ended_later(session_key: str) -> None:
     """Collect ``session_key``; one flush per transaction closes them all after commit."""
     pending: set[str] | None = getattr(_local, "pending", None)
-    if pending is None:
-        pending = _local.pending = set()
-        transaction.on_commit(_flush)
-    pending.add(session_key)
+    if pending is not None and _flush_waiting():
+        pending.add(session_key)
+        return
+    _local.pending = {session_key}
+    transaction.on_commit(_flush)  # outside a transaction this runs at once
+
+
+def _flush_waiting() -> bool:
+    """Is a _flush registered in the open transaction? (A rollback drops it, and the
+    keys collected for it with it: they were not deleted after all.)"""
+    waiting = transaction.get_connection().run_on_commit
+    return any(entry[1] is _flush for entry in waiting)
 
 
 def _flush() -> None:
