@@ -142,6 +142,16 @@ async def still_valid(session_key: str, user_id: str) -> bool:
     return await database_sync_to_async(session_valid)(session_key, user_id)
 
 
+def _database_sessions() -> bool:
+    """The sweep reads the django_session table: only meaningful if sessions live there
+    (a signed-cookie engine has no rows, and every socket would look ended)."""
+    from importlib import import_module
+
+    from django.contrib.sessions.backends.db import SessionStore as DatabaseStore
+
+    return issubclass(import_module(settings.SESSION_ENGINE).SessionStore, DatabaseStore)
+
+
 def _live_keys(session_keys: list[str]) -> set[str]:
     now = timezone.now()
     found: set[str] = set()
@@ -165,7 +175,7 @@ class Sweeper:
     def add(self, session_key: str, consumer: Any) -> None:
         self.sockets.setdefault(session_key, set()).add(consumer)
         interval = get_settings().SESSION_SWEEP_INTERVAL
-        if interval > 0 and (self.task is None or self.task.done()):
+        if interval > 0 and _database_sessions() and (self.task is None or self.task.done()):
             self.task = asyncio.ensure_future(self._run(interval))
 
     def discard(self, session_key: str, consumer: Any) -> None:
