@@ -46,13 +46,7 @@ from benchmarks.common import (
     workdir,
 )
 
-COMPONENTS = ",".join(
-    [
-        "livestream.components.console_logger.ConsoleLogger",
-        "livestream.components.stream_state.StreamStateServer",
-        "tests.components.Echo",
-    ]
-)
+COMPONENTS = "ConsoleLogger,StreamStateServer,Echo"
 
 
 class Counting:
@@ -156,6 +150,7 @@ async def measure(tmp: Any, template: Any, server: Any, quick: bool) -> dict[str
         template,
         server,
         LIVESTREAM_COMPONENTS=COMPONENTS,
+        DJANGO_SETTINGS_MODULE="tests.settings",  # registers Echo
         LIVESTREAM_COMMAND_RATE="0",
         LIVESTREAM_FRAME_RATE="0",
     )

@@ -61,6 +61,7 @@ from typing import Any
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from dashboard.auth import revocation
 from dashboard.daphne import shutdown
 from dashboard.daphne.transport import daphne_protocol, daphne_send, small_receive_buffer, unsent_bytes
 from dashboard.ws.commands import SocketCommands
@@ -94,6 +95,7 @@ HUB_HANDLERS = {
     "sessions": "hub_sessions",
     "session.ended": "hub_session_ended",
     "user.deactivated": "hub_user_deactivated",
+    "user.reauth": "hub_user_reauth",
     "component.event": "hub_component_event",
     "component.reply": "hub_component_reply",
 }
@@ -118,6 +120,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     # and admission wrappers around ``base_send`` act only on the handshake's messages, and a
     # live tab gets a push a second: skipping them is a measurable share of daphne's CPU.
     push_send: Any = None
+    session_key: str | None = None  # the session the socket was opened with (the sweep checks it)
 
     # -- the ASGI loop -----------------------------------------------------
 
@@ -150,6 +153,8 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         """However the consumer ended (disconnect, a handler raised, daphne cancelled
         it), leave the hub and untrack the connection once. Never blocks long."""
         shutdown.forget(self)
+        if self.session_key is not None:
+            revocation.sweeper().discard(self.session_key, self)
         if self.channels:
             get_hub(HUB_HANDLERS).leave(self, self.channels)
             self.channels = ()
@@ -241,6 +246,9 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         self.frames = TokenBucket(conf.FRAME_RATE, conf.FRAME_BURST)
         self.commands = SocketCommands(self.user_id, self._forward)
         shutdown.register(self)
+        if session_key:
+            self.session_key = session_key
+            revocation.sweeper().add(session_key, self)
         # The component state first (read by the track), then what arrived since: in order.
         early, self.early_events = self.early_events or [], None
         for frame in (*(change.sticky if change is not None else ()), *early):
@@ -267,8 +275,12 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             return
         try:
             frame = json.loads(text)
-        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
+        except ValueError:
             logger.info("[PresenceConsumer] ignored a non-JSON frame from user %s", self.user_id)
+            return
+        except RecursionError:  # "[[[[..." nested too deep: answer its id if it has one
+            if self.commands is None or not await self.commands.unparsable(text):
+                logger.info("[PresenceConsumer] ignored a non-JSON frame from user %s", self.user_id)
             return
         if not isinstance(frame, dict):
             return
@@ -360,6 +372,26 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     async def hub_session_ended(self, event: dict[str, Any], raw: str) -> None:
         self._spawn(self.end_and_close(SESSION_ENDED, f"session {str(event.get('reason', 'ended'))[:100]!r}"))
+
+    async def hub_user_reauth(self, event: dict[str, Any], raw: str) -> None:
+        """The user's password changed: is this socket's session still theirs?"""
+        if self._is_mine(event) and self.session_key is not None:
+            self._spawn(self._recheck_session())
+
+    async def _recheck_session(self) -> None:
+        if self.session_key is None or self.user_id is None:
+            return
+        try:
+            valid = await revocation.still_valid(self.session_key, self.user_id)
+        except Exception as exc:  # the database away: the sweep or the next check decides
+            logger.warning("[PresenceConsumer] session of user %s not re-checked: %r", self.user_id, exc)
+            return
+        if not valid:
+            await self.end_and_close(SESSION_ENDED, "session 'password changed'")
+
+    def session_gone(self, why: str) -> None:
+        """The sweep found this socket's session expired or deleted."""
+        self._spawn(self.end_and_close(SESSION_ENDED, f"session {why!r}"))
 
     async def hub_user_deactivated(self, event: dict[str, Any], raw: str) -> None:
         if self._is_mine(event):

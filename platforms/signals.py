@@ -18,13 +18,12 @@ from livestream.components import choices
 from livestream.models import UserComponent
 from platforms.models import PlatformConnection
 
-SUPERVISOR = "livestream.components.platform_supervisor.PlatformSupervisor"
-NAME = "PlatformSupervisor"
+NAME = SUPERVISOR = "PlatformSupervisor"  # its registry name (livestream/components/registry.py)
 
 
 @receiver(post_save, sender=PlatformConnection)
 def connection_saved(sender: type[PlatformConnection], instance: PlatformConnection, **kwargs: Any) -> None:
-    UserComponent.objects.get_or_create(user_id=instance.user_id, path=SUPERVISOR, defaults={"enabled": True})
+    UserComponent.objects.get_or_create(user_id=instance.user_id, name=SUPERVISOR, defaults={"enabled": True})
     user_id = str(instance.user_id)
     transaction.on_commit(lambda: choices.notify(user_id, NAME))
 
@@ -33,5 +32,5 @@ def connection_saved(sender: type[PlatformConnection], instance: PlatformConnect
 def connection_deleted(sender: type[PlatformConnection], instance: PlatformConnection, **kwargs: Any) -> None:
     user_id = str(instance.user_id)
     if not PlatformConnection.objects.filter(user_id=instance.user_id).exists():
-        UserComponent.objects.filter(user_id=instance.user_id, path=SUPERVISOR).delete()
+        UserComponent.objects.filter(user_id=instance.user_id, name=SUPERVISOR).delete()
     transaction.on_commit(lambda: choices.notify(user_id, NAME))

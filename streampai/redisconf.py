@@ -28,7 +28,10 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 import redis.asyncio.sentinel as aiosentinel
+import redis.retry
 import redis.sentinel
+from redis.asyncio import retry as aioretry
+from redis.backoff import NoBackoff
 
 from streampai.redisurl import (  # noqa: F401  (re-exported: their historical home)
     DEFAULT_SENTINEL_PORT,
@@ -71,6 +74,25 @@ def socket_options() -> dict[str, Any]:
 def connection_options() -> dict[str, Any]:
     """Keyword arguments for every Redis connection pool we create: sockets, and the ceiling."""
     return {**socket_options(), "max_connections": _max_connections(), "timeout": POOL_TIMEOUT}
+
+
+# A pooled connection that was idle across a Redis restart is dead, but nothing tells
+# the pool until it is used: its next command fails with ConnectionError ("Connection
+# closed by server"), however long Redis has been back (issue 20.5: a tab's command got
+# "cannot reach its workers" 15 s after a restart). redis-py retries nothing unless the
+# *connection* carries a Retry (a client built from a pool ignores its own retry
+# arguments), so every pool we build sets one: on a ConnectionError the connection is
+# closed and the command sent once more on a fresh one. Only ConnectionError, never
+# TimeoutError: a timed-out command may have run, and running it twice is worse than an
+# error. While Redis is really down the retry fails too and the caller sees the error.
+RETRIES = 1
+
+
+def _retry(sync: bool = False) -> Any:
+    """A fresh Retry (each connection mutates its own) for the async or the sync client."""
+    if sync:
+        return redis.retry.Retry(NoBackoff(), RETRIES, supported_errors=(redis.ConnectionError,))
+    return aioretry.Retry(NoBackoff(), RETRIES, supported_errors=(redis.ConnectionError,))
 
 
 def _sentinel_kwargs(target: RedisTarget) -> dict[str, Any]:
@@ -181,10 +203,11 @@ def _max_connections() -> int:
 
 def async_pool(target: RedisTarget, **overrides: Any) -> aioredis.ConnectionPool:
     """A bounded, waiting asyncio pool for ``target`` (a new one each call)."""
+    base = {**connection_options(), "retry": _retry()}
     if not target.is_sentinel:
-        return BoundedConnectionPool.from_url(target.url, **{**connection_options(), **overrides})
+        return BoundedConnectionPool.from_url(target.url, **{**base, **overrides})
     manager = aiosentinel.Sentinel(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target))
-    options = {**connection_options(), **target.client_kwargs, **overrides}
+    options = {**base, **target.client_kwargs, **overrides}
     return BlockingSentinelConnectionPool(target.service, manager, **options)
 
 
@@ -213,10 +236,11 @@ class CacheConnectionPool:
     @classmethod
     def from_url(cls, url: str, **options: Any) -> redis.ConnectionPool:
         target = parse_redis_url(url)
+        base = {**connection_options(), "retry": _retry(sync=True)}
         if not target.is_sentinel:
-            return redis.BlockingConnectionPool.from_url(target.url, **{**connection_options(), **options})
+            return redis.BlockingConnectionPool.from_url(target.url, **{**base, **options})
         manager = redis.sentinel.Sentinel(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target))
-        options = {**connection_options(), **target.client_kwargs, **options}
+        options = {**base, **target.client_kwargs, **options}
         return SyncBlockingSentinelConnectionPool(target.service, manager, **options)
 
 
@@ -255,6 +279,7 @@ def channel_layer_host(target: RedisTarget, max_connections: int | None = None) 
 def layer_pool(host: dict[str, Any]) -> aioredis.ConnectionPool:
     """channels-redis' create_pool(host), but bounded and waiting (see channel_layer_host)."""
     host = dict(host)
+    host.setdefault("retry", _retry())
     host.setdefault("timeout", POOL_TIMEOUT)
     host.setdefault("max_connections", _max_connections())
     if "address" in host:

@@ -294,11 +294,17 @@ CACHES = caches(REDIS_URL, key_prefix=f"{_prefix}:cache")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    # Secrets (webhook secrets in paths, stream keys, tokens) are masked in every line
+    # (streampai/logredact.py); daphne's access log is redacted by streampai/asgi.py.
+    "filters": {"redact": {"()": "streampai.logredact.RedactFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "()": "streampai.logredact.RedactingFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]},
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
@@ -307,5 +313,10 @@ LOGGING = {
         "alerts": {"level": "INFO"},
         "django.channels": {"level": "INFO"},
         "daphne": {"level": "INFO"},
+        # Django's default config gives these loggers handlers of their own (a plain
+        # console in DEBUG, runserver's access lines) that would bypass the redaction:
+        # everything goes through the root handler instead.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
     },
 }

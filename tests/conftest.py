@@ -23,6 +23,7 @@ from django.conf import settings as django_settings
 from devtools.redis import private_redis
 from streampai.redisconf import caches, channel_layers
 from tests.harness import wait_until  # noqa: F401  (the tests import it from here)
+from tests.settings import TEST_COMPONENTS
 
 _private = contextlib.ExitStack()
 
@@ -61,7 +62,8 @@ def livestream_settings(settings, key_prefix: str, redis_url: str) -> Iterator[d
     Tests change timings with ``livestream_settings.update(...)`` through
     ``configure_livestream`` below, which re-fires setting_changed.
     """
-    settings.LIVESTREAM = {"KEY_PREFIX": key_prefix}
+    # The test components (tests/components.py) are registered for tests only.
+    settings.LIVESTREAM = {"KEY_PREFIX": key_prefix, "EXTRA_COMPONENTS": TEST_COMPONENTS}
     settings.CHANNEL_LAYERS = channel_layers(redis_url, prefix=f"{key_prefix}:asgi")
     # allauth's rate limits live in the cache: per test, as they were per process.
     settings.CACHES = caches(redis_url, key_prefix=f"{key_prefix}:cache")

@@ -15,18 +15,17 @@ from tests.tabs import Tab
 
 pytestmark = pytest.mark.processes
 
-COMPONENTS = ",".join(
-    [
-        "livestream.components.console_logger.ConsoleLogger",
-        "livestream.components.stream_state.StreamStateServer",
-        "tests.components.Echo",
-    ]
-)
+COMPONENTS = "ConsoleLogger,StreamStateServer,Echo"
 
 
 @pytest.fixture
 def stack(tmp_path, migrated_db_template, key_prefix):
-    stack = Stack(tmp_path, migrated_db_template, key_prefix, env={"LIVESTREAM_COMPONENTS": COMPONENTS})
+    stack = Stack(
+        tmp_path,
+        migrated_db_template,
+        key_prefix,
+        env={"LIVESTREAM_COMPONENTS": COMPONENTS, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+    )
     yield stack
     stack.stop_all()
 

@@ -19,14 +19,8 @@ from tests.tabs import Tab
 
 pytestmark = pytest.mark.processes
 
-COMPONENTS = ",".join(
-    [
-        "livestream.components.console_logger.ConsoleLogger",
-        "livestream.components.stream_state.StreamStateServer",
-        "tests.components.Echo",
-    ]
-)
-STREAM_STATE = "livestream.components.stream_state.StreamStateServer"
+COMPONENTS = "ConsoleLogger,StreamStateServer,Echo"
+STREAM_STATE = "StreamStateServer"
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +31,7 @@ def stack(tmp_path_factory, migrated_db_template):
         f"t{uuid.uuid4().hex[:12]}",
         env={
             "LIVESTREAM_COMPONENTS": COMPONENTS,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",  # registers Echo
             "LIVESTREAM_STREAM_START_DELAY": "0.3",
             "LIVESTREAM_STREAM_END_DELAY": "0.3",
             # 2 MiB, not 256 KiB: under the full suite's load the *reading* tab of the
@@ -195,7 +190,7 @@ async def test_no_running_manager_is_an_error_reply(stack):
     stack.manage(
         "shell",
         "-c",
-        f"from asgiref.sync import async_to_sync; from livestream import control; "
+        f"from asgiref.sync import async_to_sync; from livestream.worker import control; "
         f"async_to_sync(control.request)('stop', '{uid}', '1')",
     )
     owner = owner_of(stack, uid)
@@ -231,7 +226,7 @@ async def test_disabling_and_enabling_one_component_leaves_the_others_running(st
     await owner.log.wait_for(console, 10, count=2)
     shell = "from livestream.models import UserComponent as C; "
     stack.manage(
-        "shell", "-c", shell + f"C.objects.create(user_id={uid}, path='{STREAM_STATE}', enabled=False)"
+        "shell", "-c", shell + f"C.objects.create(user_id={uid}, name='{STREAM_STATE}', enabled=False)"
     )
     await owner.log.wait_for(rf"components of {uid} changed: started none, stopped StreamStateServer", 10)
     reply = await tab.command("StreamStateServer", "go_live")

@@ -166,7 +166,8 @@ async def test_a_worker_measures_join_to_running(run_worker, aredis):
 async def test_a_worker_counts_component_restarts_once(run_worker, configure_livestream, aredis):
     configure_livestream(
         RECONCILE_INTERVAL=0.05,
-        COMPONENTS="tests.test_metrics.Crashy",
+        COMPONENTS="Crashy",
+        EXTRA_COMPONENTS={"Crashy": "tests.test_metrics.Crashy"},
         RESTART_BACKOFF=0.05,
         MAX_RESTARTS=3,
     )

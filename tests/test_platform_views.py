@@ -31,7 +31,7 @@ def test_add_toggle_remove_own_connections_only(client, users):
     assert (row.platform, row.name, row.key, row.enabled) == ("custom", "Backup", "sk_live_987654", True)
     assert "sk_live_987654" not in row.key_enc
     # The first connection enables the PlatformSupervisor for this user.
-    assert UserComponent.objects.filter(user=a, path=SUPERVISOR, enabled=True).exists()
+    assert UserComponent.objects.filter(user=a, name=SUPERVISOR, enabled=True).exists()
 
     page = client.get("/dashboard/stream/").content.decode()
     assert f'data-id="custom:{row.pk}"' in page and "Backup" in page
@@ -49,7 +49,7 @@ def test_add_toggle_remove_own_connections_only(client, users):
     assert client.post(f"/platforms/{row.pk}/remove/").status_code == 302
     assert not PlatformConnection.objects.filter(user=a).exists()
     # The last one gone: the supervisor is no longer run for this user.
-    assert not UserComponent.objects.filter(user=a, path=SUPERVISOR).exists()
+    assert not UserComponent.objects.filter(user=a, name=SUPERVISOR).exists()
 
 
 def test_bad_custom_target_is_refused_with_a_message(client, users):

@@ -44,6 +44,10 @@ logger = logging.getLogger("dashboard.hub")
 # Messages handed to sockets between two yields to the loop.
 YIELD_EVERY = 50
 BATCH = 500
+# A subscriber only reads, so a connection the network silently lost (a Redis restarted
+# behind a proxy or on another host, a failover) would wait for messages for ever: a
+# PING when it has been quiet this long (seconds) finds out, and the hub reconnects.
+HEALTH_CHECK_INTERVAL = 2.0
 
 
 def control_channel(user_id: str) -> str:
@@ -139,7 +143,7 @@ class Hub:
         lost_at: float | None = None
         while True:
             try:
-                self._client = named_client("pubsub")
+                self._client = named_client("pubsub", health_check_interval=HEALTH_CHECK_INTERVAL)
                 self._pubsub = self._client.pubsub()
                 # An initial PING proves the connection (and gets the pubsub connection made).
                 await self._pubsub.connect()

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from django.utils.module_loading import import_string
 
 from livestream import ids
+from livestream.components import registry
 from livestream.components.base import Component
 from livestream.conf import get_settings
 from livestream.tasks import per_loop
@@ -45,38 +45,31 @@ BATCH = 500
 
 
 def resolve(defaults: Iterable[str], rows: dict[str, bool]) -> list[str]:
-    """The dotted paths to run: ``defaults`` in order minus the disabled, then the enabled extras."""
-    chosen = [path for path in defaults if rows.get(path, True)]
-    return chosen + [path for path, enabled in sorted(rows.items()) if enabled and path not in chosen]
+    """The names to run: ``defaults`` in order minus the disabled, then the enabled extras."""
+    chosen = [name for name in defaults if rows.get(name, True)]
+    return chosen + [name for name, enabled in sorted(rows.items()) if enabled and name not in chosen]
 
 
-def load_class(path: str) -> type[Component] | None:
-    """The component class at ``path``; None (and a log line) if it is not one."""
-    try:
-        cls = import_string(path)
-    except ImportError as exc:
-        logger.warning("[PresenceManager] component %r not found: %s", path, exc)
-        return None
-    if not (isinstance(cls, type) and issubclass(cls, Component)):
-        logger.warning("[PresenceManager] %r is not a Component; skipped", path)
-        return None
-    return cls
+def load_class(name: str) -> type[Component] | None:
+    """The registered class named ``name``; None (logged once per name) if there is none.
+    Never imports ``name`` itself: a stored row is data, not code."""
+    return registry.lookup(name)
 
 
-def classes(paths: Iterable[str]) -> list[type[Component]]:
-    return [cls for cls in map(load_class, paths) if cls is not None]
+def classes(names: Iterable[str]) -> list[type[Component]]:
+    return [cls for cls in map(load_class, names) if cls is not None]
 
 
 def _rows(user_ids: list[str]) -> dict[str, dict[str, bool]]:
-    """UserComponent rows of ``user_ids``: user -> {path: enabled} (one query)."""
+    """UserComponent rows of ``user_ids``: user -> {name: enabled} (one query)."""
     from livestream.models import UserComponent
 
     pks = [int(u) for u in user_ids if u.isdigit()]
     found: dict[str, dict[str, bool]] = {u: {} for u in user_ids}
-    for user_pk, path, enabled in UserComponent.objects.filter(user_id__in=pks).values_list(
-        "user_id", "path", "enabled"
+    for user_pk, name, enabled in UserComponent.objects.filter(user_id__in=pks).values_list(
+        "user_id", "name", "enabled"
     ):
-        found.setdefault(str(user_pk), {})[path] = enabled
+        found.setdefault(str(user_pk), {})[name] = enabled
     return found
 
 

@@ -215,7 +215,12 @@ async def _outcome(pm: PresenceManager, command: Command, budget: float) -> tupl
         why = f"component {command.component!r} is not running" if running else None
         logger.info("[PresenceManager] %s: %s", where, why or "unknown component")
         return False, why or f"unknown component {command.component!r}"
-    if not await claim(command, pm.worker_id):
+    try:
+        claimed = await claim(command, pm.worker_id)
+    except Exception as exc:  # Redis unreachable: the tab gets an answer now, not a timeout
+        logger.warning("[PresenceManager] %s not claimed: %r", where, exc)
+        return False, "the server cannot reach Redis right now; try again"
+    if not claimed:
         logger.warning("[PresenceManager] %s: already taken by another worker; not run again", where)
         return False, "this command was already received by a worker that stopped; not run again"
     try:
