@@ -35,7 +35,7 @@ class LivestreamSettings:
     # registry (livestream/components/registry.py; a name is the class name).
     # A user's rows in livestream.models.UserComponent enable or disable single
     # components on top of this list (livestream/components/choices.py).
-    COMPONENTS: tuple[str, ...] = ("ConsoleLogger", "StreamStateServer", "AlertManager", "CloudflareManager")
+    COMPONENTS: tuple[str, ...] = ("ConsoleLogger", "StreamStateServer", "AlertManager")
     # More registry entries, {name: dotted path}: a dict written in a settings
     # module (the tests' fixtures use it), never from the environment or a form.
     EXTRA_COMPONENTS: dict[str, str] = field(default_factory=dict)
