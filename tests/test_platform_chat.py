@@ -151,6 +151,7 @@ async def test_chat_both_ways_limits_and_a_connection_disabled_and_enabled_while
         await until_state(tab, cid, "connected", 5)
 
         # Added while running: started at once; removed: gone from the list, the others untouched.
+        log_mark = worker.log.mark()
         custom = stack.manage(
             "connect_platform",
             "chat@example.com",
@@ -168,6 +169,9 @@ async def test_chat_both_ways_limits_and_a_connection_disabled_and_enabled_while
         )
         await tab.until(lambda: state_of(tab, custom) is None and state_of(tab, cid), 5, "custom removed")
         assert state_of(tab, cid)["state"] == "connected"  # type: ignore[index]
+        # One-for-one: the sibling's start and stop never restarted the Twitch child.
+        assert not worker.log.findall(rf"platform {cid} (connected|stopped|disconnected)", after=log_mark)
+        assert worker.log.findall(rf"platform {custom} stopped", after=log_mark)
         reply = await tab.command("PlatformSupervisor", "send_chat", {"text": "still here"})
         assert not reply["ok"] and "rate limited" in reply["error"]  # the send limit outlived the restart
         await second.close()
