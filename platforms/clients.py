@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -167,6 +168,9 @@ class TwitchClient(PlatformClient):
     max_length = 500
     # No traffic for this long: we PING; none again for as long: the connection is dead.
     IDLE = 330.0
+    # Twitch answers each PRIVMSG with USERSTATE (sent) or a NOTICE whose msg-id starts with
+    # "msg_" (not sent: duplicate, slow mode, followers-only, banned ...); waited this long.
+    CONFIRM_TIMEOUT = 3.0
 
     def __init__(self, conn: Connection, on_chat: ChatSink) -> None:
         super().__init__(conn, on_chat)
@@ -174,6 +178,8 @@ class TwitchClient(PlatformClient):
         self.bucket = TokenBucket(conf.TWITCH_SEND_LIMIT, conf.TWITCH_SEND_WINDOW)
         self.irc: IrcConnection | None = None
         self._local_ids = itertools.count(1)
+        # Our PRIVMSGs awaiting Twitch's answer, oldest first: None (sent) or why not.
+        self._pending: deque[asyncio.Future[str | None]] = deque()
 
     @property
     def login(self) -> str:
@@ -207,10 +213,24 @@ class TwitchClient(PlatformClient):
                 waited = False
                 if msg.command == "PRIVMSG" and len(msg.params) >= 2:
                     await self.on_chat(self.chat_data(msg))
+                elif msg.command == "USERSTATE":
+                    self._answer(None)
+                elif msg.command == "NOTICE" and msg.tags.get("msg-id", "").startswith("msg_"):
+                    self._answer(msg.params[-1] if msg.params else msg.tags["msg-id"])
         finally:
             self.connected = False
             self.irc = None
             irc.close()
+            while self._pending:
+                self._answer("the connection was lost before Twitch confirmed it")
+
+    def _answer(self, refusal: str | None) -> None:
+        """Twitch's answer to our oldest unanswered PRIVMSG."""
+        while self._pending:
+            future = self._pending.popleft()
+            if not future.done():
+                future.set_result(refusal)
+                return
 
     @staticmethod
     def chat_data(msg: Message) -> dict[str, Any]:
@@ -243,7 +263,18 @@ class TwitchClient(PlatformClient):
         irc = self.irc
         if irc is None:
             raise ConnectionError("not connected")
-        await irc.privmsg(text)
+        if irc.tags:  # Twitch (tags + commands): wait for its verdict, never drop a refusal silently
+            answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+            self._pending.append(answer)
+            await irc.privmsg(text)
+            try:
+                refusal = await asyncio.wait_for(asyncio.shield(answer), self.CONFIRM_TIMEOUT)
+            except TimeoutError:
+                refusal = None  # no verdict: Twitch sends one for a refusal, so it went out
+            if refusal is not None:
+                raise ConnectionError(refusal)
+        else:  # a plain IRC server says nothing about a PRIVMSG it accepted
+            await irc.privmsg(text)
         # Twitch does not echo our own messages: every tab is shown it here.
         data = {
             "platform": "twitch",

@@ -325,6 +325,16 @@ async def test_twitch_tags_and_reconnect_end_to_end(tmp_path, migrated_db_templa
         assert line["badges"] == ["subscriber/6", "premium/1"] and line["id"].startswith("msg-")
         assert abs(line["ts"] - sent_at) < 2
 
+        # A line Twitch refuses (here: the same text twice) is an error reply, not a silent drop.
+        # (Without "platforms" the failed sibling would refuse the send: "not connected".)
+        everywhere = await tab.command("PlatformSupervisor", "send_chat", {"text": "to all"})
+        assert not everywhere["ok"] and f"{other} not connected" in everywhere["error"], everywhere
+        args = {"text": "same again", "platforms": [cid]}
+        assert (await tab.command("PlatformSupervisor", "send_chat", args))["ok"]
+        refused = await tab.command("PlatformSupervisor", "send_chat", args)
+        assert not refused["ok"] and "identical to the previous one" in refused["error"], refused
+        assert len([c for c in chat(tab) if c["text"] == "same again"]) == 1
+
         server.reconnect_all()
         asked = time.monotonic()
         await tab.until(lambda: state_of(tab, cid)["state"] != "connected", 5, "reconnecting")  # type: ignore[index]

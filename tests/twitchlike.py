@@ -20,6 +20,7 @@ class Member:
         self.writer = writer
         self.nick = ""
         self.channels: set[str] = set()
+        self.last_sent: dict[str, str] = {}
 
     def send(self, line: str) -> None:
         if not self.writer.is_closing():
@@ -93,7 +94,19 @@ class TwitchLikeServer:
                     member.send(f":tmi.twitch.tv PONG tmi.twitch.tv {rest}")
                 elif command == "PRIVMSG":
                     channel, _, text = rest.partition(" :")
-                    self.relay(member.nick, channel.lower(), text, exclude=member)
+                    channel = channel.lower()
+                    if member.last_sent.get(channel) == text:  # Twitch refuses a repeat within 30 s
+                        member.send(
+                            f"@msg-id=msg_duplicate :tmi.twitch.tv NOTICE {channel} :Your message was not sent "
+                            "because it is identical to the previous one you sent, less than 30 seconds ago."
+                        )
+                    else:
+                        member.last_sent[channel] = text
+                        member.send(
+                            f"@badge-info=;badges=broadcaster/1;color=;display-name={member.nick.title()};"
+                            f"emote-sets=0;mod=0;subscriber=0;user-type= :tmi.twitch.tv USERSTATE {channel}"
+                        )
+                        self.relay(member.nick, channel, text, exclude=member)
                 await writer.drain()
         except (ConnectionError, OSError, asyncio.CancelledError):
             pass
