@@ -173,3 +173,9 @@ def broadcast_wake() -> str:
 def platform_refresh_lock(connection_pk: str) -> str:
     """STRING (a random owner token, PX-bounded): one worker refreshes a connection's OAuth token at a time."""
     return key("platforms", "refresh", connection_pk)
+
+
+def platform_chat_page(connection_pk: str) -> str:
+    """STRING (EX 120 s): the next YouTube liveChatMessages page token of a connection, so the
+    next owner of the user (a failover) continues where the last one stopped."""
+    return key("platforms", "chatpage", connection_pk)

@@ -316,3 +316,46 @@ async def test_youtube_without_a_live_broadcast_is_connecting_and_waiting(yt):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_youtube_chat_continues_at_the_saved_page_after_a_takeover(yt):
+    """The owner dies (its session cancelled); the next one continues at the saved page token:
+    what was said in between is shown once, nothing earlier again."""
+    from platforms.clients import Connection
+    from platforms.youtube.chat import YouTubeClient
+
+    row = await make_connection("youtube", "ya29.old", "1//refresh", expires_in=None, channel="UCstreamer")
+    conn = Connection(
+        row.pk, "youtube", "yt", "UCstreamer", "ya29.old", "1//refresh", None, "", "", True, "", "v"
+    )
+    got: list[str] = []
+
+    async def sink(data: dict) -> None:
+        got.append(data["text"])
+
+    async def run_client() -> asyncio.Task:
+        connected = asyncio.Event()
+
+        async def on_connected() -> None:
+            connected.set()
+
+        task = asyncio.create_task(YouTubeClient(conn, sink).session(on_connected))
+        await asyncio.wait_for(connected.wait(), 5)
+        return task
+
+    yt.say("a", "history")
+    first = await run_client()
+    yt.say("a", "one")
+    await wait_until(lambda: got == ["one"], 5, "the first line")
+    first.cancel()  # the worker dies
+    await asyncio.gather(first, return_exceptions=True)
+    yt.say("a", "two")
+    yt.say("a", "three")
+    second = await run_client()
+    try:
+        await wait_until(lambda: len(got) >= 3, 5, "the lines said meanwhile")
+        await asyncio.sleep(0.5)
+        assert got == ["one", "two", "three"]
+    finally:
+        second.cancel()
+        await asyncio.gather(second, return_exceptions=True)

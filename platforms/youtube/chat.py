@@ -1,8 +1,10 @@
 """YouTube live chat: liveChatMessages.list polled at the interval it returns, with its
 page token; liveChatMessages.insert to send.
 
-The first page is the chat's recent history: it only gives the page token, so a
-takeover by another worker does not show the tabs old lines again. 429 waits as the
+The first page is the chat's recent history: it only gives the page token. Each next
+page token is saved in Redis (``keys.platform_chat_page``) *before* that page's lines are
+emitted, so the user's next owner (a failover, a restart) continues exactly there: no
+line twice, and none lost unless the owner died between the save and the emit. 429 waits as the
 API says; an exhausted quota ends the session with QuotaExceeded (the supervisor shows
 it and retries with backoff).
 """
@@ -15,10 +17,13 @@ from typing import Any
 
 import httpx
 
+from livestream import keys
+from livestream.redis import get_redis, text
 from platforms.api import ApiError, RateLimited, Waiting
 from platforms.clients import ChatSink, Connected, Connection, PlatformClient
 from platforms.youtube import api
 
+PAGE_TTL = 120  # seconds a saved page token is continued from (older: start afresh)
 MIN_POLL = 0.2  # seconds: never poll faster, whatever the API says (it says 1-10 s in practice)
 MAX_POLL = 30.0
 
@@ -58,6 +63,16 @@ def chat_data(channel: str, item: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+async def saved_page(pk: int) -> str | None:
+    value = await get_redis().get(keys.platform_chat_page(str(pk)))
+    return text(value) if value else None
+
+
+async def save_page(pk: int, token: Any) -> None:
+    if isinstance(token, str) and token:
+        await get_redis().set(keys.platform_chat_page(str(pk)), token, ex=PAGE_TTL)
+
+
 class YouTubeClient(PlatformClient):
     max_length = 200
 
@@ -73,11 +88,18 @@ class YouTubeClient(PlatformClient):
                 raise Waiting("waiting for a live broadcast")
             self.http = http
             try:
-                page = await api.messages(self.creds, http, self.chat_id, None)
+                saved = await saved_page(self.conn.pk)
+                page: dict[str, Any]
+                if saved:  # continue where the last owner stopped: this page's lines are new
+                    page = {"nextPageToken": saved, "pollingIntervalMillis": 0}
+                else:
+                    page = await api.messages(self.creds, http, self.chat_id, None)
+                    await save_page(self.conn.pk, page.get("nextPageToken"))
                 self.connected = True
                 await connected()
                 while True:
-                    wait = float(page.get("pollingIntervalMillis") or 5000) / 1000
+                    interval = page.get("pollingIntervalMillis")
+                    wait = float(5000 if interval is None else interval) / 1000
                     await asyncio.sleep(min(max(wait, MIN_POLL), MAX_POLL))
                     try:
                         next_page = await api.messages(
@@ -86,6 +108,7 @@ class YouTubeClient(PlatformClient):
                     except RateLimited as exc:
                         await asyncio.sleep(exc.retry_after)
                         continue
+                    await save_page(self.conn.pk, next_page.get("nextPageToken"))
                     for item in next_page.get("items") or []:
                         data = chat_data(self.conn.channel, item)
                         if data is not None:
