@@ -29,17 +29,16 @@ from typing import Any
 
 from benchmarks.common import (
     BASE_DIR,
-    amake_users,
     commandstats,
     configure_django,
     migrated_template,
     new_prefix,
     percentile,
-    private_redis,
-    unix_url,
     workdir,
 )
 from benchmarks.monitor import Monitor, client_ports, round_trips, script_names
+from devtools.clients import amake_users
+from devtools.redis import private_redis, unix_url
 
 PERIODIC = ("leases.beat", "leases.epoch", "leases.renew", "presence.expire")
 PERIODIC += ("leases.claim_orphans", "presence.unattended", "timers.claim")

@@ -20,14 +20,14 @@ from channels.layers import get_channel_layer
 from django.test import Client
 from django.urls import reverse
 
+from devtools.clients import login, open_socket, signup
+from devtools.processes import Stack, wait_until
 from livestream.conf import get_settings
 from livestream.observe.state import read_state, run_sync
 from livestream.ownership.leases import LeaseStore
 from livestream.presence.store import PresenceStore
 from livestream.timers.store import TimerStore
 from livestream.worker.presence_manager import PresenceManager
-from tests.conftest import wait_until
-from tests.harness import Stack, login, open_socket, signup
 from tests.staff_helpers import connect, disconnect, publish_fake_worker, status, ticks
 
 SECRET_EMAIL = "watched-user@example.com"

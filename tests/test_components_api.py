@@ -15,6 +15,8 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from dashboard.ws.commands import BadCommand, client_id, validate
+from devtools.clients import listen, next_json
+from devtools.processes import wait_until
 from livestream import keys
 from livestream.components import choices, commands
 from livestream.components import emitter as component_events
@@ -29,7 +31,6 @@ from livestream.presence.store import PresenceStore
 from livestream.redis import get_redis
 from livestream.worker.presence_manager import PresenceManager
 from tests.components import Echo
-from tests.harness import listen, next_json, wait_until
 
 # -- helpers -------------------------------------------------------------------
 

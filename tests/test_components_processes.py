@@ -13,8 +13,10 @@ import uuid
 
 import pytest
 
+from devtools.clients import create_accounts
+from devtools.logs import log_problems, worker_id
+from devtools.processes import Stack, wait_until
 from livestream.components.commands import NO_MANAGER
-from tests.harness import Stack, create_accounts, log_problems, wait_until, worker_id
 from tests.tabs import Tab
 
 pytestmark = pytest.mark.processes

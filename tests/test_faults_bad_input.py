@@ -17,23 +17,15 @@ import pytest
 from channels.layers import get_channel_layer
 
 from dashboard.consumers import FRAME_TOO_BIG
+from devtools.clients import closed_with, create_accounts, open_socket, ping
+from devtools.logs import log_problems, manager_runs, worker_id
+from devtools.processes import Stack, wait_until
 from livestream.ownership.leases import LeaseStore
 from livestream.presence.store import PresenceStore
 from livestream.pushes import channels as push
 from livestream.timers.store import TimerPump, TimerStore
 from livestream.worker.presence_manager import PresenceManager
 from streampai.redisconf import channel_layers
-from tests.conftest import wait_until
-from tests.harness import (
-    Stack,
-    closed_with,
-    create_accounts,
-    log_problems,
-    manager_runs,
-    open_socket,
-    ping,
-    worker_id,
-)
 
 ENV = {
     "LIVESTREAM_PRESENCE_TTL": "3",

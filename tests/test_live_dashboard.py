@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from devtools.clients import listen, next_json, open_socket, signup
+from devtools.processes import Stack
 from livestream.components.base import Component
 from livestream.components.user_manager import UserStreamManager
 from livestream.presence import diffs
@@ -22,7 +24,6 @@ from livestream.presence.store import PresenceStore
 from livestream.pushes import channels as push
 from livestream.pushes.status import StatusPusher
 from livestream.worker.presence_manager import PresenceManager
-from tests.harness import Stack, listen, next_json, open_socket, signup
 
 LIVE = "/ws/presence/?live=1"  # the dashboard page's socket: it gets the pushes
 PASSWORD = "live-dashboard-pw-1"

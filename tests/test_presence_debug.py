@@ -12,10 +12,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import CommandError, call_command
 
+from devtools.processes import wait_until
 from livestream.observe.state import run_sync
 from livestream.presence.store import PresenceStore
 from livestream.timers.store import TimerStore
-from tests.conftest import wait_until
 from tests.staff_helpers import connect, publish_fake_worker, status
 
 STATES = {"starting", "running", "restarting", "failed", "stopped"}

@@ -11,12 +11,12 @@ import pytest
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from devtools.processes import wait_until
 from livestream.conf import get_settings
 from livestream.ownership.leases import LeaseStore
 from livestream.presence.store import PresenceStore
 from livestream.timers.store import TimerStore
 from streampai.channel_layer import RedisChannelLayer
-from tests.conftest import wait_until
 
 
 @pytest.fixture(autouse=True)
