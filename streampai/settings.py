@@ -109,11 +109,11 @@ for _origin in CSRF_TRUSTED_ORIGINS:
         )
 
 INSTALLED_APPS = [
-    # First: livestream's runserver (daphne's, plus the embedded Redis a fresh
-    # clone needs) and its hardened runworker replace daphne's and Channels' own.
+    # First: livestream's hardened runworker and dashboard's runserver (daphne's, plus
+    # the embedded Redis a fresh clone needs) replace Channels' and daphne's own.
     "livestream",
-    "daphne",  # before staticfiles: its runserver serves ASGI
     "dashboard",
+    "daphne",  # before staticfiles: its runserver serves ASGI
     "alerts",
     "django.contrib.admin",
     "django.contrib.auth",

@@ -61,14 +61,14 @@ def command(user_id: str, component: str, name: str, args: dict[str, Any] | None
 
 async def running(user_id: str, classes: list[type[Component]]) -> tuple[PresenceManager, UserStreamManager]:
     pm = PresenceManager()
-    manager = pm.managers[user_id] = UserStreamManager(user_id, classes)
+    manager = pm.local.managers[user_id] = UserStreamManager(user_id, classes)
     manager.start()
     await wait_until(lambda: all(c.state == "running" for c in manager.children), 2, "components running")
     return pm, manager
 
 
 async def reply_of(pm: PresenceManager, cmd: commands.Command, pubsub: Any) -> dict[str, Any]:
-    await commands.execute(pm, cmd)
+    await commands.execute(pm.local.managers, pm.worker_id, cmd)
     message = await heard(pubsub)
     assert message["type"] == "component.reply" and message["to"] == "tok" and message["key"] == cmd.key
     return json.loads(message["frame"])
@@ -182,7 +182,7 @@ async def test_a_command_older_than_the_timeout_is_dropped(aredis, key_prefix, c
     pm, manager = await running("7", [Echo])
     try:
         old = command("7", "Echo", "slow", {"seconds": 0}, sent=time.time() - 60)
-        await commands.execute(pm, old)
+        await commands.execute(pm.local.managers, pm.worker_id, old)
         with pytest.raises(TimeoutError):
             await heard(pubsub, 0.2)
         assert await aredis.get(f"{key_prefix}:test:slow:7") is None

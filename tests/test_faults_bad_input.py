@@ -211,7 +211,7 @@ async def test_lost_presence_events_and_full_channels_are_repaired(
     try:
         await manager.leases.check_epoch()  # what its lease keeper's first round does
         await manager.tick()
-        assert sorted(manager.managers) == ["71", "72", "73", "74", "75"]
+        assert sorted(manager.local.managers) == ["71", "72", "73", "74", "75"]
     finally:
-        for user_id in list(manager.managers):
-            await manager.stop_local(user_id, release=True)
+        for user_id in list(manager.local.managers):
+            await manager.local.stop(user_id, release=True)

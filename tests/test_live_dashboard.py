@@ -147,7 +147,7 @@ async def test_the_worker_pushes_running_with_a_ticking_counter_then_stopping_an
 
         leave = await store.untrack("42", "r1")
         await manager.handle(diffs.presence_diff(leaves=[leave]))
-        await manager.stop_manager("42")  # what the cleanup timer does
+        await manager.local.stop_if_absent("42")  # what the cleanup timer does
         states = []
         while not states or states[-1] != "stopped":
             message = await received(tab)

@@ -160,7 +160,7 @@ async def test_a_worker_measures_join_to_running(run_worker, aredis):
     # Each join took the worker a few Redis round trips on this machine, not seconds.
     assert 0 < got[("streampai_join_to_running_seconds_sum", ())] < 3 * 0.5
     assert got[("streampai_join_to_running_seconds_bucket", (("le", "0.5"),))] == 3
-    assert sorted(worker.manager.managers) == ["1", "2", "3"]
+    assert sorted(worker.manager.local.managers) == ["1", "2", "3"]
 
 
 async def test_a_worker_counts_component_restarts_once(run_worker, configure_livestream, aredis):
