@@ -66,7 +66,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         module = getattr(item, "module", None)
         name = getattr(module, "__name__", "").rpartition(".")[2]
-        if name not in REDIS_FREE and getattr(module, "NEEDS_REDIS", True):
+        needs = name not in REDIS_FREE and getattr(module, "NEEDS_REDIS", True)
+        if needs or item.get_closest_marker("processes"):
             item.add_marker(pytest.mark.redis)
 
 
