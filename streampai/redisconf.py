@@ -30,13 +30,10 @@ import redis.asyncio as aioredis
 import redis.asyncio.sentinel as aiosentinel
 import redis.sentinel
 
-from streampai.redisurl import (  # noqa: F401  (re-exported: their historical home)
-    DEFAULT_SENTINEL_PORT,
-    DIRECT_SCHEMES,
-    SENTINEL_SCHEMES,
+from streampai import redis_internals
+from streampai.redisurl import (
     RedisTarget,
     parse_redis_url,
-    redacted,
 )
 
 # redis-py 8 defaults socket_timeout to 5 s while channels-redis blocks in
@@ -94,6 +91,9 @@ class BoundedConnectionPool(aioredis.BlockingConnectionPool):
     """
 
     async def release(self, connection: Any) -> None:
+        if not redis_internals.enabled(redis_internals.WAKE_ALL):
+            await super().release(connection)
+            return
         await asyncio.shield(self._release(connection))
 
     async def _release(self, connection: Any) -> None:
@@ -132,6 +132,8 @@ class BlockingSentinelConnectionPool(aiosentinel.SentinelConnectionPool, Bounded
 
     async def _follow_master(self) -> None:
         now = time.monotonic()
+        if not redis_internals.enabled(redis_internals.FOLLOW_MASTER):
+            return
         if not self.is_master or now - self._master_checked < self.MASTER_CHECK_INTERVAL:
             return
         self._master_checked = now
@@ -140,7 +142,11 @@ class BlockingSentinelConnectionPool(aiosentinel.SentinelConnectionPool, Bounded
             await self.get_master_address()
 
     async def release(self, connection: Any) -> None:
-        stale = self.is_master and self.master_address not in (None, (connection.host, connection.port))
+        stale = (
+            redis_internals.enabled(redis_internals.FOLLOW_MASTER)
+            and self.is_master
+            and self.master_address not in (None, (connection.host, connection.port))
+        )
         if stale:
             await connection.disconnect()  # reconnects to the current master when next used
         await super().release(connection)
@@ -161,7 +167,8 @@ class SyncBlockingSentinelConnectionPool(redis.sentinel.SentinelConnectionPool, 
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         now = time.monotonic()
-        if self.is_master and now - self._master_checked >= self.MASTER_CHECK_INTERVAL:
+        due = now - self._master_checked >= self.MASTER_CHECK_INTERVAL
+        if due and redis_internals.enabled(redis_internals.FOLLOW_MASTER) and self.is_master:
             self._master_checked = now
             with contextlib.suppress(redis.RedisError, OSError):
                 self.get_master_address()

@@ -24,9 +24,9 @@ from streampai.redisconf import (
     caches,
     channel_layers,
     layer_pool,
-    parse_redis_url,
     redis_client,
 )
+from streampai.redisurl import parse_redis_url
 from streampai.startup import EXIT_STATUS, PREFIX
 
 # -- REDIS_URL -------------------------------------------------------------------

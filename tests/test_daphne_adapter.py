@@ -13,6 +13,8 @@ import pytest
 from dashboard.daphne import adapter
 from devtools.clients import closed_with, create_accounts, open_socket, ping
 from devtools.processes import BASE_DIR, BIN, PYTHON, Stack, base_env, free_port, wait_listening
+from streampai import redis_internals
+from streampai.redisconf import redis_client
 
 
 @pytest.fixture(autouse=True)
@@ -101,3 +103,34 @@ async def test_daphne_without_one_attribute_says_so_once_and_the_rest_works(
         assert await closed_with(ws, timeout=10) == 1012  # the hand-off's close still works
     finally:
         stack.stop_all()
+
+
+# -- redis-py's and channels-redis' internals (streampai/redis_internals.py) -------------
+
+
+@pytest.fixture
+def fresh_redis_check():
+    yield
+    redis_internals.check(force=True)
+
+
+@pytest.mark.redis
+async def test_redis_adapter_switches_off_only_what_a_missing_attribute_breaks(
+    monkeypatch, caplog, fresh_redis_check
+):
+    from channels_redis.core import RedisChannelLayer
+
+    with caplog.at_level(logging.WARNING, logger="streampai.redis"):
+        assert redis_internals.check(force=True) == {}
+        monkeypatch.delattr(RedisChannelLayer, "create_pool")
+        off = redis_internals.check(force=True)
+    assert off == {redis_internals.LAYER_POOLS: "channels-redis RedisChannelLayer.create_pool missing"}
+    lines = [r.getMessage() for r in caplog.records if r.name == "streampai.redis"]
+    assert len(lines) == 1 and "switched off bounded channel-layer pools" in lines[0]
+    assert redis_internals.enabled(redis_internals.WAKE_ALL)
+    client = redis_client()  # the bounded pool and its release still work
+    try:
+        assert await client.ping()
+        assert await client.ping()
+    finally:
+        await client.aclose()

@@ -56,11 +56,12 @@ def named_client(role: str, **overrides: Any) -> Any:
     """A fresh client from the project's factory whose connections are named
     ``dashboard:<pid>:<role>`` (CLIENT SETNAME), so CLIENT LIST tells which process
     holds them. ``overrides``: connection kwargs (e.g. ``max_connections``)."""
+    from streampai import redis_internals
     from streampai.redisconf import redis_client
 
     client = redis_client(**overrides)
     kwargs = getattr(client.connection_pool, "connection_kwargs", None)
-    if isinstance(kwargs, dict):
+    if isinstance(kwargs, dict) and redis_internals.enabled(redis_internals.CONNECTION_NAMES):
         kwargs["client_name"] = f"dashboard:{os.getpid()}:{role}"
     return client
 
