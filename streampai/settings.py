@@ -260,5 +260,9 @@ LOGGING = {
         "alerts": {"level": "INFO"},
         "django.channels": {"level": "INFO"},
         "daphne": {"level": "INFO"},
+        # Django's default config gives "django" a console handler of its own (when DEBUG)
+        # on top of ours at the root: every django.request warning was printed twice, once
+        # plain and once as "WARNING django.request". Listing it here replaces its handlers.
+        "django": {"handlers": [], "level": "INFO"},
     },
 }
