@@ -127,7 +127,12 @@ async def test_stream_state_is_shared_and_a_new_tab_gets_it_at_once(stack):
     assert reply["ok"] and reply["result"]["state"] == "starting", reply
     for each in (tab, watcher):
         await each.until(lambda each=each: each.stream_state() == "live", 5, "live")
-        assert [s["state"] for s in each.named("StreamStateServer", "state")] == ["starting", "live"]
+        # The state at start first (issue 17: sent to each tab even for a user never live).
+        assert [s["state"] for s in each.named("StreamStateServer", "state")] == [
+            "offline",
+            "starting",
+            "live",
+        ]
     late = await Tab.open(stack.web.url, stack.accounts["c2@example.com"].session)
     await late.until(lambda: late.events, 5, "the sticky state")
     assert late.events[0]["component"] == "StreamStateServer" and late.stream_state() == "live"
@@ -197,7 +202,7 @@ async def test_no_running_manager_is_an_error_reply(stack):
     stack.manage(
         "shell",
         "-c",
-        f"from asgiref.sync import async_to_sync; from livestream import control; "
+        f"from asgiref.sync import async_to_sync; from livestream.worker import control; "
         f"async_to_sync(control.request)('stop', '{uid}', '1')",
     )
     owner = owner_of(stack, uid)

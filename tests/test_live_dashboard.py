@@ -182,11 +182,18 @@ class Tab:
     def __init__(self, ws) -> None:
         self.ws = ws
         self.messages: list[tuple[float, dict[str, Any]]] = []
+        # Component events (every socket gets StreamStateServer's sticky state at connect, even
+        # for a user who never went live: issue 17) are kept apart: these tests are about pushes.
+        self.events: list[dict[str, Any]] = []
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         async for frame in self.ws:
-            self.messages.append((time.monotonic(), json.loads(frame)))
+            message = json.loads(frame)
+            if message.get("type") == "event":
+                self.events.append(message)
+            else:
+                self.messages.append((time.monotonic(), message))
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [m for _, m in self.messages if m.get("type") == kind]
