@@ -4,8 +4,7 @@ Processes, clients, users with sessions, the private Redis and the log grammar c
 from devtools/ (shared with the tests; the benchmarks import them from there); this
 module adds what only a benchmark needs:
 percentiles, CPU/RSS sampling, many sockets at once, a tab that reconnects as
-presence.js does. (Over 300 lines: it is the benchmarks' toolbox, a section per
-kind of tool; the benchmarks import every name from here.)
+presence.js does. It is the benchmarks' toolbox, a section per kind of tool.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """5. Connections per daphne: connect cost side by side, and N concurrent sockets.
 
-(Over 300 lines: two measurements, a and b, and the MONITOR attribution of a.)
+Two measurements, a and b, and the MONITOR attribution of a.
 
 a. Connect cost side by side. Under one daphne each, CYCLES users connect and
    then disconnect, CONCURRENCY handshakes (then closes) at a time, against:

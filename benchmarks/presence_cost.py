@@ -1,7 +1,7 @@
 """1. Presence cost: Redis round trips and microseconds per connect / disconnect.
 
-(Over 300 lines: three measurements, a to c below, each with its own set-up and table;
-they answer one question together, so they stay one benchmark.)
+Three measurements, a to c below, each with its own set-up and table; they answer
+one question together, so they stay one benchmark.
 
 a. PresenceStore alone, in this process: track / untrack / refresh timed one
    at a time, and the Redis round trips each makes (INFO commandstats: EVALSHA

@@ -26,9 +26,9 @@ commands   -> ``{"type": "command", ...}`` frames go through dashboard/ws/comman
               the user's running manager; the reply comes back to this socket only.
 
 The checks before anything is written are in dashboard/ws/handshake.py, daphne's
-transport below ASGI in dashboard/daphne/adapter.py. (Over 300 lines all the same: this
-is the one object daphne runs per socket, and its handlers share the connection's
-state: connect, frames, hub pushes, and the four ways a socket ends.)
+transport below ASGI in dashboard/daphne/adapter.py. This is the one object daphne runs
+per socket; its handlers share the connection's state: connect, frames, hub pushes, and
+the four ways a socket ends.
 
 Redis round trips per connect: one SUBSCRIBE (only when this process had no socket
 on those channels yet) and one share of a batched track (which also returns the

@@ -13,9 +13,9 @@ instead of opening more: a burst (1,000 sockets connecting, a worker pushing
 statuses) queues for a moment instead of leaving thousands of idle connections
 behind (a pool never shrinks) or failing with MaxConnectionsError.
 
-The URL itself is parsed and checked in streampai/redisurl.py (its names are
-re-exported here). A little over 300 lines: each of its three pool classes
-documents the redis-py defect it works around.
+The URL itself is parsed and checked in streampai/redisurl.py. Each of the three
+pool classes documents the redis-py defect it works around; the redis-py internals
+they rely on are checked at start by streampai/redis_internals.py.
 """
 
 from __future__ import annotations
@@ -291,8 +291,8 @@ def channel_layers(
                 # every dashboard socket (plus re-tracks, expiries, cleanup
                 # timers): with 100, a few hundred tabs reconnecting at once
                 # (a daphne restart) would raise ChannelFull. 20,000 is about
-                # what one worker drains in 40 s (~500 join diffs/s measured on
-                # 2 shared cores), inside the 60 s expiry: a longer queue would
+                # what one worker drains in 40 s (its join rate: docs/benchmarks.md),
+                # inside the 60 s expiry: a longer queue would
                 # mostly expire unread anyway. When it is full, diffs are
                 # dropped with a warning and the reconcile tick (every
                 # RECONCILE_INTERVAL) does what they would have done.

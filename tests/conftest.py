@@ -25,7 +25,6 @@ import pytest
 import redis.asyncio as aioredis
 from django.conf import settings as django_settings
 
-from devtools.processes import wait_until  # noqa: F401  (the tests import it from here)
 from streampai.embedded_redis import EmbeddedRedis
 from streampai.redisconf import caches, channel_layers
 

@@ -9,9 +9,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from devtools.processes import wait_until
+from livestream.keys import key
 from livestream.ownership.leases import LeaseStore
 from livestream.presence.store import PresenceStore
-from livestream.redis import key
 
 
 async def connect(

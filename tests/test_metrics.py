@@ -11,10 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.processes import wait_until
 from livestream.components.base import Component
+from livestream.keys import key
 from livestream.observe.metrics import BUCKETS, read_metrics, record_join_to_running, render
 from livestream.observe.state import run_sync
 from livestream.presence.store import PresenceStore
-from livestream.redis import key
 from livestream.timers.store import TimerStore
 from tests.staff_helpers import connect, publish_fake_worker, status, ticks
 

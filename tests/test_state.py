@@ -10,10 +10,10 @@ from datetime import datetime
 import pytest
 
 from devtools.processes import wait_until
+from livestream.keys import key
 from livestream.observe.state import read_state, read_state_sync, run_sync
 from livestream.ownership.leases import LeaseStore
 from livestream.presence.store import PresenceStore
-from livestream.redis import key
 from tests.staff_helpers import connect, disconnect, publish_fake_worker, status
 
 

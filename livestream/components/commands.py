@@ -12,7 +12,7 @@ The path (two Redis round trips in daphne, none of them the channel layer's):
   daphne: the socket whose token the reply names forwards it, matched by its key.
 
 (Not the channel layer's inbox: it takes four round trips per message, one message
-at a time, about 100 commands a second on a loaded 2-core machine.) An entry of the
+at a time: far fewer commands a second, docs/benchmarks.md.) An entry of the
 LIST (JSON):
 
   {"user_id": "7", "component": "StreamStateServer", "command": "go_live", "args": {},
