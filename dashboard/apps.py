@@ -14,6 +14,7 @@ class DashboardConfig(AppConfig):
         # the handshake cache forgetting a saved or deleted user (in every process that saves one).
         import sys
 
+        from dashboard.auth import impersonation, sessions, ws_auth  # noqa: F401  (connect the receivers)
         from dashboard.daphne import adapter
 
         if "daphne.server" in sys.modules:  # under daphne: check its internals now, at start
