@@ -22,11 +22,10 @@ from dashboard.ws.hub import control_channel
 from devtools.clients import create_accounts, login
 from devtools.faultproxy import FaultProxy
 from devtools.logs import log_problems
-from devtools.processes import Stack, start_worker_ready
+from devtools.processes import Stack, start_worker_ready, wait_until
 from livestream import keys
 from livestream.conf import get_settings
 from streampai.embedded_redis import EmbeddedRedis
-from tests.conftest import wait_until
 from tests.tabs import Tab
 
 pytestmark = pytest.mark.processes
