@@ -28,23 +28,21 @@ from typing import Any
 import psutil
 
 from benchmarks.common import (
-    amake_users,
     configure_django,
     cpu_percent,
-    flushall,
     migrated_template,
     new_prefix,
     new_stack,
     open_all,
-    private_redis,
     sample,
-    start_worker_ready,
     summary,
     take_failures,
-    unix_url,
     wait_until,
     workdir,
 )
+from devtools.clients import amake_users
+from devtools.processes import start_worker_ready
+from devtools.redis import flushall, private_redis, unix_url
 
 COMPONENTS = "ConsoleLogger,StreamStateServer,Echo"
 

@@ -26,9 +26,9 @@ commands   -> ``{"type": "command", ...}`` frames go through dashboard/ws/comman
               the user's running manager; the reply comes back to this socket only.
 
 The checks before anything is written are in dashboard/ws/handshake.py, daphne's
-transport below ASGI in dashboard/daphne/transport.py. (Over 300 lines all the same: this
-is the one object daphne runs per socket, and its handlers share the connection's
-state: connect, frames, hub pushes, and the four ways a socket ends.)
+transport below ASGI in dashboard/daphne/adapter.py. This is the one object daphne runs
+per socket; its handlers share the connection's state: connect, frames, hub pushes, and
+the four ways a socket ends.
 
 Redis round trips per connect: one SUBSCRIBE (only when this process had no socket
 on those channels yet) and one share of a batched track (which also returns the
@@ -63,7 +63,14 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from dashboard.auth import revocation
 from dashboard.daphne import shutdown
-from dashboard.daphne.transport import daphne_protocol, daphne_send, small_receive_buffer, unsent_bytes
+from dashboard.daphne.adapter import (
+    close_for_restart,
+    daphne_protocol,
+    daphne_send,
+    pause_reading,
+    small_receive_buffer,
+    unsent_bytes,
+)
 from dashboard.ws.commands import SocketCommands
 from dashboard.ws.handshake import handshake_limiter, handshake_rejection, refuse_log
 from dashboard.ws.hub import control_channel, get_hub
@@ -303,19 +310,15 @@ class PresenceConsumer(AsyncWebsocketConsumer):
                 get_settings().FRAME_RATE,
                 self.dropped_frames,
             )
-        transport = getattr(self._protocol(), "transport", None)
-        if transport is not None and not getattr(self, "paused", False):
+        if not getattr(self, "paused", False):
             # Not read for a while (0.25 s, doubling to 4 s while it keeps flooding):
             # TCP then blocks the client, and each read is at most RECEIVE_BUFFER.
-            self.paused = True
-            self.pause_for = min(getattr(self, "pause_for", 0.125) * 2, 4.0)
-            transport.pauseProducing()
+            pause_for = min(getattr(self, "pause_for", 0.125) * 2, 4.0)
+            if pause_reading(self._protocol(), pause_for, self._resumed):
+                self.paused, self.pause_for = True, pause_for
 
-            def resume() -> None:
-                self.paused = False
-                transport.resumeProducing()
-
-            asyncio.get_running_loop().call_later(self.pause_for, resume)
+    def _resumed(self) -> None:
+        self.paused = False
 
     # -- disconnect --------------------------------------------------------
 
@@ -413,11 +416,8 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         """Close with 1012 (service restart) and "spread=<s>": reconnect within s seconds.
         Sent on daphne's protocol: daphne's API allows only 1000 and 3000-4999."""
         self.closing = True
-        protocol = self._protocol()
-        if protocol is not None and hasattr(protocol, "sendCloseFrame"):
-            reason = f"spread={spread:.1f}".encode()
-            protocol.sendCloseFrame(code=SERVICE_RESTART, reasonUtf8=reason, isReply=False)
-        else:  # not under daphne (tests' communicator)
+        if not close_for_restart(self._protocol(), SERVICE_RESTART, f"spread={spread:.1f}".encode()):
+            # Not under daphne (tests' communicator), or the adapter switched it off.
             await self.close(code=4000 + SERVICE_RESTART % 1000)
 
     def _protocol(self) -> Any:

@@ -346,7 +346,7 @@ def validate(conf: LivestreamSettings) -> None:
     for name in ("KEY_PREFIX", "TOPIC", "WORKER_CHANNEL"):
         need(bool(getattr(conf, name)), f"{name} must not be empty")
     need(bool(conf.COMPONENTS), "COMPONENTS must list at least one component")
-    from livestream.components.registry import BUILTIN
+    from livestream.components.builtin import BUILTIN
 
     registered = {**BUILTIN, **conf.EXTRA_COMPONENTS}
     unknown = [name for name in conf.COMPONENTS if name not in registered]

@@ -8,7 +8,6 @@ import os
 
 from django.core.asgi import get_asgi_application
 
-from streampai.logredact import install as install_log_redaction
 from streampai.startup import exit_on_bad_configuration
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "streampai.settings")
@@ -23,6 +22,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
 from alerts.gate import WebhookGate
 from dashboard.auth.ws_auth import CachedAuthMiddlewareStack
+from dashboard.daphne.accesslog import install as install_log_redaction
 from dashboard.daphne.bodylimit import install as install_body_limit
 from dashboard.routing import websocket_urlpatterns
 from dashboard.ws.admission import HandshakeGate

@@ -2,9 +2,9 @@
 
 Every log line of the app (Django's, the app's, daphne's loggers) goes through the
 root handler, whose filter and formatter (settings.LOGGING) run ``redact``; daphne's
-access log is not a logger (daphne writes it straight to a stream), so ``install()``
-wraps daphne's AccessLogGenerator to redact the path before it is written.
-streampai/asgi.py calls install(), so every daphne does.
+access log is not a logger (daphne writes it straight to a stream), so
+dashboard/daphne/accesslog.py wraps daphne's AccessLogGenerator to redact the path
+before it is written (streampai/asgi.py installs it, so every daphne does).
 
 What is masked (each secret keeps what identifies it, loses what grants something):
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
 
 MASK = "***"
 
@@ -74,18 +73,3 @@ class RedactingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
-
-
-def install() -> None:
-    """Redact daphne's access log (written to a stream, not through logging); idempotent."""
-    from daphne.access import AccessLogGenerator
-
-    if getattr(AccessLogGenerator, "_streampai_redacts", False):
-        return
-    original = AccessLogGenerator.write_entry
-
-    def write_entry(self: Any, host: Any, date: Any, request: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, host, date, redact(str(request)), *args, **kwargs)
-
-    AccessLogGenerator.write_entry = write_entry
-    AccessLogGenerator._streampai_redacts = True

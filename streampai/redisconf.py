@@ -13,9 +13,9 @@ instead of opening more: a burst (1,000 sockets connecting, a worker pushing
 statuses) queues for a moment instead of leaving thousands of idle connections
 behind (a pool never shrinks) or failing with MaxConnectionsError.
 
-The URL itself is parsed and checked in streampai/redisurl.py (its names are
-re-exported here). A little over 300 lines: each of its three pool classes
-documents the redis-py defect it works around.
+The URL itself is parsed and checked in streampai/redisurl.py. Each of the three
+pool classes documents the redis-py defect it works around; the redis-py internals
+they rely on are checked at start by streampai/redis_internals.py.
 """
 
 from __future__ import annotations
@@ -33,13 +33,10 @@ import redis.sentinel
 from redis.asyncio import retry as aioretry
 from redis.backoff import NoBackoff
 
-from streampai.redisurl import (  # noqa: F401  (re-exported: their historical home)
-    DEFAULT_SENTINEL_PORT,
-    DIRECT_SCHEMES,
-    SENTINEL_SCHEMES,
+from streampai import redis_internals
+from streampai.redisurl import (
     RedisTarget,
     parse_redis_url,
-    redacted,
 )
 
 # redis-py 8 defaults socket_timeout to 5 s while channels-redis blocks in
@@ -116,6 +113,9 @@ class BoundedConnectionPool(aioredis.BlockingConnectionPool):
     """
 
     async def release(self, connection: Any) -> None:
+        if not redis_internals.enabled(redis_internals.WAKE_ALL):
+            await super().release(connection)
+            return
         await asyncio.shield(self._release(connection))
 
     async def _release(self, connection: Any) -> None:
@@ -154,6 +154,8 @@ class BlockingSentinelConnectionPool(aiosentinel.SentinelConnectionPool, Bounded
 
     async def _follow_master(self) -> None:
         now = time.monotonic()
+        if not redis_internals.enabled(redis_internals.FOLLOW_MASTER):
+            return
         if not self.is_master or now - self._master_checked < self.MASTER_CHECK_INTERVAL:
             return
         self._master_checked = now
@@ -162,7 +164,11 @@ class BlockingSentinelConnectionPool(aiosentinel.SentinelConnectionPool, Bounded
             await self.get_master_address()
 
     async def release(self, connection: Any) -> None:
-        stale = self.is_master and self.master_address not in (None, (connection.host, connection.port))
+        stale = (
+            redis_internals.enabled(redis_internals.FOLLOW_MASTER)
+            and self.is_master
+            and self.master_address not in (None, (connection.host, connection.port))
+        )
         if stale:
             await connection.disconnect()  # reconnects to the current master when next used
         await super().release(connection)
@@ -183,7 +189,8 @@ class SyncBlockingSentinelConnectionPool(redis.sentinel.SentinelConnectionPool, 
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         now = time.monotonic()
-        if self.is_master and now - self._master_checked >= self.MASTER_CHECK_INTERVAL:
+        due = now - self._master_checked >= self.MASTER_CHECK_INTERVAL
+        if due and redis_internals.enabled(redis_internals.FOLLOW_MASTER) and self.is_master:
             self._master_checked = now
             with contextlib.suppress(redis.RedisError, OSError):
                 self.get_master_address()
@@ -309,8 +316,8 @@ def channel_layers(
                 # every dashboard socket (plus re-tracks, expiries, cleanup
                 # timers): with 100, a few hundred tabs reconnecting at once
                 # (a daphne restart) would raise ChannelFull. 20,000 is about
-                # what one worker drains in 40 s (~500 join diffs/s measured on
-                # 2 shared cores), inside the 60 s expiry: a longer queue would
+                # what one worker drains in 40 s (its join rate: docs/benchmarks.md),
+                # inside the 60 s expiry: a longer queue would
                 # mostly expire unread anyway. When it is full, diffs are
                 # dropped with a warning and the reconcile tick (every
                 # RECONCILE_INTERVAL) does what they would have done.

@@ -109,11 +109,11 @@ for _origin in CSRF_TRUSTED_ORIGINS:
         )
 
 INSTALLED_APPS = [
-    # First: livestream's runserver (daphne's, plus the embedded Redis a fresh
-    # clone needs) and its hardened runworker replace daphne's and Channels' own.
+    # First: livestream's hardened runworker and dashboard's runserver (daphne's, plus
+    # the embedded Redis a fresh clone needs) replace Channels' and daphne's own.
     "livestream",
-    "daphne",  # before staticfiles: its runserver serves ASGI
     "dashboard",
+    "daphne",  # before staticfiles: its runserver serves ASGI
     "alerts",
     "platforms",
     "broadcast",
@@ -313,9 +313,9 @@ LOGGING = {
         "alerts": {"level": "INFO"},
         "django.channels": {"level": "INFO"},
         "daphne": {"level": "INFO"},
-        # Django's default config gives these loggers handlers of their own (a plain
-        # console in DEBUG, runserver's access lines) that would bypass the redaction:
-        # everything goes through the root handler instead.
+        # Django's default config gives these loggers handlers of their own (a plain console
+        # in DEBUG, runserver's access lines): every django.request warning was printed twice,
+        # and those copies bypassed the redaction. Everything goes through the root handler.
         "django": {"handlers": [], "level": "INFO", "propagate": True},
         "django.server": {"handlers": [], "level": "INFO", "propagate": True},
     },

@@ -10,7 +10,9 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from tests.harness import Stack, create_accounts, log_problems, wait_until
+from devtools.clients import create_accounts
+from devtools.logs import log_problems
+from devtools.processes import Stack, wait_until
 from tests.tabs import Tab
 
 pytestmark = pytest.mark.processes

@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from tests.conftest import wait_until
-from tests.harness import Stack, create_accounts, open_socket, timed_lines, worker_id
+from devtools.clients import create_accounts, open_socket
+from devtools.logs import timed_lines, worker_id
+from devtools.processes import Stack, wait_until
 
 pytestmark = pytest.mark.processes
 

@@ -11,8 +11,9 @@ import secrets
 import httpx
 import pytest
 
+from devtools.clients import create_accounts
+from devtools.processes import Stack, start_worker_ready
 from streampai.logredact import RedactFilter, redact
-from tests.harness import Stack, create_accounts, start_worker_ready
 from tests.test_logout_closes_sockets import post_form
 
 pytestmark = pytest.mark.processes

@@ -19,12 +19,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from dashboard.ws.hub import control_channel
+from devtools.clients import create_accounts, login
 from devtools.faultproxy import FaultProxy
+from devtools.logs import log_problems
+from devtools.processes import Stack, start_worker_ready, wait_until
 from livestream import keys
 from livestream.conf import get_settings
 from streampai.embedded_redis import EmbeddedRedis
-from tests.conftest import wait_until
-from tests.harness import Stack, create_accounts, log_problems, login, start_worker_ready
 from tests.tabs import Tab
 
 pytestmark = pytest.mark.processes

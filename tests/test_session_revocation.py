@@ -13,7 +13,8 @@ import time
 import pytest
 
 from dashboard.ws.live import SESSION_ENDED
-from tests.harness import Stack, create_accounts, login, open_socket
+from devtools.clients import create_accounts, login, open_socket
+from devtools.processes import Stack
 from tests.test_logout_closes_sockets import closed_with
 
 pytestmark = pytest.mark.processes

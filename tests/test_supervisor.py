@@ -8,10 +8,10 @@ import re
 
 import pytest
 
+from devtools.processes import wait_until
 from livestream.components.base import Component
 from livestream.components.console_logger import ConsoleLogger
 from livestream.components.user_manager import UserStreamManager
-from tests.conftest import wait_until
 
 CRASHES: dict[str, int] = {}
 

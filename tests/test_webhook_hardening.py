@@ -24,8 +24,9 @@ from django.test import AsyncClient
 
 from alerts.models import AlertWebhook
 from alerts.queue import AlertQueue
+from devtools.clients import create_accounts
+from devtools.processes import Stack
 from streampai.asgi import application
-from tests.harness import Stack, create_accounts
 
 DONATION = {"kind": "donation", "from": "Ana", "amount": 5, "currency": "EUR"}
 MARK = "SENDERTEXT"  # put into bad bodies: it must never reach a log line

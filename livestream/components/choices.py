@@ -12,10 +12,10 @@ defaults.
                       {"type": "component.config", "user_id": "7"} to the worker channel;
                       with ``component`` ({"component": "PlatformSupervisor"}) the message
                       also tells that running component its own configuration changed
-  reconfigure(pm, m)  (worker) the owner applies the user's new choice to the running
-                      manager (only the changed components start or stop), then calls
-                      the named component's ``reconfigure()`` if it has one; any other
-                      worker forwards the message to the owner once
+                      (the owner calls its ``reconfigure()``)
+
+The worker's owner of the user applies a new choice to the running manager (only the
+changed components start or stop): livestream/worker/control.py ``reconfigure``.
 """
 
 from __future__ import annotations
@@ -23,20 +23,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from livestream import ids
 from livestream.components import registry
 from livestream.components.base import Component
 from livestream.conf import get_settings
 from livestream.tasks import per_loop
-
-if TYPE_CHECKING:
-    from livestream.worker.presence_manager import PresenceManager
 
 logger = logging.getLogger("livestream.presence_manager")
 
@@ -129,44 +124,3 @@ def notify(user_id: str, component: str | None = None) -> None:
         async_to_sync(get_channel_layer().send)(get_settings().WORKER_CHANNEL, message)
     except Exception as exc:  # Redis down: the user's next manager start reads the rows anyway
         logger.warning("[PresenceManager] component change of %s not announced: %r", user_id, exc)
-
-
-# -- worker side ---------------------------------------------------------------------
-
-
-async def reconfigure(pm: PresenceManager, message: dict[str, Any]) -> None:
-    """Apply ``message["user_id"]``'s choice to their running manager, here or at its owner."""
-    user_id = ids.user_id(message.get("user_id"))
-    manager = pm.managers.get(user_id)
-    if manager is None:
-        owner = await pm.leases.owner(user_id)
-        if owner and owner != pm.worker_id and not message.get("forwarded"):
-            from livestream.worker.control import held_by
-
-            if held_by(owner) is None:
-                await pm.forward(owner, {**message, "forwarded": True})
-        return
-    pm.scope.spawn(_apply(pm, user_id, str(message.get("component") or "")), f"components:{user_id}")
-
-
-async def _apply(pm: PresenceManager, user_id: str, component: str = "") -> None:
-    async with pm.lock(user_id):
-        manager = pm.managers.get(user_id)
-        if manager is None:
-            return
-        started, stopped = await manager.apply(await for_user(user_id))
-        # A component that just started read its configuration already; a running one is told.
-        running = manager.component(component) if component and component not in started else None
-        hook = getattr(running, "reconfigure", None)
-        if hook is not None:
-            try:
-                await hook()
-            except Exception:
-                logger.exception("[UserStreamManager:%s] %s reconfigure failed", user_id, component)
-    if started or stopped:
-        logger.info(
-            "[PresenceManager] components of %s changed: started %s, stopped %s",
-            user_id,
-            ", ".join(started) or "none",
-            ", ".join(stopped) or "none",
-        )

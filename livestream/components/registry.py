@@ -8,7 +8,7 @@ settings code adds with LIVESTREAM["EXTRA_COMPONENTS"] (a dict written in a
 settings module; livestream/conf.py refuses a string, so it cannot come from the
 environment), are ever imported, and only when first used.
 
-Adding a component: one line in BUILTIN.
+Adding a component: one line in BUILTIN (livestream/components/builtin.py).
 """
 
 from __future__ import annotations
@@ -20,17 +20,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from livestream.components.base import Component
+from livestream.components.builtin import BUILTIN
 from livestream.conf import get_settings
 
 logger = logging.getLogger("livestream.presence_manager")
-
-BUILTIN: dict[str, str] = {
-    "ConsoleLogger": "livestream.components.console_logger.ConsoleLogger",
-    "StreamStateServer": "livestream.components.stream_state.StreamStateServer",
-    "AlertManager": "livestream.components.alert_manager.AlertManager",
-    "CloudflareManager": "livestream.components.cloudflare_manager.CloudflareManager",
-    "PlatformSupervisor": "livestream.components.platform_supervisor.PlatformSupervisor",
-}
 
 
 class UnknownComponent(LookupError):
