@@ -29,25 +29,22 @@ from typing import Any
 import psutil
 
 from benchmarks.common import (
-    CONSOLE_LINE,
-    amake_users,
     configure_django,
     cpu_percent,
-    flushall,
     migrated_template,
     new_prefix,
     new_stack,
     open_all,
-    private_redis,
     quiet,
     sample,
-    start_worker_ready,
     summary,
-    unix_url,
-    utc_epoch,
     wait_until,
     workdir,
 )
+from devtools.clients import amake_users
+from devtools.logs import CONSOLE_LINE, utc_epoch
+from devtools.processes import start_worker_ready
+from devtools.redis import flushall, private_redis, unix_url
 
 TOKEN = "bench-token"
 LATENCY_P99 = 0.100

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.harness import Stack
+from devtools.processes import Stack
 from tests.irc import IrcServer, Viewer
 from tests.test_browser import browser, chromium, create_users  # noqa: F401  (fixtures)
 

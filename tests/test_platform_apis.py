@@ -15,6 +15,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
+from devtools.processes import wait_until
 from livestream import keys
 from livestream.redis import get_redis
 from platforms import tokens
@@ -27,7 +28,6 @@ from tests.contract import youtube as youtube_contract
 from tests.contract.server import Reply
 from tests.contract.twitch import TwitchContract
 from tests.contract.youtube import YouTubeContract
-from tests.harness import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -16,7 +16,9 @@ import time
 
 import pytest
 
-from tests.harness import Account, Stack, create_accounts, log_problems, wait_until
+from devtools.clients import Account, create_accounts
+from devtools.logs import log_problems
+from devtools.processes import Stack, wait_until
 from tests.irc import IrcServer, Viewer
 from tests.tabs import Tab
 from tests.twitchlike import TwitchLikeServer

@@ -9,8 +9,8 @@ import ssl
 
 import pytest
 
+from devtools.processes import wait_until
 from platforms.twitch.irc import Endpoint, IrcConnection, LoginFailed, Reconnect, clean_text, endpoint, parse
-from tests.harness import wait_until
 from tests.irc import IrcServer, Viewer
 
 
