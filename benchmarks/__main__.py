@@ -45,6 +45,7 @@ BENCHMARKS = [
     ("placement", 120),
     ("components", 300),
     ("webhook_flood", 240),
+    ("platform_chat", 600),
 ]
 
 

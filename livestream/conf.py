@@ -169,6 +169,53 @@ class LivestreamSettings:
     STREAM_START_DELAY: float = 1.0
     STREAM_END_DELAY: float = 1.0
 
+    # --- Connected platforms (issue 21: platforms/, the PlatformSupervisor) ---
+    # Where each platform is reached; tests point them at local servers
+    # (LIVESTREAM_TWITCH_IRC_URL=irc://127.0.0.1:<port> is plain TCP, ircs:// is TLS).
+    TWITCH_IRC_URL: str = "ircs://irc.chat.twitch.tv:6697"
+    TWITCH_HELIX_URL: str = "https://api.twitch.tv/helix"
+    TWITCH_TOKEN_URL: str = "https://id.twitch.tv/oauth2/token"
+    # Where a Twitch stream is sent (the RTMP "server"; the key comes from Helix).
+    TWITCH_INGEST_URL: str = "rtmp://live.twitch.tv/app"
+    YOUTUBE_API_URL: str = "https://www.googleapis.com/youtube/v3"
+    GOOGLE_TOKEN_URL: str = "https://oauth2.googleapis.com/token"
+    # Twitch's chat send limit for a normal user: TWITCH_SEND_LIMIT messages per
+    # TWITCH_SEND_WINDOW seconds (a token bucket; over it send_chat is refused).
+    TWITCH_SEND_LIMIT: int = 20
+    TWITCH_SEND_WINDOW: float = 30.0
+    # A platform's connection that drops or fails is retried after a backoff that
+    # doubles from PLATFORM_RETRY_MIN up to PLATFORM_RETRY_MAX seconds (reset once
+    # connected). A refused login is not retried until the connection changes.
+    PLATFORM_RETRY_MIN: float = 0.25
+    PLATFORM_RETRY_MAX: float = 30.0
+
+    # --- Broadcast (issue 18: the ingest and the outputs, broadcast/ and docs/broadcast.md) ---
+    # Where streams come in and how they are sent on: "selfhosted" (nginx-rtmp ingest +
+    # local ffmpeg relays), "cloudflare" (Cloudflare Stream), or a dotted path to a
+    # broadcast.backends.base.BroadcastBackend subclass.
+    BROADCAST_BACKEND: str = "selfhosted"
+    # go_live is refused unless the input is connected and an output is enabled. False
+    # lets go_live change only the stream state (the behaviour before issue 18; the
+    # test harness' processes use it for tests of the state machine alone).
+    BROADCAST_REQUIRED: bool = True
+    # OBS gone for less than this (seconds) keeps a live stream live and its outputs
+    # resume when it is back; longer ends the stream ("stream ended: input gone").
+    DISCONNECT_TIMEOUT: float = 30.0
+    # The self-hosted RTMP ingest's port (environment: RTMP_PORT, as PORT is daphne's)
+    # and the host OBS is told to publish to (the Stream page's "Server").
+    RTMP_PORT: int = 1935
+    RTMP_PUBLIC_HOST: str = "localhost"
+    # Where the ingest's callbacks reach daphne (on_publish/on_publish_done); set by
+    # the process that starts the ingest (streampai/devstack.py) from PORT.
+    INGEST_CALLBACK_URL: str = "http://127.0.0.1:8000"
+    # An output's relay restarts after a failure with backoff from RELAY_BACKOFF up to
+    # RELAY_BACKOFF_MAX seconds (livestream.tasks.retry_delay).
+    RELAY_BACKOFF: float = 0.5
+    RELAY_BACKOFF_MAX: float = 10.0
+    # The CloudflareManager asks the backend whether the input is connected this often
+    # (seconds), in case a callback/webhook was lost; pushes normally arrive at once.
+    INPUT_POLL_INTERVAL: float = 5.0
+
 
 _DEFAULTS: dict[str, Any] = {
     f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[operator]
@@ -316,8 +363,29 @@ def validate(conf: LivestreamSettings) -> None:
     need(conf.COMMAND_BURST >= 1, f"COMMAND_BURST must be >= 1 (is {conf.COMMAND_BURST})")
     need(conf.COMMAND_TIMEOUT > 0, f"COMMAND_TIMEOUT must be > 0 (is {conf.COMMAND_TIMEOUT})")
     need(conf.EVENT_SEND_BUFFER >= 4096, f"EVENT_SEND_BUFFER must be >= 4096 (is {conf.EVENT_SEND_BUFFER})")
+    need(conf.DISCONNECT_TIMEOUT >= 0, f"DISCONNECT_TIMEOUT must be >= 0 (is {conf.DISCONNECT_TIMEOUT})")
+    need(0 < conf.RTMP_PORT < 65536, f"RTMP_PORT must be a TCP port (is {conf.RTMP_PORT})")
+    need(
+        0 < conf.RELAY_BACKOFF <= conf.RELAY_BACKOFF_MAX,
+        f"need 0 < RELAY_BACKOFF ({conf.RELAY_BACKOFF}) <= RELAY_BACKOFF_MAX ({conf.RELAY_BACKOFF_MAX})",
+    )
+    need(conf.INPUT_POLL_INTERVAL > 0, f"INPUT_POLL_INTERVAL must be > 0 (is {conf.INPUT_POLL_INTERVAL})")
     for name in ("STREAM_START_DELAY", "STREAM_END_DELAY"):
         need(getattr(conf, name) >= 0, f"{name} must be >= 0 (is {getattr(conf, name)})")
+    for name in (
+        "TWITCH_IRC_URL",
+        "TWITCH_HELIX_URL",
+        "TWITCH_TOKEN_URL",
+        "YOUTUBE_API_URL",
+        "GOOGLE_TOKEN_URL",
+    ):
+        need("://" in getattr(conf, name), f"{name} must be a URL (is {getattr(conf, name)!r})")
+    need(conf.TWITCH_SEND_LIMIT >= 1, f"TWITCH_SEND_LIMIT must be >= 1 (is {conf.TWITCH_SEND_LIMIT})")
+    need(conf.TWITCH_SEND_WINDOW > 0, f"TWITCH_SEND_WINDOW must be > 0 (is {conf.TWITCH_SEND_WINDOW})")
+    need(
+        0 < conf.PLATFORM_RETRY_MIN <= conf.PLATFORM_RETRY_MAX,
+        f"need 0 < PLATFORM_RETRY_MIN ({conf.PLATFORM_RETRY_MIN}) <= PLATFORM_RETRY_MAX ({conf.PLATFORM_RETRY_MAX})",
+    )
     if problems:
         raise ImproperlyConfigured("LIVESTREAM: " + "; ".join(problems))
 

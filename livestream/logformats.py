@@ -24,3 +24,10 @@ PRESENCE_LEAVE = "[PresenceManager] presence leave: %s (%d sessions left)"  # us
 CLEANUP_SCHEDULED = "[PresenceManager] cleanup scheduled: %s in %ss"  # user id, delay (``:g``)
 FENCE = "[PresenceManager] leases not renewed for %.1fs; stopping %d managers"  # seconds, managers
 CONSOLE_LOG = "[UserStreamManager:%s] Console log #%d - %s"  # user id, count, UTC time with Z
+
+# Connected platforms (livestream/components/platform_supervisor.py); never a token or key:
+# the connection's public id ("twitch:3") only.
+PLATFORM_CONNECTED = "[UserStreamManager:%s] platform %s connected"  # user id, connection id
+PLATFORM_RETRY = "[UserStreamManager:%s] platform %s disconnected (%s); retrying in %.2fs"  # user, id, why, s
+PLATFORM_FAILED = "[UserStreamManager:%s] platform %s failed: %s"  # user id, connection id, reason
+PLATFORM_STOPPED = "[UserStreamManager:%s] platform %s stopped"  # user id, connection id

@@ -10,6 +10,7 @@ urlpatterns = [
     path("favicon.ico", dashboard_views.favicon),  # asked for by browsers on pages without the link tag
     path("dashboard/", include("dashboard.urls")),
     path("accounts/", include("allauth.urls")),
+    path("platforms/", include("platforms.urls")),
     path("hijack/", include("hijack.urls")),
     path("admin/", admin.site.urls),
     path("", include("alerts.urls")),  # /hooks/alerts/...

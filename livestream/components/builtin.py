@@ -9,4 +9,6 @@ BUILTIN: dict[str, str] = {
     "ConsoleLogger": "livestream.components.console_logger.ConsoleLogger",
     "StreamStateServer": "livestream.components.stream_state.StreamStateServer",
     "AlertManager": "livestream.components.alert_manager.AlertManager",
+    "CloudflareManager": "livestream.components.cloudflare_manager.CloudflareManager",
+    "PlatformSupervisor": "livestream.components.platform_supervisor.PlatformSupervisor",
 }

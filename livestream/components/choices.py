@@ -7,8 +7,12 @@ defaults.
 
   for_user(user_id)   (worker) the classes to run; batched: a burst of starts reads
                       the rows of up to BATCH users in one query, on a thread
-  notify(user_id)     (web, sync; post_save/post_delete of a row, after commit)
-                      {"type": "component.config", "user_id": "7"} to the worker channel
+  notify(user_id, component=None)
+                      (web, sync; post_save/post_delete of a row, after commit)
+                      {"type": "component.config", "user_id": "7"} to the worker channel;
+                      with ``component`` ({"component": "PlatformSupervisor"}) the message
+                      also tells that running component its own configuration changed
+                      (the owner calls its ``reconfigure()``)
 
 The worker's owner of the user applies a new choice to the running manager (only the
 changed components start or stop): livestream/worker/control.py ``reconfigure``.
@@ -110,9 +114,12 @@ async def for_user(user_id: str) -> list[type[Component]]:
 # -- web side ------------------------------------------------------------------------
 
 
-def notify(user_id: str) -> None:
-    """Tell the workers that ``user_id``'s choice changed (sync: model signals)."""
+def notify(user_id: str, component: str | None = None) -> None:
+    """Tell the workers that ``user_id``'s choice changed (sync: model signals); with
+    ``component``, that this component's own configuration (e.g. its rows) changed too."""
     message = {"type": CONFIG, "user_id": str(user_id)}
+    if component:
+        message["component"] = component
     try:
         async_to_sync(get_channel_layer().send)(get_settings().WORKER_CHANNEL, message)
     except Exception as exc:  # Redis down: the user's next manager start reads the rows anyway

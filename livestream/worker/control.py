@@ -105,15 +105,25 @@ async def reconfigure(local: LocalManagers, message: dict[str, Any]) -> None:
     components to their running manager, here or at its owner."""
     user_id = ids.user_id(message.get("user_id"))
     if await route_to_owner(local.leases, user_id, message, local.forward, here=user_id in local.managers):
-        local.scope.spawn(_apply_choice(local, user_id), f"components:{user_id}")
+        component = str(message.get("component") or "")
+        local.scope.spawn(_apply_choice(local, user_id, component), f"components:{user_id}")
 
 
-async def _apply_choice(local: LocalManagers, user_id: str) -> None:
+async def _apply_choice(local: LocalManagers, user_id: str, component: str = "") -> None:
     async with local.lock(user_id):
         manager = local.managers.get(user_id)
         if manager is None:
             return
         started, stopped = await manager.apply(await choices.for_user(user_id))
+        # The message named a component whose own configuration changed (its rows): one that
+        # just started read it already; a running one is told (its reconfigure() only wakes it).
+        running = manager.component(component) if component and component not in started else None
+        hook = getattr(running, "reconfigure", None)
+        if hook is not None:
+            try:
+                await hook()
+            except Exception:
+                logger.exception("[UserStreamManager:%s] %s reconfigure failed", user_id, component)
     if started or stopped:
         logger.info(
             "[PresenceManager] components of %s changed: started %s, stopped %s",
