@@ -187,7 +187,7 @@ async def test_go_live_relays_to_every_enabled_output(tmp_path, migrated_db_temp
             await wait_until(lambda r=receiver: r.open_connections() == 0, 2.5, "relay closed")
             assert receiver.connections[-1].closed - ended < 2.0
         for tab in tabs:
-            await tab.until(lambda t=tab: tab.stream_state() == "offline", 5, "offline")
+            await tab.until(lambda t=tab: t.stream_state() == "offline", 5, "offline")
             await tab.until(lambda t=tab: all(o["state"] == "off" for o in outputs_of(t).values()), 5, "off")
 
         # OBS gone past DISCONNECT_TIMEOUT while live: the stream ends by itself, with the reason.
