@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from devtools import logs
 from devtools.broadcast import Publisher, Receiver, broadcast_env, start_ingest
 from livestream import logformats
 from tests.harness import Stack, create_accounts, start_worker_ready, wait_until
@@ -231,6 +232,151 @@ async def test_go_live_relays_to_every_enabled_output(tmp_path, migrated_db_temp
         assert max(r.overlapping() for r in receivers) == 1
         for tab in tabs:
             await tab.close()
+    finally:
+        for publisher in publishers:
+            await publisher.stop()
+        stack.stop_all()
+
+
+async def live_stack(tmp_path, db, key_prefix, receivers, workers: int = 1, **env: str):
+    """A stack with a user live on both receivers: (stack, account, web, workers, obs, tab)."""
+    stack = Stack(tmp_path, db, key_prefix, env=broadcast_env(tmp_path, **env))
+    account = create_accounts(stack, ["streamer@example.com"])["streamer@example.com"]
+    web = stack.start_daphne()
+    procs = [await start_worker_ready(stack, f"worker{i}") for i in range(workers)]
+    await start_ingest(stack, web)
+    return stack, account, web, procs
+
+
+async def go_live(web, account, receivers, key: str | None = None) -> tuple[Tab, Publisher, str]:
+    tab = await Tab.open(web.url, account.session)
+    await tab.until(lambda: ingest_of(tab) and input_of(tab), 15, "ingest + input")
+    key = key or ok(await tab.command(CM, "show_key"))["key"]
+    obs = await Publisher(ingest_url(tab, key)).start()
+    await tab.until(lambda: input_of(tab) == "connected", 10, "input connected")
+    for name, receiver in zip("AB", receivers, strict=True):
+        ok(await tab.command(CM, "add_output", {"name": name, "url": receiver.url, "key": name.lower()}))
+    ok(await tab.command(SSS, "go_live"))
+    for receiver in receivers:
+        await frames_flow(receiver, 8)
+    return tab, obs, key
+
+
+def owner(procs, uid: str):
+    """The worker whose log last started the user's manager."""
+    latest = max(
+        procs,
+        key=lambda p: (
+            max(
+                (
+                    m.start()
+                    for m in re.finditer(
+                        re.escape(logformats.MANAGER_STARTED % uid) + "$", p.log.text(), re.M
+                    )
+                ),
+                default=-1,
+            )
+            if p.alive()
+            else -2
+        ),
+    )
+    assert re.search(re.escape(logformats.MANAGER_STARTED % uid), latest.log.text())
+    return latest
+
+
+async def test_a_live_stream_keeps_its_manager(tmp_path, migrated_db_template, key_prefix, receivers):
+    """Item 6. A publish with no tab open starts the manager; every tab closed while live never
+    stops the relays; the manager stops CLEANUP_TIMEOUT after the last tab *and* the stream.
+
+    The issue's "still relaying after 30 s" is about the stream's presence connection outliving
+    everything that would drop it: the sweeper (PRESENCE_TTL) and the cleanup (CLEANUP_TIMEOUT).
+    Here PRESENCE_TTL is 3 s and the heartbeat 1 s, so 8 s without a tab is well past both;
+    30 s would only repeat the same heartbeats and make CI slower."""
+    stack, account, web, (worker,) = await live_stack(
+        tmp_path,
+        migrated_db_template,
+        key_prefix,
+        receivers,
+        LIVESTREAM_PRESENCE_TTL="3",
+        LIVESTREAM_HEARTBEAT_INTERVAL="1",
+        LIVESTREAM_RECONCILE_INTERVAL="0.5",
+    )
+    uid = account.user_id
+    publishers = []
+    try:
+        # First a tab to learn the key, closed; its manager stops after the cleanup.
+        tab = await Tab.open(web.url, account.session)
+        key = ok(await tab.command(CM, "show_key"))["key"]
+        server = (await tab.until(lambda: ingest_of(tab), 10, "ingest"))["server_url"]
+        await tab.close()
+        await worker.log.wait_for(re.escape(logformats.MANAGER_STOPPED % uid) + "$", 15)
+        mark = worker.log.mark()
+
+        # OBS publishes with no tab open: the manager starts as for a tab.
+        obs = await Publisher(f"{server}/{key}").start()
+        publishers.append(obs)
+        await worker.log.wait_for(re.escape(logformats.MANAGER_STARTED % uid) + "$", 5, after=mark)
+        await worker.log.wait_for(re.escape(logformats.INPUT_CHANGED % (uid, "connected")), 5, after=mark)
+
+        tab, obs2, _ = await go_live(web, account, receivers, key=key)  # a second OBS is refused by nginx
+        publishers.append(obs2)
+        assert await obs2.exited(5) not in (None, 0)
+        await tab.close()
+        closed = worker.log.mark()
+        await asyncio.sleep(8)
+        for receiver in receivers:
+            await frames_flow(receiver, 3)
+        assert not re.search(
+            re.escape(logformats.MANAGER_STOPPED % uid) + "$", worker.log.text()[closed:], re.M
+        )
+
+        # The end (from a tab opened and closed again), then OBS stops: the manager stops 5 s later.
+        tab = await Tab.open(web.url, account.session)
+        await tab.until(lambda: tab.stream_state() == "live", 10, "live shown")
+        ok(await tab.command(SSS, "end_stream"))
+        await tab.close()
+        await asyncio.sleep(2)
+        assert not re.search(
+            re.escape(logformats.MANAGER_STOPPED % uid) + "$", worker.log.text()[closed:], re.M
+        )
+        await obs.stop()
+        gone = time.time()
+        stopped = await worker.log.wait_for(
+            re.escape(logformats.MANAGER_STOPPED % uid) + "$", 15, after=closed
+        )
+        line = next(x for x in worker.log.text()[closed:].splitlines() if stopped.group(0) in x)
+        assert 4.5 <= logs.log_time(line[:19], line[20:23]) - gone <= 7.5
+    finally:
+        for publisher in publishers:
+            await publisher.stop()
+        stack.stop_all()
+
+
+async def test_kill9_of_the_relaying_worker(tmp_path, migrated_db_template, key_prefix, receivers):
+    """The worker running the relays is killed: its relays die with it (PDEATHSIG) and the
+    other worker's take over within 10 s; no receiver ever has two publishers at once."""
+    stack, account, web, procs = await live_stack(
+        tmp_path, migrated_db_template, key_prefix, receivers, workers=2
+    )
+    uid = account.user_id
+    publishers = []
+    try:
+        tab, obs, _ = await go_live(web, account, receivers)
+        publishers.append(obs)
+        victim = owner(procs, uid)
+        survivor = next(p for p in procs if p is not victim)
+        mark = survivor.log.mark()
+        victim.kill()
+        killed = time.time()
+        for receiver in receivers:
+            await wait_until(lambda r=receiver: r.open_connections() == 0, 2, "the dead worker's relay gone")
+        await survivor.log.wait_for(re.escape(logformats.MANAGER_STARTED % uid) + "$", 10, after=mark)
+        for receiver in receivers:
+            await frames_flow(receiver, 10 - (time.time() - killed))
+        assert time.time() - killed < 10
+        assert all(r.overlapping() == 1 for r in receivers), [r.max_open for r in receivers]
+        await tab.until(lambda: all(o["state"] == "live" for o in outputs_of(tab).values()), 5, "live again")
+        await tab.close()
     finally:
         for publisher in publishers:
             await publisher.stop()

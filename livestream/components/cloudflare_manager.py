@@ -229,6 +229,8 @@ class CloudflareManager(Component):
             self._poll_disagreed = True
             return
         self._poll_disagreed = False
+        if not polled:
+            await inputs.forget_publishes(self.user_id)
         await inputs.set_input(self.user_id, polled)  # publishes: the wake-up re-reads it
 
     # -- the stream ------------------------------------------------------------------
