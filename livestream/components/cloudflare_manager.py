@@ -122,6 +122,8 @@ class CloudflareManager(Component):
         self._holding = False
         self._held_at = 0.0
         self._poll_disagreed = False
+        self._outputs_failures = 0
+        self._outputs_retry_at: float | None = None  # the outputs could not be read: try again then
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -340,7 +342,20 @@ class CloudflareManager(Component):
                 self._report(oid, OFF, None)
 
     async def _reload_outputs(self) -> None:
-        specs = await outputs_for(self.user_id)
+        """Read the outputs again; if the database cannot be read, keep the ones known and retry
+        with backoff (a crash would mark the component failed after three quick restarts)."""
+        try:
+            specs = await outputs_for(self.user_id)
+        except Exception as exc:
+            self._outputs_failures += 1
+            delay = retry_delay(self._outputs_failures, 0.5, 30.0)
+            if self._outputs_failures == 1:
+                logger.warning(
+                    "[UserStreamManager:%s] outputs not read (%s); retrying", self.user_id, type(exc).__name__
+                )
+            self._outputs_retry_at = time.monotonic() + delay
+            return
+        self._outputs_failures, self._outputs_retry_at = 0, None
         fresh: dict[str, OutputView] = {}
         for spec in specs:
             old = self.outputs.get(spec.id)
