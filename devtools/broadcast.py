@@ -139,6 +139,78 @@ class Publisher:
 _STREAM = re.compile(r"Video: .*?(\d{2,5})x(\d{2,5}).*?(\d+(?:\.\d+)?) fps")
 
 
+def framecrc_args() -> list[str]:
+    """ffmpeg output options: one line per video packet, "<stream>, <dts>, <pts>, <duration>,
+    <size>, 0x<crc>", flushed as it goes. The CRC of a packet survives ``-c copy``, so the
+    same frame can be recognised at two places (relay latency, frames lost)."""
+    return ["-map", "0:v", "-c", "copy", "-f", "framecrc", "-flush_packets", "1", "pipe:1"]
+
+
+class FrameLog:
+    """Arrival times of video packets, by (size, crc)."""
+
+    def __init__(self, keep: bool = False) -> None:
+        self.keep = keep
+        self.arrivals: dict[tuple[str, str], float] = {}
+        self.frames = 0
+        self.first_frame_at: float | None = None
+        self.last_frame_at: float | None = None
+
+    def line(self, raw: bytes) -> bool:
+        if raw.startswith(b"#"):
+            return False
+        parts = raw.decode(errors="replace").split(",")
+        if len(parts) < 6:
+            return False
+        now = time.time()
+        self.frames += 1
+        self.first_frame_at = self.first_frame_at or now
+        self.last_frame_at = now
+        if self.keep:
+            self.arrivals.setdefault((parts[4].strip(), parts[5].strip()), now)
+        return True
+
+
+class Tap:
+    """A reader of the ingest itself (nginx lets this machine play): the frames as they arrive
+    before any relay, for comparing with a receiver's."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.log = FrameLog(keep=True)
+        self.proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Tap:
+        self.proc = await asyncio.create_subprocess_exec(
+            ffmpeg(),
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            self.url,
+            *framecrc_args(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            self.log.line(raw)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+
+
 @dataclass
 class Connection:
     opened: float
@@ -151,13 +223,11 @@ class Receiver:
 
     app: str = "app"
     stream: str = "k"
+    keep: bool = False  # keep every frame's arrival (latency, frames lost)
     connections: list[Connection] = field(default_factory=list)
-    frames: int = 0  # video frames, summed over every publisher
     sessions: int = 0
     resolution: tuple[int, int] | None = None
     fps: float | None = None
-    last_frame_at: float | None = None
-    first_frame_at: float | None = None
     max_open: int = 0
 
     def __post_init__(self) -> None:
@@ -166,8 +236,13 @@ class Receiver:
         self._server: asyncio.base_events.Server | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
-        self._session_frames = 0
         self._open = 0
+        self.log = FrameLog(keep=self.keep)
+        self.session_first_frames: list[float] = []  # when each publisher's first frame arrived
+
+    @property
+    def frames(self) -> int:
+        return self.log.frames
 
     @property
     def url(self) -> str:
@@ -197,7 +272,6 @@ class Receiver:
 
     async def _listen_loop(self) -> None:
         while True:
-            self._session_frames = 0
             self._proc = await asyncio.create_subprocess_exec(
                 ffmpeg(),
                 "-hide_banner",
@@ -206,23 +280,13 @@ class Receiver:
                 "1",
                 "-i",
                 f"rtmp://127.0.0.1:{self._backend_port}/{self.app}/{self.stream}",
-                "-map",
-                "0",
-                "-c",
-                "copy",
-                "-f",
-                "null",
-                "-progress",
-                "pipe:1",
-                "-stats_period",
-                "0.2",
-                "-",
+                *framecrc_args(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )
             try:
-                await asyncio.gather(self._read_progress(self._proc), self._read_info(self._proc))
+                await asyncio.gather(self._read_frames(self._proc), self._read_info(self._proc))
                 await self._proc.wait()
             finally:
                 if self._proc.returncode is None:
@@ -238,18 +302,13 @@ class Receiver:
                 self.fps = float(match[3])
                 self.sessions += 1
 
-    async def _read_progress(self, proc: asyncio.subprocess.Process) -> None:
+    async def _read_frames(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
+        first = True
         async for raw in proc.stdout:
-            if raw.startswith(b"frame="):
-                with contextlib.suppress(ValueError):
-                    count = int(raw[6:].strip() or 0)
-                    if count > self._session_frames:
-                        now = time.time()
-                        self.frames += count - self._session_frames
-                        self._session_frames = count
-                        self.last_frame_at = now
-                        self.first_frame_at = self.first_frame_at or now
+            if self.log.line(raw) and first:
+                first = False
+                self.session_first_frames.append(time.time())
 
     async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(time.time())
