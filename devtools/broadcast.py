@@ -98,17 +98,59 @@ def publish_command(url: str, size: str = "1280x720", rate: int = 30, bitrate: s
     ]
 
 
-class Publisher:
-    """ffmpeg publishing a test pattern to ``url`` (what OBS does with Server + Stream Key)."""
+def make_clip(
+    path: Path, seconds: int = 20, size: str = "1280x720", rate: int = 30, bitrate: str = "2500k"
+) -> Path:
+    """The test pattern encoded once to an FLV file, for publishers that only copy it (many
+    "OBS" at once without an x264 encoder each)."""
+    import subprocess
 
-    def __init__(self, url: str, **options: str) -> None:
+    command = publish_command(str(path), size, rate, bitrate)
+    command.remove("-re")
+    for name in ("testsrc2", "sine"):  # bounded inputs
+        index = next(i for i, arg in enumerate(command) if arg.startswith(name))
+        command[index] += f":duration={seconds}"
+    subprocess.run(command, check=True, timeout=300)
+    return path
+
+
+def copy_command(url: str, clip: Path) -> list[str]:
+    """Publish ``clip`` in a loop, in real time, without encoding (a cheap stand-in for OBS)."""
+    return [
+        ffmpeg(),
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-re",
+        "-stream_loop",
+        "-1",
+        "-i",
+        str(clip),
+        "-c",
+        "copy",
+        "-f",
+        "flv",
+        url,
+    ]
+
+
+class Publisher:
+    """ffmpeg publishing a test pattern to ``url`` (what OBS does with Server + Stream Key);
+    with ``clip``, copying a pre-encoded one (make_clip) instead of encoding."""
+
+    def __init__(self, url: str, clip: Path | None = None, **options: str) -> None:
         self.url = url
+        self.clip = clip
         self.options = options
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> Publisher:
+        command = (
+            copy_command(self.url, self.clip) if self.clip else publish_command(self.url, **self.options)
+        )  # type: ignore[arg-type]
         self.proc = await asyncio.create_subprocess_exec(
-            *publish_command(self.url, **self.options),  # type: ignore[arg-type]
+            *command,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -224,6 +266,7 @@ class Receiver:
     app: str = "app"
     stream: str = "k"
     keep: bool = False  # keep every frame's arrival (latency, frames lost)
+    proxy: bool = True  # False: relays reach ffmpeg directly (no connection count; cheaper)
     connections: list[Connection] = field(default_factory=list)
     sessions: int = 0
     resolution: tuple[int, int] | None = None
@@ -246,11 +289,12 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"rtmp://127.0.0.1:{self.port}/{self.app}"
+        return f"rtmp://127.0.0.1:{self.port if self.proxy else self._backend_port}/{self.app}"
 
     async def start(self) -> Receiver:
         self._loop_task = asyncio.create_task(self._listen_loop())
-        self._server = await asyncio.start_server(self._proxy, "127.0.0.1", self.port)
+        if self.proxy:
+            self._server = await asyncio.start_server(self._proxy, "127.0.0.1", self.port)
         return self
 
     async def stop(self) -> None:
