@@ -152,8 +152,11 @@ class CloudflareManager(Component):
             timeout = max(
                 0.05, min(next_poll - time.monotonic(), self._until_timeout(), conf.HEARTBEAT_INTERVAL)
             )
+            if stop_requested():
+                raise asyncio.CancelledError
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait_any(wake), timeout)
+                async with asyncio.timeout(timeout):  # unlike 3.11's wait_for, never loses a cancel
+                    await self._wait_any(wake)
             if wake.is_set():
                 wake.clear()
                 await self._read_input()
@@ -311,6 +314,8 @@ class CloudflareManager(Component):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if stop_requested():  # a cancel a client library reported as an error
+                    raise asyncio.CancelledError from exc
                 failures += 1
                 logger.exception("[UserStreamManager:%s] output %s: backend error", self.user_id, spec.id)
                 self._report(spec.id, FAILED, f"internal error ({type(exc).__name__})")
