@@ -20,6 +20,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devtools.processes import Proc, Stack, free_port
 
@@ -139,7 +140,7 @@ class Publisher:
     """ffmpeg publishing a test pattern to ``url`` (what OBS does with Server + Stream Key);
     with ``clip``, copying a pre-encoded one (make_clip) instead of encoding."""
 
-    def __init__(self, url: str, clip: Path | None = None, **options: str) -> None:
+    def __init__(self, url: str, clip: Path | None = None, **options: Any) -> None:
         self.url = url
         self.clip = clip
         self.options = options
@@ -148,7 +149,7 @@ class Publisher:
     async def start(self) -> Publisher:
         command = (
             copy_command(self.url, self.clip) if self.clip else publish_command(self.url, **self.options)
-        )  # type: ignore[arg-type]
+        )
         self.proc = await asyncio.create_subprocess_exec(
             *command,
             stdin=asyncio.subprocess.DEVNULL,

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from alerts.wakeups import stop_requested
 from broadcast import inputs
 from broadcast.backends import get_backend
 from broadcast.backends.base import FAILED, LIVE, OFF, Ingest, OutputSpec
@@ -148,10 +149,19 @@ class CloudflareManager(Component):
         conf = get_settings()
         next_poll = time.monotonic() + conf.INPUT_POLL_INTERVAL
         while True:
+            if self._outputs_retry_at is not None and time.monotonic() >= self._outputs_retry_at:
+                await self._reload_outputs()
             await self._apply()
-            timeout = max(
-                0.05, min(next_poll - time.monotonic(), self._until_timeout(), conf.HEARTBEAT_INTERVAL)
+            retry = (
+                self._outputs_retry_at - time.monotonic()
+                if self._outputs_retry_at is not None
+                else float("inf")
             )
+            timeout = max(
+                0.05, min(next_poll - time.monotonic(), self._until_timeout(), conf.HEARTBEAT_INTERVAL, retry)
+            )
+            # A cancel that a client library reported as an error we caught (redis-py can)
+            # would otherwise be lost until the wait's timeout.
             if stop_requested():
                 raise asyncio.CancelledError
             with contextlib.suppress(TimeoutError):
