@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from redis.exceptions import RedisError
+
 from alerts.wakeups import stop_requested
 from broadcast import inputs
 from broadcast.backends import get_backend
@@ -141,38 +143,71 @@ class CloudflareManager(Component):
             await self._stop_relays(set(self.relays))
             emitter.cancel()
 
-    async def _serve(self, wake: asyncio.Event) -> None:
+    async def _start(self) -> None:
         await self._emit_ingest()
         await self._reload_outputs()
         self.stream = await self._stored_stream_state()
         await self._read_input(initial=True)
+
+    async def _serve(self, wake: asyncio.Event) -> None:
+        """Start, then follow the input, the stream state and the outputs until cancelled.
+        Redis trouble (a restart, a failover) is waited out with backoff, one log line per
+        outage: crashing would mark the component failed after three quick restarts, and the
+        relays (tasks of their own) keep going meanwhile."""
+        failures = 0
+        while True:
+            try:
+                await self._start()
+                break
+            except (RedisError, OSError) as exc:
+                failures = await self._redis_trouble(exc, failures)
+        failures = 0
         conf = get_settings()
         next_poll = time.monotonic() + conf.INPUT_POLL_INTERVAL
         while True:
-            if self._outputs_retry_at is not None and time.monotonic() >= self._outputs_retry_at:
-                await self._reload_outputs()
-            await self._apply()
-            retry = (
-                self._outputs_retry_at - time.monotonic()
-                if self._outputs_retry_at is not None
-                else float("inf")
+            try:
+                next_poll = await self._step(wake, next_poll)
+                failures = 0
+            except (RedisError, OSError) as exc:
+                failures = await self._redis_trouble(exc, failures)
+
+    async def _redis_trouble(self, exc: Exception, failures: int) -> int:
+        if stop_requested():
+            raise asyncio.CancelledError from exc
+        if failures == 0:
+            logger.warning(
+                "[UserStreamManager:%s] CloudflareManager: Redis error (%r); retrying", self.user_id, exc
             )
-            timeout = max(
-                0.05, min(next_poll - time.monotonic(), self._until_timeout(), conf.HEARTBEAT_INTERVAL, retry)
-            )
-            # A cancel that a client library reported as an error we caught (redis-py can)
-            # would otherwise be lost until the wait's timeout.
-            if stop_requested():
-                raise asyncio.CancelledError
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):  # unlike 3.11's wait_for, never loses a cancel
-                    await self._wait_any(wake)
-            if wake.is_set():
-                wake.clear()
-                await self._read_input()
-            if time.monotonic() >= next_poll:
-                next_poll = time.monotonic() + conf.INPUT_POLL_INTERVAL
-                await self._poll()
+        failures += 1
+        await asyncio.sleep(retry_delay(failures, 0.25, 2.0))
+        return failures
+
+    async def _step(self, wake: asyncio.Event, next_poll: float) -> float:
+        """One round: apply the state, wait for a change (or the next poll), read it."""
+        conf = get_settings()
+        if self._outputs_retry_at is not None and time.monotonic() >= self._outputs_retry_at:
+            await self._reload_outputs()
+        await self._apply()
+        retry = (
+            self._outputs_retry_at - time.monotonic() if self._outputs_retry_at is not None else float("inf")
+        )
+        timeout = max(
+            0.05, min(next_poll - time.monotonic(), self._until_timeout(), conf.HEARTBEAT_INTERVAL, retry)
+        )
+        # A cancel that a client library reported as an error we caught (redis-py can)
+        # would otherwise be lost until the wait's timeout.
+        if stop_requested():
+            raise asyncio.CancelledError
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):  # unlike 3.11's wait_for, never loses a cancel
+                await self._wait_any(wake)
+        if wake.is_set():
+            wake.clear()
+            await self._read_input()
+        if time.monotonic() >= next_poll:
+            next_poll = time.monotonic() + conf.INPUT_POLL_INTERVAL
+            await self._poll()
+        return next_poll
 
     async def _wait_any(self, wake: asyncio.Event) -> None:
         waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(self._wake.wait())]
