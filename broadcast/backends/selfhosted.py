@@ -25,8 +25,10 @@ from django.conf import settings
 from broadcast import ingest as nginx
 from broadcast import relay
 from broadcast.backends.base import FAILED, LIVE, OFF, STARTING, BroadcastBackend, Ingest, OutputSpec, Report
+from broadcast.db import run_db
 from livestream.conf import get_settings
 from livestream.tasks import retry_delay
+from streampai.secrets import SecretError
 
 logger = logging.getLogger("livestream.presence_manager")  # the worker's own log lines
 
@@ -61,26 +63,28 @@ class SelfHostedBackend(BroadcastBackend):
         return f"rtmp://{conf.RTMP_PUBLIC_HOST}:{conf.RTMP_PORT}/{nginx.APP}"
 
     async def ingest(self, user_id: str) -> Ingest:
-        from broadcast.models import StreamIngest, new_stream_key
-
-        row = await StreamIngest.objects.filter(user_id=int(user_id), backend=self.name).afirst()
-        if row is None:
-            row = StreamIngest(user_id=int(user_id), backend=self.name)
-            row.set_key(new_stream_key())
-            await row.asave()
-        return Ingest(self.server_url(), row.key)
+        return Ingest(self.server_url(), await run_db(lambda: self._key(user_id, renew=False)))
 
     async def new_key(self, user_id: str) -> Ingest:
-        from broadcast.models import StreamIngest, new_stream_key
-
-        key = new_stream_key()
-        row = await StreamIngest.objects.filter(user_id=int(user_id), backend=self.name).afirst()
-        if row is None:
-            row = StreamIngest(user_id=int(user_id), backend=self.name)
-        row.set_key(key)
-        await row.asave()
+        key = await run_db(lambda: self._key(user_id, renew=True))
         await self._drop_publisher(user_id)
         return Ingest(self.server_url(), key)
+
+    def _key(self, user_id: str, renew: bool) -> str:
+        """The user's key (a new one if ``renew`` or none yet); sync, on the broadcast DB thread."""
+        from broadcast.models import StreamIngest, new_stream_key
+
+        row = StreamIngest.objects.filter(user_id=int(user_id), backend=self.name).first()
+        if row is not None and not renew:
+            try:
+                return row.key
+            except SecretError:  # unreadable (SECRETS_KEY changed): a fresh key, as "New key" would
+                logger.warning("[broadcast] ingest key of user %s unreadable; replaced", user_id)
+        row = row or StreamIngest(user_id=int(user_id), backend=self.name)
+        key = new_stream_key()
+        row.set_key(key)
+        row.save()
+        return key
 
     async def _control(self, path: str) -> httpx.Response | None:
         sock = nginx.control_socket(ingest_dir())

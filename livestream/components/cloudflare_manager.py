@@ -47,6 +47,7 @@ from alerts.wakeups import stop_requested
 from broadcast import inputs
 from broadcast.backends import get_backend
 from broadcast.backends.base import FAILED, LIVE, OFF, Ingest, OutputSpec
+from broadcast.db import run_db
 from broadcast.listener import listener as input_listener
 from broadcast.outputs import outputs_for
 from livestream import keys, logformats
@@ -432,31 +433,23 @@ class CloudflareManager(Component):
     # -- commands ----------------------------------------------------------------------------
 
     async def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
-        from broadcast.models import StreamOutput
-
         if name == "add_output":
             out_name, url, key = validate_output(args)
-            if await StreamOutput.objects.filter(user_id=int(self.user_id)).acount() >= MAX_OUTPUTS:
-                raise CommandError(f"at most {MAX_OUTPUTS} outputs")
-            row = StreamOutput(user_id=int(self.user_id), name=out_name, url=url, enabled=True)
-            row.set_key(key)
-            await row.asave()
-            logger.info("[UserStreamManager:%s] output %s added", self.user_id, row.pk)
+            output_id = await run_db(lambda: self._add_output(out_name, url, key))
+            logger.info("[UserStreamManager:%s] output %s added", self.user_id, output_id)
             await self._reload_outputs()
-            return {"id": str(row.pk)}
+            return {"id": output_id}
         if name == "set_output":
             enabled = args.get("enabled")
             if not isinstance(enabled, bool):
                 raise CommandError("enabled must be true or false")
-            row = await self._own_output(args)
-            row.enabled = enabled
-            await row.asave(update_fields=["enabled"])
+            output_id = self._output_id(args)
+            await run_db(lambda: self._change_output(output_id, enabled))
             await self._reload_outputs()
-            return {"id": str(row.pk), "enabled": enabled}
+            return {"id": output_id, "enabled": enabled}
         if name == "remove_output":
-            row = await self._own_output(args)
-            output_id = str(row.pk)
-            await row.adelete()
+            output_id = self._output_id(args)
+            await run_db(lambda: self._change_output(output_id, None))
             logger.info("[UserStreamManager:%s] output %s removed", self.user_id, output_id)
             await self._reload_outputs()
             return {"id": output_id}
@@ -477,18 +470,33 @@ class CloudflareManager(Component):
             return {"key": ingest.stream_key}
         raise CommandError(f"unknown command {name!r}")
 
-    async def _own_output(self, args: dict[str, Any]) -> Any:
+    def _add_output(self, name: str, url: str, key: str) -> str:
+        """Sync, on the broadcast DB thread: a new enabled output; its id."""
         from broadcast.models import StreamOutput
 
+        if StreamOutput.objects.filter(user_id=int(self.user_id)).count() >= MAX_OUTPUTS:
+            raise CommandError(f"at most {MAX_OUTPUTS} outputs")
+        row = StreamOutput(user_id=int(self.user_id), name=name, url=url, enabled=True)
+        row.set_key(key)
+        row.save()
+        return str(row.pk)
+
+    def _change_output(self, output_id: str, enabled: bool | None) -> None:
+        """Sync, on the broadcast DB thread: enable/disable (None: remove) one of the user's outputs."""
+        from broadcast.models import StreamOutput
+
+        rows = StreamOutput.objects.filter(pk=int(output_id), user_id=int(self.user_id))
+        changed = rows.delete()[0] if enabled is None else rows.update(enabled=enabled)
+        if not changed:
+            raise CommandError("unknown output")
+
+    def _output_id(self, args: dict[str, Any]) -> str:
         output_id = args.get("id")
-        if not isinstance(output_id, str) or not output_id.isdigit():
-            if isinstance(output_id, str) and output_id in self.outputs:
-                raise CommandError("this output belongs to a platform connection: change it there")
-            raise CommandError("unknown output")
-        row = await StreamOutput.objects.filter(pk=int(output_id), user_id=int(self.user_id)).afirst()
-        if row is None:
-            raise CommandError("unknown output")
-        return row
+        if isinstance(output_id, str) and output_id.isdigit() and len(output_id) < 19:
+            return output_id
+        if isinstance(output_id, str) and output_id in self.outputs:
+            raise CommandError("this output belongs to a platform connection: change it there")
+        raise CommandError("unknown output")
 
     def status(self) -> dict[str, Any]:
         return {
