@@ -272,6 +272,7 @@ class Receiver:
     sessions: int = 0
     resolution: tuple[int, int] | None = None
     fps: float | None = None
+    audio: bool = False  # a publisher sent an audio stream
     max_open: int = 0
 
     def __post_init__(self) -> None:
@@ -341,6 +342,8 @@ class Receiver:
     async def _read_info(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
         async for raw in proc.stderr:
+            if b"Audio:" in raw:
+                self.audio = True
             match = _STREAM.search(raw.decode(errors="replace"))
             if match:
                 self.resolution = (int(match[1]), int(match[2]))

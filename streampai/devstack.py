@@ -48,10 +48,10 @@ def main() -> int:
 def print_banner(port: str, debug: bool) -> None:
     print(f"\n  Streampai is starting on http://localhost:{port}/dashboard/", flush=True)
     print(f"  Sign up at http://localhost:{port}/accounts/signup/", flush=True)
-    print_ingest()
     if debug:
         print("  or sign in as demo@streampai.local / streampai-demo", flush=True)
         print("  Staff (admin, debug page): admin@streampai.local / streampai-admin", flush=True)
+    print_ingest()
     print("  Ctrl-C stops everything.\n", flush=True)
 
 

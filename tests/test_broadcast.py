@@ -151,7 +151,7 @@ async def test_go_live_relays_to_every_enabled_output(tmp_path, migrated_db_temp
         ok(await tabs[1].command(SSS, "go_live"))
         for receiver in receivers:
             await frames_flow(receiver, 5 - (time.monotonic() - went_live), more_than=0)
-            assert receiver.resolution == (1280, 720) and receiver.fps == 30
+            assert receiver.resolution == (1280, 720) and receiver.fps == 30 and receiver.audio
         for tab in tabs:
             await tab.until(
                 lambda t=tab: all(o["state"] == "live" for o in outputs_of(t).values()), 5, "outputs live"
