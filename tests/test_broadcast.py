@@ -10,13 +10,18 @@ import time
 
 import pytest
 
+from broadcast import ingest
 from devtools import logs
 from devtools.broadcast import Publisher, Receiver, broadcast_env, start_ingest
 from livestream import logformats
 from tests.harness import Stack, create_accounts, start_worker_ready, wait_until
 from tests.tabs import Tab
 
-pytestmark = [pytest.mark.processes]
+# Like Chromium for the browser tests: without nginx's RTMP module (make system-deps) say why.
+pytestmark = [
+    pytest.mark.processes,
+    pytest.mark.skipif(ingest.unavailable() is not None, reason=f"no RTMP ingest: {ingest.unavailable()}"),
+]
 
 CM = "CloudflareManager"
 SSS = "StreamStateServer"

@@ -9,11 +9,16 @@ import re
 
 import pytest
 
+from broadcast import ingest
 from devtools.broadcast import Publisher, Receiver, broadcast_env, start_ingest
 from tests.harness import BASE_DIR, Stack
 from tests.test_browser import browser, chromium, create_users  # noqa: F401  (fixtures)
 
-pytestmark = [pytest.mark.browser, pytest.mark.processes]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.processes,
+    pytest.mark.skipif(ingest.unavailable() is not None, reason=f"no RTMP ingest: {ingest.unavailable()}"),
+]
 
 PASSWORD = "stream-page-pw-1"
 VIEWPORT = {"width": 1100, "height": 1000}
