@@ -203,3 +203,18 @@ async def test_go_live_asks_the_participant_and_end_stream_carries_a_reason(conf
         assert data["ended_reason"] is None  # a new stream forgets the last end's reason
     finally:
         stream_state.unregister_participant("91", guard)
+
+
+async def test_a_streams_presence_keeps_the_manager_but_not_the_alerts_flowing():
+    """AlertManager emits only while a tab is open: the stream's presence connection is no tab."""
+    from alerts.queue import AWAY, AlertQueue
+    from livestream.presence.store import PresenceStore
+
+    queue = AlertQueue("78")
+    await queue.push({"id": "a1", "kind": "donation", "from": "Ana", "amount": 5, "currency": "EUR"}, cap=10)
+    await queue.claim("tok")
+    await inputs.set_input("78", True)  # the stream holds presence, no tab
+    assert await PresenceStore().sessions("78") == 1
+    assert await queue.take("tok") == AWAY
+    await PresenceStore().track("78", {"ref": "tab-1", "email": "", "joined_at": 0})
+    assert (await queue.take("tok")).alert["id"] == "a1"
