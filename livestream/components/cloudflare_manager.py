@@ -128,6 +128,8 @@ class CloudflareManager(Component):
         self._poll_disagreed = False
         self._outputs_failures = 0
         self._outputs_retry_at: float | None = None  # the outputs could not be read: try again then
+        self._ingest_failures = 0
+        self._ingest_retry_at: float | None = None  # the ingest could not be set up: try again then
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -188,10 +190,11 @@ class CloudflareManager(Component):
         conf = get_settings()
         if self._outputs_retry_at is not None and time.monotonic() >= self._outputs_retry_at:
             await self._reload_outputs()
+        if self._ingest_retry_at is not None and time.monotonic() >= self._ingest_retry_at:
+            await self._emit_ingest()
         await self._apply()
-        retry = (
-            self._outputs_retry_at - time.monotonic() if self._outputs_retry_at is not None else float("inf")
-        )
+        retries = [t for t in (self._outputs_retry_at, self._ingest_retry_at) if t is not None]
+        retry = min(retries) - time.monotonic() if retries else float("inf")
         timeout = max(
             0.05, min(next_poll - time.monotonic(), self._until_timeout(), conf.HEARTBEAT_INTERVAL, retry)
         )
@@ -236,13 +239,19 @@ class CloudflareManager(Component):
             try:
                 ingest = ingest or await self.backend.ingest(self.user_id)
                 data.update(server_url=ingest.server_url, key_masked=secrets.mask(ingest.stream_key))
+                self._ingest_failures, self._ingest_retry_at = 0, None
             except Exception as exc:
-                logger.warning(
-                    "[UserStreamManager:%s] ingest not ready: %s", self.user_id, type(exc).__name__
-                )
-                data.update(
-                    available=False, reason="the ingest could not be set up; reload the page to retry"
-                )
+                if stop_requested():
+                    raise asyncio.CancelledError from exc
+                self._ingest_failures += 1
+                if self._ingest_failures == 1:
+                    logger.warning(
+                        "[UserStreamManager:%s] ingest not ready: %s; retrying",
+                        self.user_id,
+                        type(exc).__name__,
+                    )
+                self._ingest_retry_at = time.monotonic() + retry_delay(self._ingest_failures, 1.0, 60.0)
+                data.update(available=False, reason="the ingest could not be set up yet; retrying")
         await self.emit("ingest", data, sticky=True)
 
     # -- the input ---------------------------------------------------------------
