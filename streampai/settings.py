@@ -111,11 +111,11 @@ for _origin in CSRF_TRUSTED_ORIGINS:
         )
 
 INSTALLED_APPS = [
-    # First: livestream's runserver (daphne's, plus the embedded Redis a fresh
-    # clone needs) and its hardened runworker replace daphne's and Channels' own.
+    # First: livestream's hardened runworker and dashboard's runserver (daphne's, plus
+    # the embedded Redis a fresh clone needs) replace Channels' and daphne's own.
     "livestream",
-    "daphne",  # before staticfiles: its runserver serves ASGI
     "dashboard",
+    "daphne",  # before staticfiles: its runserver serves ASGI
     "alerts",
     "broadcast",
     "django.contrib.admin",
@@ -256,11 +256,17 @@ CACHES = caches(REDIS_URL, key_prefix=f"{_prefix}:cache")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    # Secrets (webhook secrets in paths, stream keys, tokens) are masked in every line
+    # (streampai/logredact.py); daphne's access log is redacted by streampai/asgi.py.
+    "filters": {"redact": {"()": "streampai.logredact.RedactFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "()": "streampai.logredact.RedactingFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]},
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
@@ -270,5 +276,10 @@ LOGGING = {
         "broadcast": {"level": "INFO"},
         "django.channels": {"level": "INFO"},
         "daphne": {"level": "INFO"},
+        # Django's default config gives these loggers handlers of their own (a plain console
+        # in DEBUG, runserver's access lines): every django.request warning was printed twice,
+        # and those copies bypassed the redaction. Everything goes through the root handler.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
     },
 }

@@ -233,6 +233,8 @@ async def test_go_live_relays_to_every_enabled_output(tmp_path, migrated_db_temp
 
         texts = {**stack.logs(), "nginx": (tmp_path / "ingest" / "logs" / "error.log").read_text()}
         no_key_in(texts, key, new_key, wrong)
+        assert "/broadcast/ingest/***/publish" in texts["daphne"]  # the callbacks' secret is masked
+        no_key_in(texts, ingest.callback_secret())
         assert ingest_proc.alive()
         assert max(r.overlapping() for r in receivers) == 1
         for tab in tabs:
