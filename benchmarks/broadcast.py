@@ -31,8 +31,10 @@ from typing import Any
 
 import psutil
 
-from benchmarks.common import amake_users, environment, new_stack, start_worker_ready, summary, wait_until
+from benchmarks.common import environment, new_stack, summary, wait_until
 from devtools.broadcast import Publisher, Receiver, Tap, broadcast_env, make_clip, start_ingest
+from devtools.clients import amake_users
+from devtools.processes import start_worker_ready
 from tests.tabs import Tab
 
 CM, SSS = "CloudflareManager", "StreamStateServer"

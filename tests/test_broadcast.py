@@ -13,8 +13,9 @@ import pytest
 from broadcast import ingest
 from devtools import logs
 from devtools.broadcast import Publisher, Receiver, broadcast_env, start_ingest
+from devtools.clients import create_accounts
+from devtools.processes import Stack, start_worker_ready, wait_until
 from livestream import logformats
-from tests.harness import Stack, create_accounts, start_worker_ready, wait_until
 from tests.tabs import Tab
 
 # Like Chromium for the browser tests: without nginx's RTMP module (make system-deps) say why.

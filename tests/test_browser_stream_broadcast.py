@@ -11,7 +11,7 @@ import pytest
 
 from broadcast import ingest
 from devtools.broadcast import Publisher, Receiver, broadcast_env, start_ingest
-from tests.harness import BASE_DIR, Stack, wait_until
+from devtools.processes import BASE_DIR, Stack, wait_until
 from tests.test_browser import browser, chromium, create_users  # noqa: F401  (fixtures)
 
 pytestmark = [
