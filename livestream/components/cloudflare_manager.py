@@ -46,7 +46,7 @@ from redis.exceptions import RedisError
 from alerts.wakeups import stop_requested
 from broadcast import inputs
 from broadcast.backends import get_backend
-from broadcast.backends.base import FAILED, LIVE, OFF, Ingest, OutputSpec
+from broadcast.backends.base import FAILED, LIVE, OFF, BackendError, Ingest, OutputSpec
 from broadcast.db import run_db
 from broadcast.listener import listener as input_listener
 from broadcast.outputs import outputs_for
@@ -251,7 +251,8 @@ class CloudflareManager(Component):
                         type(exc).__name__,
                     )
                 self._ingest_retry_at = time.monotonic() + retry_delay(self._ingest_failures, 1.0, 60.0)
-                data.update(available=False, reason="the ingest could not be set up yet; retrying")
+                why = str(exc) if isinstance(exc, BackendError) else "the ingest could not be set up yet"
+                data.update(available=False, reason=f"{why}; retrying")
         await self.emit("ingest", data, sticky=True)
 
     # -- the input ---------------------------------------------------------------
