@@ -15,4 +15,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("alerts.urls")),  # /hooks/alerts/...
     path("", include("livestream.urls")),  # /metrics
+    path("", include("broadcast.urls")),  # /broadcast/ingest/... (the RTMP ingest's callbacks)
 ]
