@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: install run test lint bench clean
+.PHONY: install system-deps run test lint bench clean
 
 $(STAMP): requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -15,12 +15,22 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
+## make system-deps: the self-hosted RTMP ingest (nginx + Debian's RTMP module), when apt can
+## install it; without it everything else runs and the Stream page says streaming is unavailable.
+RTMP_MODULE := /usr/lib/nginx/modules/ngx_rtmp_module.so
+system-deps:
+	@if command -v nginx >/dev/null 2>&1 && test -f $(RTMP_MODULE); then :; \
+	elif command -v apt-get >/dev/null 2>&1 && test "$$(id -u)" = 0; then \
+	  (apt-get update -q && apt-get install -y -q --no-install-recommends nginx libnginx-mod-rtmp) \
+	  || echo "system-deps: could not install nginx + libnginx-mod-rtmp; streaming stays unavailable"; \
+	else echo "system-deps: nginx + libnginx-mod-rtmp missing (as root: apt-get install nginx libnginx-mod-rtmp); streaming stays unavailable"; fi
+
 ## make run: embedded Redis (unless REDIS_URL is set), migrate, daphne + worker in one terminal.
-run: install
+run: install system-deps
 	$(BIN)/python -m streampai.devstack
 
 ## make test: the whole suite (starts its own private redis-server).
-test: install
+test: install system-deps
 	$(BIN)/python -m pytest
 
 lint: install

@@ -38,6 +38,7 @@ class LivestreamSettings:
         "livestream.components.console_logger.ConsoleLogger",
         "livestream.components.stream_state.StreamStateServer",
         "livestream.components.alert_manager.AlertManager",
+        "livestream.components.cloudflare_manager.CloudflareManager",
     )
     # Seconds between ConsoleLogger lines.
     CONSOLE_LOG_INTERVAL: float = 1.0
@@ -149,6 +150,33 @@ class LivestreamSettings:
     # "ending" before "offline" (where a platform connection would be made/closed).
     STREAM_START_DELAY: float = 1.0
     STREAM_END_DELAY: float = 1.0
+
+    # --- Broadcast (issue 18: the ingest and the outputs, broadcast/ and docs/broadcast.md) ---
+    # Where streams come in and how they are sent on: "selfhosted" (nginx-rtmp ingest +
+    # local ffmpeg relays), "cloudflare" (Cloudflare Stream), or a dotted path to a
+    # broadcast.backends.base.BroadcastBackend subclass.
+    BROADCAST_BACKEND: str = "selfhosted"
+    # go_live is refused unless the input is connected and an output is enabled. False
+    # lets go_live change only the stream state (the behaviour before issue 18; the
+    # test harness' processes use it for tests of the state machine alone).
+    BROADCAST_REQUIRED: bool = True
+    # OBS gone for less than this (seconds) keeps a live stream live and its outputs
+    # resume when it is back; longer ends the stream ("stream ended: input gone").
+    DISCONNECT_TIMEOUT: float = 30.0
+    # The self-hosted RTMP ingest's port (environment: RTMP_PORT, as PORT is daphne's)
+    # and the host OBS is told to publish to (the Stream page's "Server").
+    RTMP_PORT: int = 1935
+    RTMP_PUBLIC_HOST: str = "localhost"
+    # Where the ingest's callbacks reach daphne (on_publish/on_publish_done); set by
+    # the process that starts the ingest (streampai/devstack.py) from PORT.
+    INGEST_CALLBACK_URL: str = "http://127.0.0.1:8000"
+    # An output's relay restarts after a failure with backoff from RELAY_BACKOFF up to
+    # RELAY_BACKOFF_MAX seconds (livestream.tasks.retry_delay).
+    RELAY_BACKOFF: float = 0.5
+    RELAY_BACKOFF_MAX: float = 10.0
+    # The CloudflareManager asks the backend whether the input is connected this often
+    # (seconds), in case a callback/webhook was lost; pushes normally arrive at once.
+    INPUT_POLL_INTERVAL: float = 5.0
 
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(LivestreamSettings)}
@@ -266,6 +294,13 @@ def validate(conf: LivestreamSettings) -> None:
     need(conf.COMMAND_BURST >= 1, f"COMMAND_BURST must be >= 1 (is {conf.COMMAND_BURST})")
     need(conf.COMMAND_TIMEOUT > 0, f"COMMAND_TIMEOUT must be > 0 (is {conf.COMMAND_TIMEOUT})")
     need(conf.EVENT_SEND_BUFFER >= 4096, f"EVENT_SEND_BUFFER must be >= 4096 (is {conf.EVENT_SEND_BUFFER})")
+    need(conf.DISCONNECT_TIMEOUT >= 0, f"DISCONNECT_TIMEOUT must be >= 0 (is {conf.DISCONNECT_TIMEOUT})")
+    need(0 < conf.RTMP_PORT < 65536, f"RTMP_PORT must be a TCP port (is {conf.RTMP_PORT})")
+    need(
+        0 < conf.RELAY_BACKOFF <= conf.RELAY_BACKOFF_MAX,
+        f"need 0 < RELAY_BACKOFF ({conf.RELAY_BACKOFF}) <= RELAY_BACKOFF_MAX ({conf.RELAY_BACKOFF_MAX})",
+    )
+    need(conf.INPUT_POLL_INTERVAL > 0, f"INPUT_POLL_INTERVAL must be > 0 (is {conf.INPUT_POLL_INTERVAL})")
     for name in ("STREAM_START_DELAY", "STREAM_END_DELAY"):
         need(getattr(conf, name) >= 0, f"{name} must be >= 0 (is {getattr(conf, name)})")
     if problems:

@@ -115,6 +115,7 @@ INSTALLED_APPS = [
     "daphne",  # before staticfiles: its runserver serves ASGI
     "dashboard",
     "alerts",
+    "broadcast",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -237,6 +238,12 @@ LIVESTREAM = {
     for name, value in os.environ.items()
     if name.startswith("LIVESTREAM_") and name != "LIVESTREAM_LOG_LEVEL"
 }
+# The RTMP ingest's port, as PORT is daphne's (LIVESTREAM_RTMP_PORT wins if both are set).
+if os.environ.get("RTMP_PORT") and "RTMP_PORT" not in LIVESTREAM:
+    LIVESTREAM["RTMP_PORT"] = os.environ["RTMP_PORT"]
+# Secrets at rest (streampai/secrets.py): a Fernet key or passphrase; derived from
+# SECRET_KEY when unset. Changing it makes stored stream keys unreadable.
+SECRETS_KEY = os.environ.get("STREAMPAI_SECRETS_KEY", "")
 # Several deployments (or test runs) can share one Redis under different prefixes.
 _prefix = LIVESTREAM.get("KEY_PREFIX", "streampai")
 CHANNEL_LAYERS = channel_layers(REDIS_URL, prefix=f"{_prefix}:asgi")
