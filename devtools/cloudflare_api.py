@@ -168,6 +168,7 @@ class FakeCloudflare:
         method = handler.command
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
+        payload: dict[str, Any] | None
         status, payload, headers = 500, envelope(errors=[{"code": 10000, "message": "internal"}]), {}
         body: Any = None
         try:
@@ -256,9 +257,9 @@ class FakeCloudflare:
                 fields = _checked(body, _OUTPUT_CREATE_FIELDS, required=("url", "streamKey"))
                 if not _OUTPUT_URL.match(fields["url"]):
                     raise ApiError(400, 10005, "url must be an rtmp://, rtmps:// or srt:// URL")
-                output = {"uid": secrets.token_hex(16), "enabled": True, **fields}
-                outputs[output["uid"]] = output
-                return 200, output
+                created = {"uid": secrets.token_hex(16), "enabled": True, **fields}
+                outputs[created["uid"]] = created
+                return 200, created
             raise ApiError(405, 10000, "method not allowed")
         output = outputs.get(out)
         if output is None:
