@@ -32,11 +32,13 @@ httpx transport talks to it over TCP.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import re
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -107,6 +109,7 @@ class FakeCloudflare:
     requests: list[Recorded] = field(default_factory=list)
     _failures: list[tuple[int, float | None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _connections: set[socket.socket] = field(default_factory=set)
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
 
@@ -136,7 +139,8 @@ class FakeCloudflare:
         with self._lock:
             return [r for r in self.requests if (method is None or r.method == method) and contains in r.path]
 
-    def serve(self) -> FakeCloudflare:
+    def serve(self, port: int = 0) -> FakeCloudflare:
+        """Listen on 127.0.0.1:``port`` (0: a free one; a closed server's port to bring it back)."""
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -145,12 +149,22 @@ class FakeCloudflare:
             def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read .requests
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                with api._lock:
+                    api._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with api._lock:
+                    api._connections.discard(self.connection)
+                super().finish()
+
             def _handle(self) -> None:
                 api._dispatch(self)
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="fake-cloudflare", daemon=True
@@ -158,10 +172,22 @@ class FakeCloudflare:
         self._thread.start()
         return self
 
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "serve() first"
+        return int(self._server.server_address[1])
+
     def close(self) -> None:
+        """Stop listening (Cloudflare unreachable); serve(port) brings it back."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            # Keep-alive connections would go on being served by their threads.
+            with self._lock:
+                connections, self._connections = list(self._connections), set()
+            for connection in connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
 
     # --- the HTTP side ---
     def _dispatch(self, handler: BaseHTTPRequestHandler) -> None:

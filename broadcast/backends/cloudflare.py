@@ -13,7 +13,7 @@ What Cloudflare does and how it is handled (docs/cloudflare.md):
                       the Stream page then shows the new key
   401                 the token is wrong or revoked: calls fail with "Cloudflare refused
                       the API token", outputs report failed with it and retry with
-                      backoff (a fixed token needs no restart)
+                      backoff; the Stream page shows it (unavailable())
   403                 the token may not edit Stream
   429                 Retry-After is respected (the SDK's own retries are off: one place
                       decides, and an output can say what it waits for)
@@ -240,6 +240,10 @@ class CloudflareBackend(BroadcastBackend):
             await run.detach()
             report(OFF, None)
             raise
+
+    async def aclose(self) -> None:
+        """Close this event loop's HTTP client (its connections); a later call opens another."""
+        await self._st().client.close()
 
     # --- Cloudflare calls --------------------------------------------------------
 
@@ -475,7 +479,7 @@ class _OutputRun:
                 mine.uid,
             )
         elif not mine.enabled:
-            out_uid = str(mine.uid)
+            out_uid = self.output_uid = str(mine.uid)  # known before the await: a cancel removes it
             await call(
                 lambda: outputs.update(out_uid, account_id=account, live_input_identifier=uid, enabled=True),
                 None,
@@ -485,29 +489,38 @@ class _OutputRun:
         return is_connected(getattr(live, "status", None))
 
     async def detach(self) -> None:
-        """Remove the output at Cloudflare (stop sending there) within DETACH_TIMEOUT."""
-        if not (self.input_uid and self.output_uid):
+        """Remove the output at Cloudflare (stop sending there) within DETACH_TIMEOUT.
+
+        Cancelled before the create's answer arrived, the output may exist without our
+        knowing its uid: then the input's outputs are listed and the one for this
+        destination is removed."""
+        if not self.input_uid:
             return
-        uid, out_uid, account, outputs = self.input_uid, self.output_uid, self.backend._account, self.outputs
         try:
-            await asyncio.wait_for(
-                self.backend._call(
-                    lambda: outputs.delete(out_uid, account_id=account, live_input_identifier=uid), None
-                ),
-                DETACH_TIMEOUT,
-            )
+            await asyncio.wait_for(self._remove(self.input_uid), DETACH_TIMEOUT)
         except NotFoundError:
             pass
         except (CloudflareError, TimeoutError) as exc:
             reason = exc.reason if isinstance(exc, CloudflareError) else "timed out"
             logger.warning(
-                "[cloudflare] output %s of user %s: could not remove live output %s (%s); it stays enabled at Cloudflare",
+                "[cloudflare] output %s of user %s: could not remove its live output (%s); "
+                "it stays enabled at Cloudflare until the next start adopts it",
                 self.spec.id,
                 self.user_id,
-                out_uid,
                 reason,
             )
         self.output_uid = None
+
+    async def _remove(self, uid: str) -> None:
+        call, account, outputs = self.backend._call, self.backend._account, self.outputs
+        out_uid = self.output_uid
+        if out_uid is None:
+            page = await call(lambda: outputs.list(uid, account_id=account), None)
+            found = [o async for o in page if o.url == self.spec.url and o.stream_key == self.spec.key]
+            if not found or not found[0].uid:
+                return
+            out_uid = str(found[0].uid)
+        await call(lambda: outputs.delete(out_uid, account_id=account, live_input_identifier=uid), None)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
