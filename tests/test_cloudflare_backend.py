@@ -27,9 +27,9 @@ from broadcast.backends.cloudflare import (
 )
 from broadcast.models import StreamIngest
 from devtools.cloudflare_api import FakeCloudflare
+from devtools.processes import wait_until
 from livestream import conf as livestream_conf
 from streampai import secrets
-from tests.harness import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
