@@ -167,9 +167,9 @@ class LivestreamSettings:
     # and the host OBS is told to publish to (the Stream page's "Server").
     RTMP_PORT: int = 1935
     RTMP_PUBLIC_HOST: str = "localhost"
-    # Where the ingest's callbacks reach daphne (on_publish/on_publish_done); set by
-    # the process that starts the ingest (streampai/devstack.py) from PORT.
-    INGEST_CALLBACK_URL: str = "http://127.0.0.1:8000"
+    # The self-hosted ingest's private directory (nginx.conf, logs, its control socket);
+    # "" = <var>/ingest. The worker finds the ingest's /stat and /control there.
+    INGEST_DIR: str = ""
     # An output's relay restarts after a failure with backoff from RELAY_BACKOFF up to
     # RELAY_BACKOFF_MAX seconds (livestream.tasks.retry_delay).
     RELAY_BACKOFF: float = 0.5

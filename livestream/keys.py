@@ -37,6 +37,7 @@
   stream:<user>                   HASH   StreamStateServer's state and timestamps  components/stream_state.py
   broadcast:input:<user>          HASH   the user's ingest input: state, since, presence ref  broadcast/inputs.py
   broadcast:wake                  pub/sub channel: "<user>" after each input change
+  broadcast:publishers            HASH   key hash -> user, per publish in progress  broadcast/views.py
 
 The channel layer's keys live under ``<KEY_PREFIX>:asgi`` (channels-redis' own
 layout). None of these are Redis Cluster ready: scripts touch keys of several users.
@@ -168,3 +169,8 @@ def broadcast_input(user_id: str) -> str:
 def broadcast_wake() -> str:
     """Pub/sub: the user id after each change of their input state (broadcast/inputs.py)."""
     return key("broadcast", "wake")
+
+
+def broadcast_publishers() -> str:
+    """The self-hosted ingest's publishes in progress: key hash -> user (broadcast/views.py)."""
+    return key("broadcast", "publishers")

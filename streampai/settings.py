@@ -101,6 +101,8 @@ def proxy_ssl_header(value: str) -> tuple[str, str] | None:
 
 
 # Only set this behind a proxy that always sets (and strips incoming) the header.
+# The RTMP ingest calls daphne over plain HTTP on loopback (broadcast/views.py): never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^broadcast/ingest/"]
 SECURE_PROXY_SSL_HEADER = proxy_ssl_header(os.environ.get("SECURE_PROXY_SSL_HEADER", ""))
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 for _origin in CSRF_TRUSTED_ORIGINS:
@@ -276,6 +278,7 @@ LOGGING = {
         "livestream": {"level": os.environ.get("LIVESTREAM_LOG_LEVEL", "INFO")},
         "dashboard": {"level": "INFO"},
         "alerts": {"level": "INFO"},
+        "broadcast": {"level": "INFO"},
         "django.channels": {"level": "INFO"},
         "daphne": {"level": "INFO"},
     },

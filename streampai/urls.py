@@ -14,4 +14,5 @@ urlpatterns = [
     path("", include("alerts.urls")),  # /hooks/alerts/...
     path("", include("broadcast.cloudflare_urls")),  # /hooks/cloudflare/
     path("", include("livestream.urls")),  # /metrics
+    path("", include("broadcast.urls")),  # /broadcast/ingest/... (the RTMP ingest's callbacks)
 ]
