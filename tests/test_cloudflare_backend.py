@@ -17,6 +17,7 @@ from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ImproperlyConfigured
 
+from broadcast import inputs
 from broadcast.backends.base import FAILED, LIVE, OFF, STARTING, OutputSpec
 from broadcast.backends.cloudflare import (
     RATE_LIMITED,
@@ -193,8 +194,7 @@ async def test_429_longer_than_a_page_can_wait_raises_rate_limited(api, backend)
 async def test_an_output_backs_off_on_429_without_failing(api, backend):
     user = await make_user()
     await backend.ingest(user)
-    [uid] = api.inputs
-    api.set_status(uid, "connected")
+    await inputs.set_input(user, True)
     api.fail_next(429, count=1, retry_after=0.5)
     reports = Reports()
     started = time.monotonic()
@@ -224,10 +224,18 @@ async def test_run_output_creates_an_enabled_output_goes_live_and_deletes_it_on_
     [create] = api.calls("POST", "/outputs")
     assert create.body == {"url": "rtmp://127.0.0.1:1901/live", "streamKey": "dest-key-1", "enabled": True}
     await wait_until(lambda: reports.state == STARTING, 2, "starting (no publisher yet)")
-    # OBS connects: the webhook path tells the backend; the output is live at once, not at its next poll.
-    api.set_status(uid, "connected")
+    # OBS connects: the webhook records it and the manager tells the backend; the output is
+    # live at once, not at its next poll.
+    await inputs.set_input(user, True)
     backend.input_state_changed(user, True)
     await wait_until(lambda: reports.state == LIVE, 1, "live")
+    # Cloudflare allows 1,200 calls per 5 minutes per token: a running output lists its
+    # input's outputs once per CLOUDFLARE_POLL_INTERVAL (0.2 s here) and asks nothing else.
+    mark = len(api.requests)
+    await asyncio.sleep(1.0)
+    polls = api.requests[mark:]
+    assert {(r.method, r.path.rsplit("/", 1)[-1]) for r in polls} <= {("GET", "outputs")}
+    assert 3 <= len(polls) <= 7
     started = time.monotonic()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -301,8 +309,7 @@ async def test_new_key_refuses_the_old_one_and_running_outputs_move_over(api, ba
 async def test_cloudflare_unreachable_fails_the_output_and_it_recovers(api, backend):
     user = await make_user()
     first = await backend.ingest(user)
-    [uid] = api.inputs
-    api.set_status(uid, "connected")
+    await inputs.set_input(user, True)
     port = api.port
     api.close()
     # The Stream page still shows the stored ingest.

@@ -25,8 +25,11 @@ created; running outputs notice (an in-process wake-up, else their next poll) an
 the new input.
 
 "live" for an output means: it exists and is enabled at Cloudflare and the input is
-connected. Cloudflare reports no per-output state, so a destination that refuses the
-stream is not seen here.
+connected (as recorded by broadcast.inputs: webhooks and the manager's polls). Cloudflare
+reports no per-output state, so a destination that refuses the stream is not seen here.
+A running output checks its live output at Cloudflare every CLOUDFLARE_POLL_INTERVAL (one
+API call: Cloudflare allows 1,200 per 5 minutes per token); input changes and new keys
+wake it at once.
 
 Secrets (the token, stream keys) are never logged: ids and secrets.mask() only.
 """
@@ -36,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -52,7 +56,18 @@ from cloudflare import (
 )
 from django.db import IntegrityError
 
-from broadcast.backends.base import FAILED, LIVE, OFF, STARTING, BroadcastBackend, Ingest, OutputSpec, Report
+from broadcast import inputs
+from broadcast.backends.base import (
+    FAILED,
+    LIVE,
+    OFF,
+    STARTING,
+    BackendError,
+    BroadcastBackend,
+    Ingest,
+    OutputSpec,
+    Report,
+)
 from livestream.conf import get_settings
 from livestream.tasks import Backoff, per_loop
 from streampai import secrets
@@ -81,7 +96,7 @@ INTERACTIVE_PATIENCE = 3.0
 DETACH_TIMEOUT = 1.5
 
 
-class CloudflareError(RuntimeError):
+class CloudflareError(BackendError):
     """A Cloudflare call failed; ``str()`` is a reason safe to show (never a secret)."""
 
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
@@ -407,6 +422,7 @@ class _OutputRun:
         self.input_uid: str | None = None
         self.output_uid: str | None = None
         self.last: tuple[str, str | None] | None = None
+        self.connected = False
 
     def report(self, state: str, error: str | None = None) -> None:
         if self.last != (state, error):
@@ -422,15 +438,26 @@ class _OutputRun:
         return self.backend._st().client.stream.live_inputs.outputs
 
     async def loop(self) -> None:
+        """Attach, then re-check the output at Cloudflare every CLOUDFLARE_POLL_INTERVAL and
+        the input state (Redis, set by webhooks and polls) whenever woken.
+
+        Few API calls on purpose: Cloudflare allows 1,200 per 5 minutes per token for the
+        whole account, so a running output costs one call per poll interval."""
         backoff = Backoff(BACKOFF_FIRST, BACKOFF_CAP)
+        poll = get_settings().CLOUDFLARE_POLL_INTERVAL
+        checked_at = float("-inf")
         self.report(STARTING)
         while True:
             wakeup = self.backend._st().wakeup(self.user_id)
             try:
-                live = await self.step()
+                uid = await self.backend._input_uid(self.user_id)
+                now = time.monotonic()
+                if uid != self.input_uid or self.output_uid is None or now - checked_at >= poll:
+                    await self.ensure(uid)
+                    checked_at = now
                 backoff.reset()
-                self.report(LIVE if live else STARTING)
-                delay = get_settings().CLOUDFLARE_POLL_INTERVAL
+                self.report(LIVE if await self.input_live() else STARTING)
+                delay = max(0.0, poll - (time.monotonic() - checked_at))
             except NotFoundError:
                 # The input is gone (deleted, or a new key): recreate it, then the output on it.
                 if self.input_uid:
@@ -445,10 +472,22 @@ class _OutputRun:
                     delay = backoff.failed()
             await _wait(wakeup, delay)
 
-    async def step(self) -> bool:
-        """Make sure the output exists and is enabled; True if the input is connected."""
+    async def input_live(self) -> bool:
+        """The user's input state as recorded (webhooks, polls); the last one if Redis fails."""
+        try:
+            self.connected = (await inputs.get_input(self.user_id)).connected
+        except Exception as exc:  # Redis trouble: keep reporting what we knew
+            logger.warning(
+                "[cloudflare] output %s of user %s: input state unreadable: %r",
+                self.spec.id,
+                self.user_id,
+                type(exc).__name__,
+            )
+        return self.connected
+
+    async def ensure(self, uid: str) -> None:
+        """Make sure the output exists on input ``uid`` and is enabled."""
         call = self.backend._call
-        uid = await self.backend._input_uid(self.user_id)
         if uid != self.input_uid:
             self.input_uid, self.output_uid = uid, None
         account = self.backend._account
@@ -485,8 +524,6 @@ class _OutputRun:
                 None,
             )
         self.output_uid = str(mine.uid)
-        live = await call(self.backend._get_input(uid), None)
-        return is_connected(getattr(live, "status", None))
 
     async def detach(self) -> None:
         """Remove the output at Cloudflare (stop sending there) within DETACH_TIMEOUT.
