@@ -7,9 +7,10 @@ stream key OBS sent. Only the local ingest may call: the path carries
 * publish: a user's current key -> ``302 Location: u<user id>`` (nginx renames the stream, so
   the key goes no further), the input marked connected (broadcast.inputs.set_input); any
   other key -> 403, logged with the client's address and never the key.
-* publish_done: the input marked disconnected. The user is found through the publish's
-  record (``keys.broadcast_publishers()``, by key hash), so a key replaced meanwhile still
-  ends its publish.
+* publish_done: the input marked disconnected once the user has no publish left. Publishes
+  are recorded by nginx's client id (``broadcast.inputs.publish_started``), not by key: a key
+  replaced meanwhile still ends its publish, and a second OBS on the same key (which nginx
+  refuses as "already publishing", and reports done) does not end the first one's.
 
 The Cloudflare backend's webhook lives beside these (helper "cloudflare").
 """
@@ -24,10 +25,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from broadcast import ingest as nginx
-from broadcast.inputs import set_input
+from broadcast.inputs import publish_ended, publish_started, set_input
 from broadcast.models import StreamIngest, key_hash
-from livestream import keys
-from livestream.redis import get_redis
 
 logger = logging.getLogger("broadcast.ingest")
 
@@ -56,7 +55,7 @@ async def publish(request: HttpRequest, secret: str) -> HttpResponse:
         logger.warning("[broadcast] ingest refused a publish from %s: unknown or old stream key", addr)
         return HttpResponse("unknown stream key", status=403)
     user_id = str(row.user_id)
-    await get_redis().hset(keys.broadcast_publishers(), key_hash(key), user_id)
+    await publish_started(user_id, _client(request))
     await set_input(user_id, True)
     logger.info("[broadcast] ingest: user %s publishing from %s", user_id, addr)
     response = HttpResponse(status=302)
@@ -69,11 +68,13 @@ async def publish(request: HttpRequest, secret: str) -> HttpResponse:
 async def publish_done(request: HttpRequest, secret: str) -> HttpResponse:
     if not _allowed(request, secret):
         return HttpResponse(status=404)
-    key = request.POST.get("name", "")[:MAX_KEY]
-    redis = get_redis()
-    user_id = await redis.hget(keys.broadcast_publishers(), key_hash(key))
-    if user_id:
-        await redis.hdel(keys.broadcast_publishers(), key_hash(key))
-        await set_input(str(user_id), False)
+    user_id, left = await publish_ended(_client(request))
+    if user_id is not None and left == 0:
+        await set_input(user_id, False)
         logger.info("[broadcast] ingest: user %s stopped publishing", user_id)
     return HttpResponse(status=200)
+
+
+def _client(request: HttpRequest) -> str:
+    """nginx's id of the RTMP connection (a counter of this nginx run)."""
+    return request.POST.get("clientid", "")[:32]

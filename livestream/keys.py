@@ -37,7 +37,7 @@
   stream:<user>                   HASH   StreamStateServer's state and timestamps  components/stream_state.py
   broadcast:input:<user>          HASH   the user's ingest input: state, since, presence ref  broadcast/inputs.py
   broadcast:wake                  pub/sub channel: "<user>" after each input change
-  broadcast:publishers            HASH   key hash -> user, per publish in progress  broadcast/views.py
+  broadcast:publishers            HASH   ingest client id -> user, per publish in progress  broadcast/inputs.py
 
 The channel layer's keys live under ``<KEY_PREFIX>:asgi`` (channels-redis' own
 layout). None of these are Redis Cluster ready: scripts touch keys of several users.
@@ -172,5 +172,5 @@ def broadcast_wake() -> str:
 
 
 def broadcast_publishers() -> str:
-    """The self-hosted ingest's publishes in progress: key hash -> user (broadcast/views.py)."""
+    """The self-hosted ingest's publishes in progress: nginx client id -> user (broadcast/inputs.py)."""
     return key("broadcast", "publishers")

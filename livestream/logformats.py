@@ -24,3 +24,9 @@ PRESENCE_LEAVE = "[PresenceManager] presence leave: %s (%d sessions left)"  # us
 CLEANUP_SCHEDULED = "[PresenceManager] cleanup scheduled: %s in %ss"  # user id, delay (``:g``)
 FENCE = "[PresenceManager] leases not renewed for %.1fs; stopping %d managers"  # seconds, managers
 CONSOLE_LOG = "[UserStreamManager:%s] Console log #%d - %s"  # user id, count, UTC time with Z
+
+# The CloudflareManager (issue 18: livestream/components/cloudflare_manager.py); pinned by the issue.
+INPUT_CHANGED = "[UserStreamManager:%s] input %s"  # user id, "connected" | "disconnected"
+OUTPUT_LIVE = "[UserStreamManager:%s] output %s live"  # user id, output id
+OUTPUT_FAILED = "[UserStreamManager:%s] output %s failed: %s"  # user id, output id, reason (no key)
+STREAM_ENDED = "[UserStreamManager:%s] stream ended: %s"  # user id, reason

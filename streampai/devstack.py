@@ -64,7 +64,7 @@ def print_ingest() -> None:
     if missing:
         print(f"  RTMP ingest unavailable: {missing}", flush=True)
     else:
-        print(f"  RTMP ingest (OBS \"Server\"): rtmp://localhost:{rtmp_port}/live", flush=True)
+        print(f'  RTMP ingest (OBS "Server"): rtmp://localhost:{rtmp_port}/live', flush=True)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from broadcast.backends import get_backend
 from broadcast.backends.base import FAILED, LIVE, OFF, Ingest, OutputSpec
 from broadcast.listener import listener as input_listener
 from broadcast.outputs import outputs_for
-from livestream import keys
+from livestream import keys, logformats
 from livestream.components import stream_state
 from livestream.components.base import CommandError, Component
 from livestream.conf import get_settings
@@ -209,7 +209,7 @@ class CloudflareManager(Component):
             )
         if changed:
             logger.info(
-                "[UserStreamManager:%s] input %s",
+                logformats.INPUT_CHANGED,
                 self.user_id,
                 inputs.CONNECTED if state.connected else inputs.DISCONNECTED,
             )
@@ -229,6 +229,8 @@ class CloudflareManager(Component):
             self._poll_disagreed = True
             return
         self._poll_disagreed = False
+        if not polled:
+            await inputs.forget_publishes(self.user_id)
         await inputs.set_input(self.user_id, polled)  # publishes: the wake-up re-reads it
 
     # -- the stream ------------------------------------------------------------------
@@ -264,7 +266,7 @@ class CloudflareManager(Component):
         if self.stream in RUNNING_STATES and not self.input_connected and self._until_timeout() <= 0:
             reason = f"input disconnected for more than {get_settings().DISCONNECT_TIMEOUT:g}s"
             if await stream_state.end_stream(self.user_id, reason):
-                logger.info("[UserStreamManager:%s] stream ended: %s", self.user_id, reason)
+                logger.info(logformats.STREAM_ENDED, self.user_id, reason)
             self.stream = await self._stored_stream_state()
         wanted = {
             oid: view.spec
@@ -318,9 +320,9 @@ class CloudflareManager(Component):
         if view is None or (view.state, view.error) == (state, error):
             return
         if state == LIVE and view.state != LIVE:
-            logger.info("[UserStreamManager:%s] output %s live", self.user_id, output_id)
+            logger.info(logformats.OUTPUT_LIVE, self.user_id, output_id)
         elif state == FAILED:
-            logger.warning("[UserStreamManager:%s] output %s failed: %s", self.user_id, output_id, error)
+            logger.warning(logformats.OUTPUT_FAILED, self.user_id, output_id, error)
         view.state, view.error = state, error
         self._dirty.set()
 
