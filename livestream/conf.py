@@ -195,9 +195,12 @@ class LivestreamSettings:
     CLOUDFLARE_WEBHOOK_TOLERANCE: float = 300.0
     # Largest webhook body accepted (bytes); a live input notification is ~400.
     CLOUDFLARE_WEBHOOK_MAX_BODY_BYTES: int = 16384
-    # A running output re-checks its live output and the input's status this often
-    # (seconds); input changes and new keys wake it at once in the same process.
-    CLOUDFLARE_POLL_INTERVAL: float = 5.0
+    # Cloudflare is asked at most this often (seconds) per running output (is its live
+    # output still there and enabled?) and per user (input_connected, the polling
+    # fallback of webhooks). Cloudflare allows 1,200 API calls per 5 minutes per token
+    # for the whole account: at 30 s, ~40 users streaming to two outputs each, or ~150
+    # users with a dashboard open. Input changes and new keys need no poll (webhooks).
+    CLOUDFLARE_POLL_INTERVAL: float = 30.0
     # Seconds one Cloudflare API call may take (connecting: at most 5).
     CLOUDFLARE_TIMEOUT: float = 10.0
 

@@ -125,7 +125,8 @@ async def test_a_deleted_input_is_recreated(api, backend):
     assert [r.status for r in api.calls("GET", old_uid)] == [404]
 
 
-async def test_input_connected_reads_the_input_status(api, backend):
+async def test_input_connected_reads_the_input_status(api, backend, configure_livestream):
+    configure_livestream(CLOUDFLARE_POLL_INTERVAL=0.001)  # every call asks Cloudflare
     user = await make_user()
     await backend.ingest(user)
     [uid] = api.inputs
@@ -140,6 +141,17 @@ async def test_input_connected_reads_the_input_status(api, backend):
     assert await backend.input_connected(user) is False  # and a new input is made
     [new_uid] = api.inputs
     assert new_uid != uid and (await stored(user)).remote_id == new_uid
+
+
+async def test_input_connected_asks_cloudflare_once_per_poll_interval(api, backend, configure_livestream):
+    configure_livestream(CLOUDFLARE_POLL_INTERVAL=30)
+    user = await make_user()
+    await backend.ingest(user)
+    [uid] = api.inputs
+    api.set_status(uid, "connected")
+    mark = len(api.calls("GET"))
+    assert [await backend.input_connected(user) for _ in range(5)] == [True] * 5
+    assert len(api.calls("GET")) == mark + 1
 
 
 async def test_a_refused_token_fails_with_a_clear_reason(api, backend):

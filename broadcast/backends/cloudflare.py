@@ -112,6 +112,8 @@ class _LoopState:
     client: AsyncCloudflare
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # input_connected's last answer per user: (input uid, monotonic time, connected).
+    polls: dict[str, tuple[str, float, bool]] = field(default_factory=dict)
 
     def wakeup(self, user_id: str) -> asyncio.Event:
         """The event the user's outputs wait on until the next notify()."""
@@ -231,14 +233,28 @@ class CloudflareBackend(BroadcastBackend):
 
     async def input_connected(self, user_id: str) -> bool:
         """Polling fallback: is OBS publishing to the user's input now? (A lost input is
-        recreated, and reads as not connected.)"""
+        recreated, and reads as not connected.)
+
+        Asks Cloudflare at most once per CLOUDFLARE_POLL_INTERVAL per user (the answer is
+        kept that long): every running manager polls, and Cloudflare allows 1,200 calls per
+        5 minutes per token. Webhooks carry the changes; this only repairs a lost one."""
         uid = await self._input_uid(user_id)
+        polls = self._st().polls
+        known = polls.get(user_id)
+        if (
+            known is not None
+            and known[0] == uid
+            and time.monotonic() - known[1] < get_settings().CLOUDFLARE_POLL_INTERVAL
+        ):
+            return known[2]
         try:
             live = await self._call(self._get_input(uid), INTERACTIVE_PATIENCE)
         except NotFoundError:
             await self._lost_input(user_id, uid)
             return False
-        return is_connected(getattr(live, "status", None))
+        connected = is_connected(getattr(live, "status", None))
+        polls[user_id] = (uid, time.monotonic(), connected)
+        return connected
 
     def input_state_changed(self, user_id: str, connected: bool) -> None:
         """The input came or went: outputs re-read their state now instead of at their next poll."""
