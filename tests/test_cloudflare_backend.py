@@ -362,3 +362,18 @@ def test_missing_settings_are_named_at_start_and_never_their_values(settings, co
 def test_the_selfhosted_backend_needs_no_cloudflare_settings(configure_livestream):
     configure_livestream(BROADCAST_BACKEND="selfhosted")
     livestream_conf.validate(livestream_conf.get_settings())
+
+
+async def test_a_cloudflare_5xx_fails_the_output_with_its_message_and_it_retries(api, backend):
+    user = await make_user()
+    await backend.ingest(user)
+    await inputs.set_input(user, True)
+    api.fail_next(500, count=1)
+    reports = Reports()
+    task = asyncio.create_task(backend.run_output(user, spec(), reports))
+    try:
+        await wait_until(lambda: reports.state == LIVE, 5, "live after the retry")
+        assert reports.errors() == ["Cloudflare answered 500: injected failure"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
