@@ -8,6 +8,7 @@ Cloudflare itself is not reachable here; everything on our side is the real thin
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -16,8 +17,9 @@ import pytest
 
 from devtools.clients import create_accounts
 from devtools.cloudflare_api import FakeCloudflare, live_input_notification, sign_webhook
-from devtools.processes import Stack, start_worker_ready, wait_until
+from devtools.processes import BASE_DIR, PYTHON, Stack, base_env, start_worker_ready, wait_until
 from livestream import logformats
+from streampai.startup import EXIT_STATUS
 from tests.tabs import Tab
 
 pytestmark = [pytest.mark.processes]
@@ -149,3 +151,32 @@ async def test_cloudflare_ingest_webhook_outputs_and_polling(tmp_path, migrated_
         await tab.close()
     finally:
         stack.stop_all()
+
+
+def _manage_check(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "manage.py", "check"],
+        cwd=BASE_DIR,
+        env=base_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_process_refuses_to_start_without_the_cloudflare_settings_and_names_them():
+    done = _manage_check(
+        LIVESTREAM_BROADCAST_BACKEND="cloudflare", CLOUDFLARE_API_TOKEN="tok-not-to-be-shown"
+    )
+    assert done.returncode == EXIT_STATUS, done.stderr
+    assert "CLOUDFLARE_ACCOUNT_ID must be set when BROADCAST_BACKEND is 'cloudflare'" in done.stderr
+    assert "CLOUDFLARE_WEBHOOK_SECRET must be set" in done.stderr
+    assert "tok-not-to-be-shown" not in done.stdout + done.stderr
+    # Cloudflare's own environment names are read (as LIVESTREAM_CLOUDFLARE_* are).
+    done = _manage_check(
+        LIVESTREAM_BROADCAST_BACKEND="cloudflare",
+        CLOUDFLARE_ACCOUNT_ID="acc",
+        CLOUDFLARE_API_TOKEN="tok",
+        CLOUDFLARE_WEBHOOK_SECRET="whsec",
+    )
+    assert done.returncode == 0, done.stderr
