@@ -18,11 +18,20 @@ Authentication, with LIVESTREAM["CLOUDFLARE_WEBHOOK_SECRET"], one of:
                                               within the tolerance
 
 Both compared in constant time. Anything else is refused before the body is read as
-JSON. Answers (JSON, never 5xx for a bad request):
+JSON.
+
+Order: webhooks can arrive late or twice (Cloudflare retries). The event's own time
+(``data.updated_at``, else the signature's time) is kept per live input in Redis
+(``keys.cloudflare_event``): an event not newer than the last one applied is dropped, so a
+late "connected" cannot undo a later "disconnected", and a replay within the tolerance
+changes nothing.
+
+Answers (JSON, never 5xx for a bad request):
 
   200 {"input": "<uid>", "state": "connected"}   recorded (set_input)
-  200 {"ignored": "<why>"}     signed, but not for us: another event type, or an input
-                               no user has (Cloudflare would retry anything but 2xx)
+  200 {"ignored": "<why>"}     signed, but nothing to do: another event type, an input no
+                               user has, or an event older than the last one applied
+                               (Cloudflare would retry anything but 2xx)
   400 {"error": ...}           malformed Webhook-Signature, body not the notification
   401 {"error": ...}           unsigned, wrong signature or secret, too old or too new
   404 {"error": ...}           Cloudflare webhooks not enabled (another backend, no secret)
@@ -38,7 +47,9 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
+from datetime import datetime
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -46,7 +57,9 @@ from django.views.decorators.csrf import csrf_exempt
 
 from broadcast import inputs
 from dashboard.ws.limits import Throttled
+from livestream import keys
 from livestream.conf import get_settings
+from livestream.redis import get_redis, run_script, script
 
 logger = logging.getLogger("broadcast.cloudflare")
 
@@ -54,6 +67,30 @@ SIGNATURE_HEADER = "HTTP_WEBHOOK_SIGNATURE"
 NOTIFICATION_AUTH_HEADER = "HTTP_CF_WEBHOOK_AUTH"
 EVENTS = {"live_input.connected": True, "live_input.disconnected": False}
 _refusals = Throttled(60.0)
+# How long the last applied event's time is kept per live input (seconds).
+EVENT_MEMORY = 7 * 86400
+_UPDATED_AT = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
+
+# KEYS: the input's last-event key. ARGV: this event's time (Unix ns, 20 digits), memory (s).
+# Returns 1 (newer: recorded) or 0 (not newer than the last applied: drop it).
+_NEWER = script(
+    "broadcast.cloudflare_event_newer",
+    """
+local last = redis.call('GET', KEYS[1])
+if last and last >= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+""",
+)
+# KEYS: the input's last-event key. ARGV: the time _NEWER recorded. Forget it (the event
+# could not be applied: Cloudflare's retry must not be dropped as old).
+_FORGET = script(
+    "broadcast.cloudflare_event_forget",
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+""",
+)
 
 
 class Refused(Exception):
@@ -126,15 +163,40 @@ def _notification(body: bytes) -> dict[str, Any]:
     return parsed
 
 
-def event_of(body: bytes) -> tuple[str, str]:
-    """(input uid, event type) of a live input notification; Refused 400 if it is not one."""
+def event_of(body: bytes) -> tuple[str, str, int | None]:
+    """(input uid, event type, event time or None) of a live input notification;
+    Refused 400 if it is not one."""
     data = _notification(body).get("data")
     if not isinstance(data, dict):
         raise Refused(400, "notification without a data object")
     uid, event = data.get("input_id"), data.get("event_type")
     if not isinstance(uid, str) or not uid or len(uid) > 128 or not isinstance(event, str):
         raise Refused(400, "notification without data.input_id and data.event_type")
-    return uid, event.removeprefix("stream.")  # the original project saw "stream.live_input.*"
+    # The original project saw "stream.live_input.*".
+    return uid, event.removeprefix("stream."), parse_time(data.get("updated_at"))
+
+
+def parse_time(value: Any) -> int | None:
+    """Unix nanoseconds of an RFC 3339 time ("2022-01-13T11:43:41.855717910Z"), exactly: two
+    events a nanosecond apart stay ordered (a float of seconds would merge them)."""
+    match = _UPDATED_AT.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        return None
+    whole, fraction, zone = match.groups()
+    try:
+        seconds = int(datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone)).timestamp())
+    except ValueError:
+        return None
+    return seconds * 10**9 + int((fraction or "").ljust(9, "0"))
+
+
+def signed_at(meta: dict[str, Any], body: bytes) -> int:
+    """When Cloudflare sent it (Unix ns): the signature's time, else the body's ts (both checked)."""
+    header = meta.get(SIGNATURE_HEADER)
+    if header:
+        return parse_signature(str(header))[0] * 10**9
+    ts = _notification(body).get("ts")
+    return int(ts * 10**9) if isinstance(ts, int | float) else time.time_ns()
 
 
 def _read(request: HttpRequest, limit: int) -> bytes | None:
@@ -185,7 +247,8 @@ async def webhook(request: HttpRequest) -> HttpResponse:
         return _refuse(413, f"body too large: at most {conf.CLOUDFLARE_WEBHOOK_MAX_BODY_BYTES} bytes")
     try:
         authenticate(request.META, body, secret, conf.CLOUDFLARE_WEBHOOK_TOLERANCE)
-        uid, event = event_of(body)
+        uid, event, happened = event_of(body)
+        happened = happened if happened is not None else signed_at(request.META, body)
     except Refused as exc:
         return _refuse(exc.status, exc.message)
     if event not in EVENTS:
@@ -195,8 +258,19 @@ async def webhook(request: HttpRequest) -> HttpResponse:
         logger.info("[cloudflare] webhook for live input %s, which no user has: ignored", uid)
         return JsonResponse({"ignored": "unknown live input"})
     connected = EVENTS[event]
+    stamp = f"{happened:020d}"  # fixed width: compared as strings in Redis (exact, unlike floats)
     try:
-        await inputs.set_input(user_id, connected)
+        redis = get_redis()
+        if not int(await run_script(redis, _NEWER, [keys.cloudflare_event(uid)], stamp, EVENT_MEMORY)):
+            logger.info(
+                "[cloudflare] webhook: %s of live input %s is older than the last event: ignored", event, uid
+            )
+            return JsonResponse({"ignored": "older than the last event applied for this input"})
+        try:
+            await inputs.set_input(user_id, connected)
+        except Exception:
+            await run_script(redis, _FORGET, [keys.cloudflare_event(uid)], stamp)
+            raise
     except Exception as exc:  # Redis down: Cloudflare retries a 5xx later
         logger.warning(
             "[cloudflare] webhook: could not record input of user %s: %r", user_id, type(exc).__name__

@@ -352,9 +352,11 @@ def _checked(body: Any, allowed: dict[str, tuple[type, ...]], required: tuple[st
     return dict(body)
 
 
-def live_input_notification(uid: str, event_type: str, ts: int | None = None) -> bytes:
+def live_input_notification(
+    uid: str, event_type: str, ts: int | None = None, updated_at: str | None = None
+) -> bytes:
     """A Stream Live notification body, as documented ("Receive Live Webhooks")."""
-    updated = _now()
+    updated = updated_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")  # ns, as documented
     ts = int(time.time()) if ts is None else ts
     return json.dumps(
         {

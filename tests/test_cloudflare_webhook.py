@@ -182,3 +182,34 @@ async def test_refusals_never_log_the_secret_or_the_signature(caplog, monkeypatc
     text = caplog.text
     assert "bad Webhook-Signature" in text
     assert SECRET not in text and header.split("sig1=")[1] not in text and "guess-" not in text
+
+
+async def test_a_late_or_repeated_event_cannot_undo_a_newer_one():
+    """Cloudflare retries: a "connected" that arrives after the later "disconnected" (or the
+    same delivery twice) is acknowledged and dropped, by the event's own updated_at."""
+    user = await user_with_input()
+    connected = live_input_notification(
+        UID, "live_input.connected", updated_at="2026-12-06T10:00:00.100000001Z"
+    )
+    gone = live_input_notification(
+        UID, "live_input.disconnected", updated_at="2026-12-06T10:00:00.100000002Z"
+    )
+    assert (await signed(connected)).json()["state"] == "connected"
+    assert (await signed(gone)).json()["state"] == "disconnected"
+    for late in (connected, gone):  # the older one late, the newer one again
+        response = await signed(late)
+        assert response.status_code == 200
+        assert response.json() == {"ignored": "older than the last event applied for this input"}
+    assert (await inputs.get_input(user)).connected is False
+    again = live_input_notification(UID, "live_input.connected", updated_at="2026-12-06T10:00:05Z")
+    assert (await signed(again)).json()["state"] == "connected"
+
+
+def test_event_times_parse_to_the_nanosecond_digits_given():
+    parse = cloudflare_webhook.parse_time
+    assert parse("2022-01-13T11:43:41.855717910Z") == 1642074221_855717910
+    assert parse("2022-01-13T11:43:41.5Z") == 1642074221_500000000
+    assert parse("2022-01-13T11:43:41Z") == 1642074221_000000000
+    assert parse("2022-01-13T12:43:41+01:00") == 1642074221_000000000
+    for bad in ("yesterday", "2022-13-45T11:43:41Z", 5, None):
+        assert parse(bad) is None
