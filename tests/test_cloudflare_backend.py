@@ -377,3 +377,19 @@ async def test_a_cloudflare_5xx_fails_the_output_with_its_message_and_it_retries
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_two_processes_creating_the_first_input_at_once_agree_on_one(api, backend):
+    """daphne (the Stream page) and the worker (the manager) may both find no input for a new
+    user: both create one at Cloudflare, one row wins, the other's input is deleted again."""
+    user = await make_user()
+    other = CloudflareBackend()  # another process: its own locks
+    try:
+        first, second = await asyncio.gather(backend.ingest(user), other.ingest(user))
+    finally:
+        await other.aclose()
+    assert first == second
+    assert len(api.calls("POST")) == 2
+    [uid] = api.inputs
+    assert (await stored(user)).remote_id == uid
+    assert api.inputs[uid]["rtmps"]["streamKey"] == first.stream_key

@@ -214,7 +214,10 @@ class CloudflareBackend(BroadcastBackend):
                         )
                         return Ingest(row.server_url, row.key)
                     raise
-                return await _remember(user_id, row.remote_id, live)
+                try:
+                    return await _remember(user_id, row.remote_id, live)
+                except _Raced:  # another process replaced it meanwhile: theirs is current
+                    return await _stored_ingest(user_id)
             return await self._replace(user_id, None)
 
     async def new_key(self, user_id: str) -> Ingest:
@@ -344,9 +347,7 @@ class CloudflareBackend(BroadcastBackend):
         except _Raced:
             # Another process replaced it first: keep theirs, drop ours.
             await self._forget_input(uid)
-            row = await _stored(user_id)
-            assert row is not None
-            return Ingest(row.server_url, row.key)
+            return await _stored_ingest(user_id)
         logger.info("[cloudflare] user %s: live input %s created", user_id, uid)
         if old_uid and delete_old:
             await self._forget_input(old_uid)
@@ -391,6 +392,13 @@ async def _stored(user_id: str) -> Any:
     from broadcast.models import StreamIngest
 
     return await StreamIngest.objects.filter(user_id=int(user_id), backend=BACKEND).afirst()
+
+
+async def _stored_ingest(user_id: str) -> Ingest:
+    row = await _stored(user_id)
+    if row is None:
+        raise CloudflareError("the user's live input vanished while it was being replaced; retry")
+    return Ingest(row.server_url, row.key)
 
 
 async def _remember(user_id: str, uid: str, live: Any, expect: str | None = None) -> Ingest:
