@@ -393,3 +393,22 @@ async def test_two_processes_creating_the_first_input_at_once_agree_on_one(api, 
     [uid] = api.inputs
     assert (await stored(user)).remote_id == uid
     assert api.inputs[uid]["rtmps"]["streamKey"] == first.stream_key
+
+
+async def test_a_cancel_that_meets_a_wakeup_still_stops_the_output(api, backend):
+    """End stream while the input changes: the cancel and the wake-up reach the output in
+    the same loop iteration. (asyncio.wait_for on Python 3.11 swallowed such a cancel: the
+    output never stopped.)"""
+    user = await make_user()
+    await backend.ingest(user)
+    [uid] = api.inputs
+    for _ in range(5):
+        reports = Reports()
+        task = asyncio.create_task(backend.run_output(user, spec(), reports))
+        await wait_until(lambda r=reports: r.state == STARTING and api.outputs.get(uid), 5, "output running")
+        await asyncio.sleep(0.05)  # parked in its wait for the next poll
+        backend.input_state_changed(user, True)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=3)
+        assert done, "run_output ignored its cancel"
+        assert api.outputs[uid] == {}

@@ -558,7 +558,8 @@ class _OutputRun:
         if not self.input_uid:
             return
         try:
-            await asyncio.wait_for(self._remove(self.input_uid), DETACH_TIMEOUT)
+            async with asyncio.timeout(DETACH_TIMEOUT):
+                await self._remove(self.input_uid)
         except NotFoundError:
             pass
         except (CloudflareError, TimeoutError) as exc:
@@ -585,6 +586,12 @@ class _OutputRun:
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
-    """Sleep ``timeout`` or until ``event`` is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
+    """Sleep ``timeout`` or until ``event`` is set.
+
+    Not asyncio.wait_for: on Python 3.11 a cancel arriving as its timeout fires can be
+    swallowed (turned into TimeoutError), and the output would never stop."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
