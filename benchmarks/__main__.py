@@ -38,6 +38,7 @@ BENCHMARKS = [
     ("one_user_burst", 600),
     ("placement", 120),
     ("components", 300),
+    ("broadcast", 600),
 ]
 
 

@@ -20,6 +20,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devtools.processes import Proc, Stack, free_port
 
@@ -98,17 +99,59 @@ def publish_command(url: str, size: str = "1280x720", rate: int = 30, bitrate: s
     ]
 
 
-class Publisher:
-    """ffmpeg publishing a test pattern to ``url`` (what OBS does with Server + Stream Key)."""
+def make_clip(
+    path: Path, seconds: int = 20, size: str = "1280x720", rate: int = 30, bitrate: str = "2500k"
+) -> Path:
+    """The test pattern encoded once to an FLV file, for publishers that only copy it (many
+    "OBS" at once without an x264 encoder each)."""
+    import subprocess
 
-    def __init__(self, url: str, **options: str) -> None:
+    command = publish_command(str(path), size, rate, bitrate)
+    command.remove("-re")
+    for name in ("testsrc2", "sine"):  # bounded inputs
+        index = next(i for i, arg in enumerate(command) if arg.startswith(name))
+        command[index] += f":duration={seconds}"
+    subprocess.run(command, check=True, timeout=300)
+    return path
+
+
+def copy_command(url: str, clip: Path) -> list[str]:
+    """Publish ``clip`` in a loop, in real time, without encoding (a cheap stand-in for OBS)."""
+    return [
+        ffmpeg(),
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-re",
+        "-stream_loop",
+        "-1",
+        "-i",
+        str(clip),
+        "-c",
+        "copy",
+        "-f",
+        "flv",
+        url,
+    ]
+
+
+class Publisher:
+    """ffmpeg publishing a test pattern to ``url`` (what OBS does with Server + Stream Key);
+    with ``clip``, copying a pre-encoded one (make_clip) instead of encoding."""
+
+    def __init__(self, url: str, clip: Path | None = None, **options: Any) -> None:
         self.url = url
+        self.clip = clip
         self.options = options
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> Publisher:
+        command = (
+            copy_command(self.url, self.clip) if self.clip else publish_command(self.url, **self.options)
+        )
         self.proc = await asyncio.create_subprocess_exec(
-            *publish_command(self.url, **self.options),  # type: ignore[arg-type]
+            *command,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -139,6 +182,78 @@ class Publisher:
 _STREAM = re.compile(r"Video: .*?(\d{2,5})x(\d{2,5}).*?(\d+(?:\.\d+)?) fps")
 
 
+def framecrc_args() -> list[str]:
+    """ffmpeg output options: one line per video packet, "<stream>, <dts>, <pts>, <duration>,
+    <size>, 0x<crc>", flushed as it goes. The CRC of a packet survives ``-c copy``, so the
+    same frame can be recognised at two places (relay latency, frames lost)."""
+    return ["-map", "0:v", "-c", "copy", "-f", "framecrc", "-flush_packets", "1", "pipe:1"]
+
+
+class FrameLog:
+    """Arrival times of video packets, by (size, crc)."""
+
+    def __init__(self, keep: bool = False) -> None:
+        self.keep = keep
+        self.arrivals: dict[tuple[str, str], float] = {}
+        self.frames = 0
+        self.first_frame_at: float | None = None
+        self.last_frame_at: float | None = None
+
+    def line(self, raw: bytes) -> bool:
+        if raw.startswith(b"#"):
+            return False
+        parts = raw.decode(errors="replace").split(",")
+        if len(parts) < 6:
+            return False
+        now = time.time()
+        self.frames += 1
+        self.first_frame_at = self.first_frame_at or now
+        self.last_frame_at = now
+        if self.keep:
+            self.arrivals.setdefault((parts[4].strip(), parts[5].strip()), now)
+        return True
+
+
+class Tap:
+    """A reader of the ingest itself (nginx lets this machine play): the frames as they arrive
+    before any relay, for comparing with a receiver's."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.log = FrameLog(keep=True)
+        self.proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Tap:
+        self.proc = await asyncio.create_subprocess_exec(
+            ffmpeg(),
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            self.url,
+            *framecrc_args(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            self.log.line(raw)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+
+
 @dataclass
 class Connection:
     opened: float
@@ -151,13 +266,12 @@ class Receiver:
 
     app: str = "app"
     stream: str = "k"
+    keep: bool = False  # keep every frame's arrival (latency, frames lost)
+    proxy: bool = True  # False: relays reach ffmpeg directly (no connection count; cheaper)
     connections: list[Connection] = field(default_factory=list)
-    frames: int = 0  # video frames, summed over every publisher
     sessions: int = 0
     resolution: tuple[int, int] | None = None
     fps: float | None = None
-    last_frame_at: float | None = None
-    first_frame_at: float | None = None
     max_open: int = 0
 
     def __post_init__(self) -> None:
@@ -166,16 +280,22 @@ class Receiver:
         self._server: asyncio.base_events.Server | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
-        self._session_frames = 0
         self._open = 0
+        self.log = FrameLog(keep=self.keep)
+        self.session_first_frames: list[float] = []  # when each publisher's first frame arrived
+
+    @property
+    def frames(self) -> int:
+        return self.log.frames
 
     @property
     def url(self) -> str:
-        return f"rtmp://127.0.0.1:{self.port}/{self.app}"
+        return f"rtmp://127.0.0.1:{self.port if self.proxy else self._backend_port}/{self.app}"
 
     async def start(self) -> Receiver:
         self._loop_task = asyncio.create_task(self._listen_loop())
-        self._server = await asyncio.start_server(self._proxy, "127.0.0.1", self.port)
+        if self.proxy:
+            self._server = await asyncio.start_server(self._proxy, "127.0.0.1", self.port)
         return self
 
     async def stop(self) -> None:
@@ -197,7 +317,6 @@ class Receiver:
 
     async def _listen_loop(self) -> None:
         while True:
-            self._session_frames = 0
             self._proc = await asyncio.create_subprocess_exec(
                 ffmpeg(),
                 "-hide_banner",
@@ -206,23 +325,13 @@ class Receiver:
                 "1",
                 "-i",
                 f"rtmp://127.0.0.1:{self._backend_port}/{self.app}/{self.stream}",
-                "-map",
-                "0",
-                "-c",
-                "copy",
-                "-f",
-                "null",
-                "-progress",
-                "pipe:1",
-                "-stats_period",
-                "0.2",
-                "-",
+                *framecrc_args(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )
             try:
-                await asyncio.gather(self._read_progress(self._proc), self._read_info(self._proc))
+                await asyncio.gather(self._read_frames(self._proc), self._read_info(self._proc))
                 await self._proc.wait()
             finally:
                 if self._proc.returncode is None:
@@ -238,18 +347,13 @@ class Receiver:
                 self.fps = float(match[3])
                 self.sessions += 1
 
-    async def _read_progress(self, proc: asyncio.subprocess.Process) -> None:
+    async def _read_frames(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
+        first = True
         async for raw in proc.stdout:
-            if raw.startswith(b"frame="):
-                with contextlib.suppress(ValueError):
-                    count = int(raw[6:].strip() or 0)
-                    if count > self._session_frames:
-                        now = time.time()
-                        self.frames += count - self._session_frames
-                        self._session_frames = count
-                        self.last_frame_at = now
-                        self.first_frame_at = self.first_frame_at or now
+            if self.log.line(raw) and first:
+                first = False
+                self.session_first_frames.append(time.time())
 
     async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(time.time())

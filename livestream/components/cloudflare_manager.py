@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from alerts.wakeups import stop_requested
 from broadcast import inputs
 from broadcast.backends import get_backend
 from broadcast.backends.base import FAILED, LIVE, OFF, Ingest, OutputSpec
@@ -122,6 +123,8 @@ class CloudflareManager(Component):
         self._holding = False
         self._held_at = 0.0
         self._poll_disagreed = False
+        self._outputs_failures = 0
+        self._outputs_retry_at: float | None = None  # the outputs could not be read: try again then
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -146,12 +149,24 @@ class CloudflareManager(Component):
         conf = get_settings()
         next_poll = time.monotonic() + conf.INPUT_POLL_INTERVAL
         while True:
+            if self._outputs_retry_at is not None and time.monotonic() >= self._outputs_retry_at:
+                await self._reload_outputs()
             await self._apply()
-            timeout = max(
-                0.05, min(next_poll - time.monotonic(), self._until_timeout(), conf.HEARTBEAT_INTERVAL)
+            retry = (
+                self._outputs_retry_at - time.monotonic()
+                if self._outputs_retry_at is not None
+                else float("inf")
             )
+            timeout = max(
+                0.05, min(next_poll - time.monotonic(), self._until_timeout(), conf.HEARTBEAT_INTERVAL, retry)
+            )
+            # A cancel that a client library reported as an error we caught (redis-py can)
+            # would otherwise be lost until the wait's timeout.
+            if stop_requested():
+                raise asyncio.CancelledError
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait_any(wake), timeout)
+                async with asyncio.timeout(timeout):  # unlike 3.11's wait_for, never loses a cancel
+                    await self._wait_any(wake)
             if wake.is_set():
                 wake.clear()
                 await self._read_input()
@@ -309,6 +324,8 @@ class CloudflareManager(Component):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if stop_requested():  # a cancel a client library reported as an error
+                    raise asyncio.CancelledError from exc
                 failures += 1
                 logger.exception("[UserStreamManager:%s] output %s: backend error", self.user_id, spec.id)
                 self._report(spec.id, FAILED, f"internal error ({type(exc).__name__})")
@@ -340,7 +357,20 @@ class CloudflareManager(Component):
                 self._report(oid, OFF, None)
 
     async def _reload_outputs(self) -> None:
-        specs = await outputs_for(self.user_id)
+        """Read the outputs again; if the database cannot be read, keep the ones known and retry
+        with backoff (a crash would mark the component failed after three quick restarts)."""
+        try:
+            specs = await outputs_for(self.user_id)
+        except Exception as exc:
+            self._outputs_failures += 1
+            delay = retry_delay(self._outputs_failures, 0.5, 30.0)
+            if self._outputs_failures == 1:
+                logger.warning(
+                    "[UserStreamManager:%s] outputs not read (%s); retrying", self.user_id, type(exc).__name__
+                )
+            self._outputs_retry_at = time.monotonic() + delay
+            return
+        self._outputs_failures, self._outputs_retry_at = 0, None
         fresh: dict[str, OutputView] = {}
         for spec in specs:
             old = self.outputs.get(spec.id)
