@@ -144,6 +144,22 @@ async def test_cloudflare_ingest_webhook_outputs_and_polling(tmp_path, migrated_
         api.set_status(uid, "client_disconnect")
         await tab.until(lambda: input_of(tab) == "disconnected", 10, "input disconnected by polling")
 
+        # Webhook -> the tab's "input" event, 20 times (connect and disconnect alternating).
+        latencies = []
+        for n in range(20):
+            state = "connected" if n % 2 == 0 else "disconnected"
+            api.set_status(uid, "connected" if state == "connected" else "client_disconnect")
+            note = live_input_notification(uid, f"live_input.{state}")
+            sent = time.monotonic()
+            assert (await send_webhook(web.url, note, sign_webhook(SECRET, note))).status_code == 200
+            await tab.until(lambda s=state: input_of(tab) == s, 5, f"input {state}")
+            latencies.append(time.monotonic() - sent)
+        latencies.sort()
+        print(
+            f"webhook -> tab input event: p50 {latencies[9] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"
+        )
+        assert latencies[-1] < 1.0, latencies
+
         # Keys and secrets never reach a log.
         for name, text in stack.logs().items():
             for secret in (key, "dest-secret-a", api.token, SECRET):
