@@ -149,9 +149,22 @@ async def test_input_connected_asks_cloudflare_once_per_poll_interval(api, backe
     await backend.ingest(user)
     [uid] = api.inputs
     api.set_status(uid, "connected")
-    mark = len(api.calls("GET"))
+    backend.input_state_changed(user, True)  # what the manager knows: connected
+    gets = lambda: len(api.calls("GET"))  # noqa: E731
+    mark = gets()
     assert [await backend.input_connected(user) for _ in range(5)] == [True] * 5
-    assert len(api.calls("GET")) == mark + 1
+    assert gets() == mark + 1
+    # A webhook said "disconnected" (the manager tells us): the cached "connected" disagrees
+    # with it, so each poll asks again; a reused answer would confirm a stale state.
+    api.set_status(uid, "client_disconnect")
+    backend.input_state_changed(user, False)
+    assert await backend.input_connected(user) is False
+    assert gets() == mark + 2
+    # A webhook says "connected" but Cloudflare's status lags: every poll asks again (the
+    # manager needs two real answers before it believes the poll over the webhook).
+    backend.input_state_changed(user, True)
+    assert [await backend.input_connected(user) for _ in range(3)] == [False] * 3
+    assert gets() == mark + 5
 
 
 async def test_a_refused_token_fails_with_a_clear_reason(api, backend):

@@ -114,6 +114,8 @@ class _LoopState:
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     # input_connected's last answer per user: (input uid, monotonic time, connected).
     polls: dict[str, tuple[str, float, bool]] = field(default_factory=dict)
+    # The input state each user's manager last told us (input_state_changed).
+    known: dict[str, bool] = field(default_factory=dict)
 
     def wakeup(self, user_id: str) -> asyncio.Event:
         """The event the user's outputs wait on until the next notify()."""
@@ -238,32 +240,37 @@ class CloudflareBackend(BroadcastBackend):
         """Polling fallback: is OBS publishing to the user's input now? (A lost input is
         recreated, and reads as not connected.)
 
-        Asks Cloudflare at most once per CLOUDFLARE_POLL_INTERVAL per user (the answer is
-        kept that long): every running manager polls, and Cloudflare allows 1,200 calls per
-        5 minutes per token. Webhooks carry the changes; this only repairs a lost one."""
+        Every running manager polls, and Cloudflare allows 1,200 calls per 5 minutes per
+        token, so an answer that agrees with the state the manager last told us
+        (input_state_changed) is reused for CLOUDFLARE_POLL_INTERVAL. One that disagrees is
+        asked again each time: the manager corrects its state only when two polls in a row
+        disagree with it, and a reused answer must not count as the second."""
         uid = await self._input_uid(user_id)
-        polls = self._st().polls
-        known = polls.get(user_id)
+        state = self._st()
+        cached = state.polls.get(user_id)
         if (
-            known is not None
-            and known[0] == uid
-            and time.monotonic() - known[1] < get_settings().CLOUDFLARE_POLL_INTERVAL
+            cached is not None
+            and cached[0] == uid
+            and cached[2] == state.known.get(user_id)
+            and time.monotonic() - cached[1] < get_settings().CLOUDFLARE_POLL_INTERVAL
         ):
-            return known[2]
+            return cached[2]
         try:
             live = await self._call(self._get_input(uid), INTERACTIVE_PATIENCE)
         except NotFoundError:
             await self._lost_input(user_id, uid)
             return False
         connected = is_connected(getattr(live, "status", None))
-        polls[user_id] = (uid, time.monotonic(), connected)
+        state.polls[user_id] = (uid, time.monotonic(), connected)
         return connected
 
     def input_state_changed(self, user_id: str, connected: bool) -> None:
         """The input came or went: outputs re-read their state now instead of at their next poll."""
         # RuntimeError: no running loop (called from sync code); the next poll sees it.
         with contextlib.suppress(RuntimeError):
-            self._st().notify(user_id)
+            state = self._st()
+            state.known[user_id] = connected
+            state.notify(user_id)
 
     async def run_output(self, user_id: str, spec: OutputSpec, report: Report) -> None:
         """Keeps a live output for ``spec`` on the user's input until cancelled, then removes it."""
