@@ -281,6 +281,8 @@ class FakeCloudflare:
                 return 200, list(outputs.values())
             if method == "POST":
                 fields = _checked(body, _OUTPUT_CREATE_FIELDS, required=("url", "streamKey"))
+                if not fields["streamKey"]:
+                    raise ApiError(400, 10005, "streamKey must not be empty")
                 if not _OUTPUT_URL.match(fields["url"]):
                     raise ApiError(400, 10005, "url must be an rtmp://, rtmps:// or srt:// URL")
                 created = {"uid": secrets.token_hex(16), "enabled": True, **fields}

@@ -425,3 +425,41 @@ async def test_a_cancel_that_meets_a_wakeup_still_stops_the_output(api, backend)
         done, _ = await asyncio.wait({task}, timeout=3)
         assert done, "run_output ignored its cancel"
         assert api.outputs[uid] == {}
+
+
+async def test_an_input_deleted_while_live_is_recreated_and_the_output_follows(api, backend):
+    user = await make_user()
+    old = await backend.ingest(user)
+    [old_uid] = api.inputs
+    reports = Reports()
+    task = asyncio.create_task(backend.run_output(user, spec(), reports))
+    try:
+        await wait_until(lambda: api.outputs.get(old_uid), 5, "output on the first input")
+        api.drop_input(old_uid)  # deleted in the Cloudflare dashboard mid-stream
+        await wait_until(lambda: [u for u in api.inputs if api.outputs.get(u)], 5, "output on a new input")
+        [new_uid] = api.inputs
+        assert new_uid != old_uid and (await stored(user)).remote_id == new_uid
+        assert (await backend.ingest(user)).stream_key != old.stream_key
+        assert FAILED not in [state for state, _ in reports.seen]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert api.outputs.get(new_uid) == {}
+
+
+async def test_an_output_whose_key_is_in_its_url_is_split_as_cloudflare_wants(api, backend):
+    """An output entered as one URL (".../app/<key>", key field empty): Cloudflare's output
+    takes the URL and the stream key apart, and refuses an empty streamKey."""
+    user = await make_user()
+    await backend.ingest(user)
+    [uid] = api.inputs
+    whole = OutputSpec(id="9", name="one url", url="rtmp://127.0.0.1:1999/app/the-key", key="", enabled=True)
+    task = asyncio.create_task(backend.run_output(user, whole, Reports()))
+    try:
+        await wait_until(lambda: api.outputs.get(uid), 5, "output created")
+        [output] = api.outputs[uid].values()
+        assert (output["url"], output["streamKey"]) == ("rtmp://127.0.0.1:1999/app", "the-key")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert api.outputs[uid] == {}

@@ -391,6 +391,15 @@ class CloudflareBackend(BroadcastBackend):
                 await self._replace(user_id, uid, delete_old=False)
 
 
+def destination(spec: OutputSpec) -> tuple[str, str]:
+    """(url, streamKey) for Cloudflare's output: the spec's, or, when its key is empty, the
+    URL's last path segment as the key (one URL as a platform shows it, ".../app/<key>")."""
+    if spec.key:
+        return spec.url, spec.key
+    base, _, key = spec.url.rstrip("/").rpartition("/")
+    return (base, key) if "://" in base and key else (spec.url, "")
+
+
 class _Raced(Exception):
     """The stored input changed while we made a new one."""
 
@@ -450,6 +459,7 @@ class _OutputRun:
 
     def __init__(self, backend: CloudflareBackend, user_id: str, spec: OutputSpec, report: Report) -> None:
         self.backend, self.user_id, self.spec, self._report = backend, user_id, spec, report
+        self.target = destination(spec)  # (url, streamKey) as Cloudflare stores them
         self.input_uid: str | None = None
         self.output_uid: str | None = None
         self.last: tuple[str, str | None] | None = None
@@ -529,16 +539,11 @@ class _OutputRun:
         if mine is None:
             # After a crash of the worker that ran it, the output is still there: adopt it
             # (same destination) rather than make a second publisher to the same place.
-            mine = next(
-                (o for o in existing if o.url == self.spec.url and o.stream_key == self.spec.key), None
-            )
+            mine = next((o for o in existing if (o.url, o.stream_key) == self.target), None)
         if mine is None:
-            spec = self.spec
+            url, key = self.target
             mine = await call(
-                lambda: outputs.create(
-                    uid, account_id=account, url=spec.url, stream_key=spec.key, enabled=True
-                ),
-                None,
+                lambda: outputs.create(uid, account_id=account, url=url, stream_key=key, enabled=True), None
             )
             if mine is None or not mine.uid:
                 raise CloudflareError("Cloudflare answered without the live output's uid")
@@ -585,7 +590,7 @@ class _OutputRun:
         out_uid = self.output_uid
         if out_uid is None:
             page = await call(lambda: outputs.list(uid, account_id=account), None)
-            found = [o async for o in page if o.url == self.spec.url and o.stream_key == self.spec.key]
+            found = [o async for o in page if (o.url, o.stream_key) == self.target]
             if not found or not found[0].uid:
                 return
             out_uid = str(found[0].uid)
