@@ -36,7 +36,7 @@ Answers (JSON, never 5xx for a bad request):
   401 {"error": ...}           unsigned, wrong signature or secret, too old or too new
   404 {"error": ...}           Cloudflare webhooks not enabled (another backend, no secret)
   405, 413                     not POST; body over CLOUDFLARE_WEBHOOK_MAX_BODY_BYTES
-  503 {"error": ...}           Redis unreachable: Cloudflare retries later
+  503 {"error": ...}           Redis or the database unreachable: Cloudflare retries later
 
 Refusals log one WARNING line per reason per minute (never a header's value or the body).
 """
@@ -253,7 +253,11 @@ async def webhook(request: HttpRequest) -> HttpResponse:
         return _refuse(exc.status, exc.message)
     if event not in EVENTS:
         return JsonResponse({"ignored": f"event {event[:64]!r} is not an input connect or disconnect"})
-    user_id = await _user_of(uid)
+    try:
+        user_id = await _user_of(uid)
+    except Exception as exc:  # the database is down: Cloudflare retries a 5xx later
+        logger.warning("[cloudflare] webhook: could not look up live input %s: %r", uid, type(exc).__name__)
+        return JsonResponse({"error": "input lookup unavailable; retry later"}, status=503)
     if user_id is None:
         logger.info("[cloudflare] webhook for live input %s, which no user has: ignored", uid)
         return JsonResponse({"ignored": "unknown live input"})

@@ -213,3 +213,17 @@ def test_event_times_parse_to_the_nanosecond_digits_given():
     assert parse("2022-01-13T12:43:41+01:00") == 1642074221_000000000
     for bad in ("yesterday", "2022-13-45T11:43:41Z", 5, None):
         assert parse(bad) is None
+
+
+async def test_redis_unreachable_is_503_and_the_event_is_applied_on_cloudflares_retry(settings, tmp_path):
+    user = await user_with_input()
+    body = live_input_notification(UID, "live_input.connected")
+    real = settings.REDIS_URL
+    settings.REDIS_URL = f"unix://{tmp_path}/nobody-listens.sock"
+    response = await signed(body)
+    assert (response.status_code, response.json()) == (503, {"error": "input state unavailable; retry later"})
+    settings.REDIS_URL = real
+    # Cloudflare retries the same delivery: applied now (it was not remembered as seen).
+    response = await signed(body)
+    assert response.status_code == 200 and response.json()["state"] == "connected"
+    assert (await inputs.get_input(user)).connected is True

@@ -210,12 +210,14 @@ class CloudflareBackend(BroadcastBackend):
                     )
                     return await self._replace(user_id, row.remote_id)
                 except CloudflareError as exc:
-                    if exc.reason == UNREACHABLE:
-                        logger.warning(
-                            "[cloudflare] user %s: %s; showing the stored ingest", user_id, exc.reason
-                        )
-                        return Ingest(row.server_url, row.key)
-                    raise
+                    if exc.reason != UNREACHABLE:
+                        raise
+                    try:
+                        stored_ingest = Ingest(row.server_url, row.key)
+                    except secrets.SecretError:  # SECRETS_KEY changed: nothing to show
+                        raise exc from None
+                    logger.warning("[cloudflare] user %s: %s; showing the stored ingest", user_id, exc.reason)
+                    return stored_ingest
                 try:
                     return await _remember(user_id, row.remote_id, live)
                 except _Raced:  # another process replaced it meanwhile: theirs is current
