@@ -43,7 +43,6 @@ from urllib.parse import urlsplit
 
 from redis.exceptions import RedisError
 
-from alerts.wakeups import stop_requested
 from broadcast import inputs
 from broadcast.backends import get_backend
 from broadcast.backends.base import FAILED, LIVE, OFF, BackendError, Ingest, OutputSpec
@@ -55,7 +54,7 @@ from livestream.components import stream_state
 from livestream.components.base import CommandError, Component
 from livestream.conf import get_settings
 from livestream.redis import get_redis
-from livestream.tasks import cancel_and_wait, retry_delay
+from livestream.tasks import cancel_and_wait, retry_delay, stop_requested
 from streampai import secrets
 
 logger = logging.getLogger("livestream.cloudflare_manager")
