@@ -60,6 +60,7 @@ from dashboard.ws.limits import Throttled
 from livestream import keys
 from livestream.conf import get_settings
 from livestream.redis import get_redis, run_script, script
+from streampai.bodies import capped_body
 
 logger = logging.getLogger("broadcast.cloudflare")
 
@@ -199,17 +200,6 @@ def signed_at(meta: dict[str, Any], body: bytes) -> int:
     return int(ts * 10**9) if isinstance(ts, int | float) else time.time_ns()
 
 
-def _read(request: HttpRequest, limit: int) -> bytes | None:
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    if declared > limit:
-        return None
-    body = request.read(limit + 1)
-    return None if len(body) > limit else body
-
-
 def _refuse(status: int, message: str) -> JsonResponse:
     held = _refusals.due(f"cloudflare-webhook:{status}:{message[:40]}")
     if held is not None:
@@ -242,7 +232,7 @@ async def webhook(request: HttpRequest) -> HttpResponse:
     secret = conf.CLOUDFLARE_WEBHOOK_SECRET
     if conf.BROADCAST_BACKEND != "cloudflare" or not secret:
         return JsonResponse({"error": "Cloudflare webhooks are not enabled here"}, status=404)
-    body = _read(request, conf.CLOUDFLARE_WEBHOOK_MAX_BODY_BYTES)
+    body = capped_body(request, conf.CLOUDFLARE_WEBHOOK_MAX_BODY_BYTES)
     if body is None:
         return _refuse(413, f"body too large: at most {conf.CLOUDFLARE_WEBHOOK_MAX_BODY_BYTES} bytes")
     try:
