@@ -30,6 +30,10 @@ Every step is one Lua script (one round trip, atomic):
   ack(alert_id)      the in-flight alert was emitted (or its emit failed): clear the slot,
                      count it as delivered (or not).
 
+take and ack are fenced (livestream/ownership/fencing.py): given the component's ``fence``,
+a stale lease token's take gets SUPERSEDED and its ack changes nothing (the alert stays
+in flight, and the current owner's claim reports it lost, with its reason).
+
 The queue has no TTL: alerts wait, however long, until the user's manager runs.
 """
 
@@ -43,6 +47,7 @@ import redis.asyncio as aioredis
 
 from livestream import keys
 from livestream.conf import get_settings
+from livestream.ownership import fencing
 from livestream.redis import get_redis, run_script, script
 
 Alert = dict[str, Any]
@@ -51,6 +56,8 @@ Alert = dict[str, Any]
 SUPERSEDED = "superseded"
 # ... and this when the user has no open tab: nothing is taken (an emit would reach nobody).
 AWAY = "away"
+# The script's answer to a stale lease token (take returns SUPERSEDED for it).
+_FENCED = "fenced"
 
 _PUSH = script(
     "alerts.push",
@@ -87,9 +94,11 @@ return out
 # No connection in the user's presence (their last tab closed and the manager waits out
 # CLEANUP_TIMEOUT, or their tabs are reconnecting after a deploy): nothing is taken, the
 # alerts wait for a tab (AWAY).
-_TAKE = script(
+# KEYS: owner, queue, inflight, presence, token, refused counter. ARGV: claim token, fencing token.
+_TAKE = fencing.script(
     "alerts.take",
     """
+if not fence_ok(KEYS[5], ARGV[2], KEYS[6]) then return {'fenced', 0, false} end
 local owner = redis.call('GET', KEYS[1])
 if not owner then redis.call('SET', KEYS[1], ARGV[1])
 elseif owner ~= ARGV[1] then return {'superseded', 0, false} end
@@ -101,9 +110,11 @@ return {alert or false, redis.call('LLEN', KEYS[2]), previous or false}
 """,
 )
 
-_ACK = script(
+# KEYS: inflight, delivered, token, refused counter. ARGV: alert id, '1' if delivered, fencing token.
+_ACK = fencing.script(
     "alerts.ack",
     """
+if not fence_ok(KEYS[3], ARGV[3], KEYS[4]) then return -1 end
 local current = redis.call('GET', KEYS[1])
 if current and cjson.decode(current)['id'] == ARGV[1] then redis.call('DEL', KEYS[1]) end
 if ARGV[2] == '1' then return redis.call('INCR', KEYS[2]) end
@@ -162,32 +173,44 @@ class AlertQueue:
         [claimed] = await claim_many([(self.user_id, token)], self.redis)
         return claimed
 
-    async def take(self, token: str) -> Taken | str:
+    async def take(self, token: str, fence: fencing.Fence | None = None) -> Taken | str:
         """The head of the queue, now in flight; SUPERSEDED if ``token`` no longer owns the
-        queue; AWAY (nothing taken) if the user has no open tab."""
+        queue, or ``fence``'s lease token is stale; AWAY (nothing taken) if the user has no
+        open tab."""
         presence = keys.presence_user(get_settings().TOPIC, self.user_id)
+        fence_keys = fence.keys() if fence else [keys.fence_token(self.user_id), keys.fence_refused()]
         alert, queued, previous = await run_script(
             self.redis,
             _TAKE,
-            [self._key("owner"), self._key("queue"), self._key("inflight"), presence],
+            [self._key("owner"), self._key("queue"), self._key("inflight"), presence, *fence_keys],
             token,
+            fence.arg() if fence else "",
         )
+        if alert and _text(alert) == _FENCED:
+            if fence is not None:
+                fence.refused("alert take")
+            return SUPERSEDED
         if alert and _text(alert) in (SUPERSEDED, AWAY):
             return _text(alert)
         return Taken(_decode(alert) if alert else None, int(queued), _decode(previous) if previous else None)
 
-    async def ack(self, alert_id: str, delivered: bool = True) -> int:
+    async def ack(self, alert_id: str, delivered: bool = True, fence: fencing.Fence | None = None) -> int:
         """Clear the in-flight slot (if it still holds ``alert_id``), count it if ``delivered``;
-        returns the delivered count."""
-        return int(
+        returns the delivered count (-1: ``fence``'s token is stale, nothing changed)."""
+        fence_keys = fence.keys() if fence else [keys.fence_token(self.user_id), keys.fence_refused()]
+        done = int(
             await run_script(
                 self.redis,
                 _ACK,
-                [self._key("inflight"), self._key("delivered")],
+                [self._key("inflight"), self._key("delivered"), *fence_keys],
                 alert_id,
                 "1" if delivered else "0",
+                fence.arg() if fence else "",
             )
         )
+        if done < 0 and fence is not None:
+            fence.refused("alert ack")
+        return done
 
     async def length(self) -> int:
         return int(await self.redis.llen(self._key("queue")))

@@ -26,6 +26,7 @@ from livestream import logformats
 from livestream.components import choices
 from livestream.components.user_manager import UserStreamManager, component_classes
 from livestream.observe import metrics
+from livestream.ownership import history
 from livestream.ownership.keeper import Renewal
 from livestream.ownership.leases import LeaseStore
 from livestream.ownership.policy import Action, Forward, Ownership, Release, ReleaseHold, Start, Stop
@@ -61,12 +62,18 @@ class LocalManagers:
 
     def start(self, user_id: str) -> UserStreamManager:
         self.core.started(user_id)
+        token = self.leases.tokens.get(user_id)  # of the grant that made us its owner
         manager = self.managers[user_id] = UserStreamManager(
-            user_id, self._components, choose=choices.for_user, on_restart=self.series.count_restart
+            user_id,
+            self._components,
+            choose=choices.for_user,
+            on_restart=self.series.count_restart,
+            token=token,
         )
         manager.start()
         self.status.announce(user_id)
         logger.info(logformats.MANAGER_STARTED, user_id)
+        history.record("run", event="start", user=user_id, worker=self.leases.worker_id, token=token)
         return manager
 
     async def start_many(self, user_ids: list[str], received: float) -> None:
@@ -86,7 +93,9 @@ class LocalManagers:
         await manager.stop()
         self.status.announce(user_id, "stopped", manager)
         logger.info(logformats.MANAGER_STOPPED, user_id)
+        history.record("run", event="stop", user=user_id, worker=self.leases.worker_id, token=manager.token)
         if release:
+            self.leases.tokens.pop(user_id, None)
             try:
                 await self.leases.release(user_id)
             except Exception as exc:
@@ -107,6 +116,8 @@ class LocalManagers:
             await self.stop(user_id, release=False)
             if not await self.leases.release_if_absent(user_id, self.store.user_prefix + user_id):
                 self.start(user_id)
+            else:
+                self.leases.tokens.pop(user_id, None)
 
     # -- what the core decided ---------------------------------------------------
 
@@ -118,11 +129,13 @@ class LocalManagers:
                 self.scope.spawn(self.stop_if_absent(user_id, seen_absent=True), f"stop:{user_id}")
             case Stop(user_id, why):
                 if why == "lost":
+                    self.leases.tokens.pop(user_id, None)
                     logger.warning(
                         "[PresenceManager] lease of %s taken by another worker; stopping here", user_id
                     )
                 self.scope.spawn(self.stop(user_id, release=False), f"{why}:{user_id}")
             case Release(user_id):
+                self.leases.tokens.pop(user_id, None)
                 await self.leases.release(user_id)
             case ReleaseHold(user_id):
                 await control.release_hold(self.leases, user_id)  # their cleanup ends a staff stop
