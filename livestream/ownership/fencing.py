@@ -116,6 +116,11 @@ class EffectGate:
     def open(self, now: float | None = None) -> bool:
         return (time.monotonic() if now is None else now) < self.deadline
 
+    def deadline_wall(self) -> float:
+        """The deadline on the wall clock (unix seconds), for an effect in a child process
+        that must stop by itself when its parent is frozen (hand it on, refresh it)."""
+        return time.time() + (self.deadline - time.monotonic())
+
     def renewed(self, sent_at: float) -> None:
         """A renewal sent at ``sent_at`` reached Redis (the lease keeper's thread)."""
         conf = get_settings()
