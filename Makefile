@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean nemesis
 
 $(STAMP): requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -30,6 +30,12 @@ lint: install
 
 bench: install
 	$(BIN)/python -m benchmarks
+
+## make nemesis SEED=1 MINUTES=2: faults against real processes, then the history checker (docs/reliability.md).
+SEED ?= 1
+MINUTES ?= 2
+nemesis: install
+	$(BIN)/python -m devtools.nemesis --seed $(SEED) --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) var/redis var/db.sqlite3 .pytest_cache .ruff_cache

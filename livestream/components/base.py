@@ -18,11 +18,12 @@ wire format.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from livestream.components import emitter as component_events
-from livestream.ownership import fencing
+from livestream.ownership import fencing, history
 
 
 class CommandError(Exception):
@@ -75,11 +76,21 @@ class Component:
         dashboard tab of this user (only this user), in order. sticky=True also keeps it as the component's
         current state for that event name, sent to a tab right after it connects."""
         fence = self.fence
+        began = time.time()
         sent = await component_events.emit(
             self.user_id, type(self).__name__, event, data, sticky=sticky, token=fence.token
         )
         if sent < 0:
             fence.refused(f"event {event!r}")
+        elif history.enabled():  # a fault run's checker reads it (livestream/ownership/history.py)
+            history.record(
+                "effect",
+                what=f"{type(self).__name__}:{event}",
+                user=self.user_id,
+                token=self.token,
+                id=data.get("id"),
+                t0=began,
+            )
 
     async def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         """Default: raise CommandError(f"unknown command {name!r}")."""

@@ -19,16 +19,17 @@ from typing import Any
 
 _fd: int | None = None
 _pid: int | None = None
+_DIR = os.environ.get("STREAMPAI_HISTORY_DIR", "")
 
 
 def enabled() -> bool:
-    return bool(os.environ.get("STREAMPAI_HISTORY_DIR"))
+    return bool(_DIR)
 
 
 def record(kind: str, **fields: Any) -> None:
     """Append one entry (no-op when the history is off)."""
     global _fd, _pid
-    directory = os.environ.get("STREAMPAI_HISTORY_DIR")
+    directory = _DIR
     if not directory:
         return
     if _fd is None or _pid != os.getpid():
