@@ -259,3 +259,24 @@ async def test_a_frozen_owners_external_effect_never_overlaps_the_new_owners(
         await ws.close()
     finally:
         stack.stop_all()
+
+
+async def test_the_lease_keeper_takes_a_vanished_lease_back_with_its_token(aredis, configure_livestream):
+    """Its renewals run on their own thread and Redis client: they must carry the worker's tokens."""
+    from livestream.ownership.keeper import LeaseKeeper
+
+    configure_livestream(RECONCILE_INTERVAL=0.1)
+    a = await worker("a")
+    assert await a.acquire("1")
+    token = a.tokens["1"]
+    await aredis.delete(a.lease_key("1"), keys.fence_token("1"))  # a failover lost them
+    keeper = LeaseKeeper(a, lambda: ("1",), lambda: 1, dict, lambda _: None, lambda: None)
+    keeper.start()
+    try:
+        deadline = time.monotonic() + 5
+        while await aredis.get(keys.fence_token("1")) != str(token):
+            assert time.monotonic() < deadline, "the token was not taken back"
+            await asyncio.sleep(0.05)
+        assert await a.owner("1") == "a"
+    finally:
+        keeper.stop()

@@ -99,6 +99,9 @@ class LeaseKeeper:
     async def _run(self) -> None:
         # Built here: a client belongs to the loop it was made on (livestream/redis.py).
         leases = LeaseStore(self.worker_leases.worker_id)
+        # The worker's tokens, by reference: a renewal that takes a lease back takes its token
+        # back too (renew copies the dict in one C call: the worker's loop writes it).
+        leases.tokens = self.worker_leases.tokens
         down_since: float | None = None
         while not self._stop.is_set():
             started = time.monotonic()
