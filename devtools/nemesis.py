@@ -43,15 +43,26 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from redis.exceptions import RedisError
 
 from devtools.clients import Account, create_accounts, open_socket
 from devtools.processes import Proc, Stack, free_port, migrate_template
 from devtools.tcpproxy import TcpProxy
+from livestream.components.base import Component
 from livestream.ownership import history
 from streampai.embedded_redis import redis_server_binary
 
 LEASE_TTL, CLEANUP, PRESENCE_TTL, HEARTBEAT = 3.0, 2.0, 3.0, 1.0
+COMPONENTS = ",".join(
+    [
+        "livestream.components.console_logger.ConsoleLogger",
+        "livestream.components.stream_state.StreamStateServer",
+        "livestream.components.alert_manager.AlertManager",
+        "devtools.nemesis.Ticker",
+    ]
+)
 ENV = {
+    "LIVESTREAM_COMPONENTS": COMPONENTS,
     "LIVESTREAM_PRESENCE_TTL": str(PRESENCE_TTL),
     "LIVESTREAM_HEARTBEAT_INTERVAL": str(HEARTBEAT),
     "LIVESTREAM_CLEANUP_TIMEOUT": str(CLEANUP),
@@ -70,6 +81,25 @@ KINDS = {  # fault kind -> weight
     "blackhole": 2,
     "reset": 1,
 }
+
+
+class Ticker(Component):
+    """A steady stream of effects for the checker: every 0.2 s one outside Redis (a history
+    line, only while may_act(), as a relay or a chat connection would act) and one in
+    Redis (a fenced event)."""
+
+    async def run(self) -> None:
+        n = 0
+        while True:
+            n += 1
+            began = time.time()
+            if self.may_act():
+                history.record(
+                    "effect", what="Ticker:external", user=self.user_id, token=self.token, t0=began
+                )
+            with contextlib.suppress(RedisError, OSError):  # Redis away: the next tick tries again
+                await self.emit("tick", {"n": n})
+            await asyncio.sleep(0.2)
 
 
 @dataclass(frozen=True)
@@ -192,9 +222,10 @@ async def start(directory: Path, seed: int) -> Run:
         await proc.log.wait_for(r"\[PresenceManager\] worker \S+ started", timeout=60)
     run = Run(directory, seed, stack, redis_server, proxy, workers, daphnes)
     run.accounts = list(create_accounts(stack, [f"n{i}@nemesis.io" for i in range(USERS)]).values())
-    async with httpx.AsyncClient(base_url=daphnes[0].url, timeout=30) as client:
-        for account in run.accounts:
-            page = await client.get("/dashboard/stream/", cookies={"sessionid": account.session})
+    for account in run.accounts:
+        cookies = {"sessionid": account.session}
+        async with httpx.AsyncClient(base_url=daphnes[0].url, timeout=30, cookies=cookies) as client:
+            page = await client.get("/dashboard/stream/")
             match = re.search(r'<code id="alert-webhook-url">([^<]+)</code>', page.text)
             assert match, page.text[:500]
             run.webhooks[account.user_id] = match[1]

@@ -114,7 +114,13 @@ class LocalManagers:
             if not seen_absent and await self.store.sessions(user_id) > 0:
                 return
             await self.stop(user_id, release=False)
-            if not await self.leases.release_if_absent(user_id, self.store.user_prefix + user_id):
+            try:
+                released = await self.leases.release_if_absent(user_id, self.store.user_prefix + user_id)
+            except Exception as exc:  # Redis away: the lease, no longer renewed, lapses by itself
+                logger.warning("[PresenceManager] lease of %s not released: %r", user_id, exc)
+                self.leases.tokens.pop(user_id, None)
+                return
+            if not released:
                 self.start(user_id)
             else:
                 self.leases.tokens.pop(user_id, None)
