@@ -400,7 +400,8 @@ async def nemesis(run: Run, faults: list[Fault], stop_at: float) -> None:
         run.paused = True  # the users hold still while recovery is measured
         took = await wait_converged(run, LEASE_TTL + 5)
         run.paused = False
-        run.faults.append({"kind": fault.kind, "at": at, "healed": time.time(), "recovered_in": took})
+        healed = time.time() - (took or 0.0)
+        run.faults.append({"kind": fault.kind, "at": at, "healed": healed, "recovered_in": took})
         if took is None:
             wanted = sorted(uid for uid, tabs in run.tabs.items() if tabs)
             run.problems.append(
@@ -497,13 +498,14 @@ async def finish(run: Run) -> dict[str, Any]:
     kinds = Counter(f["kind"] for f in run.faults if f["kind"] != "data-loss-marker")
     recovery: dict[str, Any] = {}
     for kind in kinds:
-        times = sorted(
-            f["recovered_in"] for f in run.faults if f["kind"] == kind and f["recovered_in"] is not None
-        )
-        if times:
+        done = [f for f in run.faults if f["kind"] == kind and f["recovered_in"] is not None]
+        after_heal = sorted(f["recovered_in"] for f in done)
+        after_fault = sorted(f["healed"] - f["at"] + f["recovered_in"] for f in done)
+        if done:
             recovery[kind] = {
-                "p99": round(times[min(len(times) - 1, int(len(times) * 0.99))], 2),
-                "median": round(statistics.median(times), 2),
+                "after_heal_p99": round(after_heal[min(len(done) - 1, int(len(done) * 0.99))], 2),
+                "after_fault_began_p99": round(after_fault[min(len(done) - 1, int(len(done) * 0.99))], 2),
+                "after_fault_began_median": round(statistics.median(after_fault), 2),
             }
     return {
         "seed": run.seed,
