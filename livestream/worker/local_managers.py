@@ -167,7 +167,11 @@ class LocalManagers:
         for user_id in user_ids:
             async with self.lock(user_id):
                 if user_id not in self.managers:
-                    present = await self.store.sessions(user_id) > 0
+                    try:
+                        present = await self.store.sessions(user_id) > 0
+                    except Exception as exc:  # Redis away again: still fenced, offered at the next renewal
+                        logger.warning("[PresenceManager] fenced %s not resumed yet: %r", user_id, exc)
+                        continue
                     await self.apply(self.core.resume(user_id, present, time.monotonic()))
 
     def fence(self, last_renewal: float) -> None:
