@@ -172,7 +172,10 @@ class LocalManagers:
                     except Exception as exc:  # Redis away again: still fenced, offered at the next renewal
                         logger.warning("[PresenceManager] fenced %s not resumed yet: %r", user_id, exc)
                         continue
-                    await self.apply(self.core.resume(user_id, present, time.monotonic()))
+                    try:
+                        await self.apply(self.core.resume(user_id, present, time.monotonic()))
+                    except Exception as exc:  # a Release that did not reach Redis: the lease lapses
+                        logger.warning("[PresenceManager] lease of %s not released: %r", user_id, exc)
 
     def fence(self, last_renewal: float) -> None:
         """Unable to renew: stop everything before our leases can expire and be claimed."""
