@@ -70,17 +70,24 @@ return n
 """,
 )
 
-# Many users at once (a burst of manager starts): KEYS are 4 per user, ARGV a token each.
-_CLAIM = script(
+# Many users at once (a burst of manager starts): KEYS are 5 per user (owner, inflight,
+# queue, delivered, fencing token) then the refused counter; ARGV 2 per user (the
+# instance's claim token, its lease's fencing token or ''). A stale fencing token claims
+# nothing (queued -1): it must not supersede the current owner's instance.
+_CLAIM = fencing.script(
     "alerts.claim",
     """
 local out = {}
-for i = 1, #ARGV do
-  local k = (i - 1) * 4
-  redis.call('SET', KEYS[k + 1], ARGV[i])
-  local stale = redis.call('GET', KEYS[k + 2])
-  if stale then redis.call('DEL', KEYS[k + 2]) end
-  out[i] = {stale or false, redis.call('LLEN', KEYS[k + 3]), tonumber(redis.call('GET', KEYS[k + 4]) or '0')}
+for i = 1, #ARGV / 2 do
+  local k = (i - 1) * 5
+  if not fence_ok(KEYS[k + 5], ARGV[2 * i], KEYS[#KEYS]) then
+    out[i] = {false, -1, 0}
+  else
+    redis.call('SET', KEYS[k + 1], ARGV[2 * i - 1])
+    local stale = redis.call('GET', KEYS[k + 2])
+    if stale then redis.call('DEL', KEYS[k + 2]) end
+    out[i] = {stale or false, redis.call('LLEN', KEYS[k + 3]), tonumber(redis.call('GET', KEYS[k + 4]) or '0')}
+  end
 end
 return out
 """,
@@ -130,6 +137,7 @@ class Claimed:
     stale: Alert | None
     queued: int
     delivered: int
+    fenced: bool = False  # the claimer's lease token is stale: nothing claimed
 
 
 @dataclass(frozen=True)
@@ -168,9 +176,9 @@ class AlertQueue:
         )
         return None if int(length) < 0 else int(length)
 
-    async def claim(self, token: str) -> Claimed:
+    async def claim(self, token: str, fence: int | None = None) -> Claimed:
         """Become the only instance that may take (see claim_many; this is one of them)."""
-        [claimed] = await claim_many([(self.user_id, token)], self.redis)
+        [claimed] = await claim_many([(self.user_id, token)], self.redis, [fence])
         return claimed
 
     async def take(self, token: str, fence: fencing.Fence | None = None) -> Taken | str:
@@ -220,15 +228,28 @@ class AlertQueue:
         return [_decode(raw) for raw in await self.redis.lrange(self._key("queue"), 0, -1)]
 
 
-async def claim_many(claims: list[tuple[str, str]], client: aioredis.Redis | None = None) -> list[Claimed]:
-    """Claim the queues of many users, ``(user_id, token)`` each, in one script call."""
+async def claim_many(
+    claims: list[tuple[str, str]],
+    client: aioredis.Redis | None = None,
+    fences: list[int | None] | None = None,
+) -> list[Claimed]:
+    """Claim the queues of many users, ``(user_id, token)`` each, in one script call;
+    ``fences``: each claimer's lease token (None: not fenced)."""
     if not claims:
         return []
     names = ("owner", "inflight", "queue", "delivered")
-    keys_ = [keys.alerts(user_id, name) for user_id, _ in claims for name in names]
-    rows = await run_script(client or get_redis(), _CLAIM, keys_, *(token for _, token in claims))
+    keys_ = []
+    for user_id, _ in claims:
+        keys_ += [*(keys.alerts(user_id, name) for name in names), keys.fence_token(user_id)]
+    keys_.append(keys.fence_refused())
+    args = []
+    for i, (_, token) in enumerate(claims):
+        args += [token, fencing.arg(fences[i] if fences else None)]
+    rows = await run_script(client or get_redis(), _CLAIM, keys_, *args)
     return [
-        Claimed(_decode(stale) if stale else None, int(queued), int(delivered))
+        Claimed(None, 0, 0, fenced=True)
+        if int(queued) < 0
+        else Claimed(_decode(stale) if stale else None, int(queued), int(delivered))
         for stale, queued, delivered in rows
     ]
 

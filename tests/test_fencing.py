@@ -280,3 +280,13 @@ async def test_the_lease_keeper_takes_a_vanished_lease_back_with_its_token(aredi
         assert await a.owner("1") == "a"
     finally:
         keeper.stop()
+
+
+async def test_a_stale_alert_manager_claims_nothing(aredis):
+    """A stale instance's claim must not supersede the current owner's instance."""
+    queue = AlertQueue("7")
+    await aredis.set(keys.fence_token("7"), "5")
+    assert (await queue.claim("current", fence=5)).fenced is False
+    await queue.push({"id": "a1", "kind": "donation"}, cap=10)
+    assert (await queue.claim("stale", fence=4)).fenced is True
+    assert await aredis.get(keys.alerts("7", "owner")) == "current"

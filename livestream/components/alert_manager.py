@@ -106,13 +106,16 @@ class AlertManager(Component):
         backoff = BACKOFF_MIN
         while True:
             try:
-                claimed = await wakeups.claim(self.user_id, self.claim_token)
+                claimed = await wakeups.claim(self.user_id, self.claim_token, self.token)
                 break
             except Exception as exc:  # Redis down: the listener logged it once for the batch; retry
                 if stop_requested():
                     raise asyncio.CancelledError from exc
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+        if claimed.fenced:  # our lease token is stale: the current owner's instance keeps the queue
+            self.fence.refused("alert queue claim")
+            return False
         self.queued, self.delivered = claimed.queued, claimed.delivered
         if claimed.stale is not None:
             self._lost(claimed.stale, "was in flight when its previous instance stopped")
