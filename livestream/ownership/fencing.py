@@ -126,6 +126,11 @@ class EffectGate:
         conf = get_settings()
         self.deadline = effects_deadline(sent_at, conf.LEASE_TTL, conf.EFFECT_STOP_MARGIN)
 
+    def keeper_stopped(self) -> None:
+        """The lease keeper stopped (its worker's managers are stopped): no deadline until
+        another starts (several workers in one process, as the tests run them)."""
+        self.deadline = math.inf
+
     def register(self, user_id: str, stop: Callable[[], None]) -> Callable[[], None]:
         """``stop`` (thread-safe, quick) ends an effect of ``user_id``; returns its unregister."""
         with self._lock:

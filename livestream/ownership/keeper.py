@@ -86,6 +86,7 @@ class LeaseKeeper:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        fencing.GATE.keeper_stopped()
 
     def stale(self, now: float | None = None) -> bool:
         """No renewal reached Redis for LEASE_TTL - RECONCILE_INTERVAL: our leases may lapse soon."""
