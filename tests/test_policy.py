@@ -44,7 +44,8 @@ FAIR_SHARE = [
 def claimable_py(owner, rebuilt, dead, holds_end) -> tuple[bool, int, int]:
     calls = {"rebuilt": 0, "dead": 0}
 
-    def was_rebuilt() -> bool:
+    def was_rebuilt(user_id: str) -> bool:
+        assert user_id == "u1"
         calls["rebuilt"] += 1
         return rebuilt
 
@@ -52,7 +53,7 @@ def claimable_py(owner, rebuilt, dead, holds_end) -> tuple[bool, int, int]:
         calls["dead"] += 1
         return dead
 
-    result = policy.claimable(owner, was_rebuilt, is_dead, holds_end, HOLD)
+    result = policy.claimable("u1", owner, was_rebuilt, is_dead, holds_end, HOLD)
     return result, calls["rebuilt"], calls["dead"]
 
 
@@ -108,10 +109,10 @@ _HARNESS = (
 local kind = ARGV[1]
 if kind == 'claimable' then
   local calls = {0, 0}
-  local function rebuilt() calls[1] = calls[1] + 1 return ARGV[3] == '1' end
+  local function rebuilt(user) calls[1] = calls[1] + 1 return user == 'u1' and ARGV[3] == '1' end
   local function dead(_) calls[2] = calls[2] + 1 return ARGV[4] == '1' end
   local owner = ARGV[2] ~= '' and ARGV[2] or false
-  return {claimable(owner, rebuilt, dead, ARGV[5] == '1', ARGV[6]) and 1 or 0, calls[1], calls[2]}
+  return {claimable('u1', owner, rebuilt, dead, ARGV[5] == '1', ARGV[6]) and 1 or 0, calls[1], calls[2]}
 elseif kind == 'grants_open' then
   local current = ARGV[3] ~= '' and ARGV[3] or false
   return grants_open(ARGV[2], current, ARGV[4] == '1') and 1 or 0

@@ -63,7 +63,7 @@ end
 if not may_grant(KEYS[3], KEYS[4], ARGV[3], ARGV[4]) then return 0 end
 local function dead(w) return redis.call('SISMEMBER', KEYS[2], w) == 1 end
 local function never() return false end
-if claimable(cur, never, dead, false, '') then return grant(KEYS[1], ARGV[1], ARGV[2], KEYS[5]) end
+if claimable('', cur, never, dead, false, '') then return grant(KEYS[1], ARGV[1], ARGV[2], KEYS[5]) end
 return 0
 """,
 )
@@ -94,30 +94,34 @@ return {cur, 0}
 """,
 )
 
-# KEYS: leases. ARGV: me, ttl ms, lease prefix, token prefix, our token of each lease ('' if
-# unknown). Returns the indexes (1-based) of leases lost to another worker. A lease that
-# vanished (Redis restarted empty, or a failover lost our last renewals) is taken back: we
-# are still running it, and its token with it. A newer token than ours means another grant
-# happened since ours: lost too.
+# KEYS: leases. ARGV: me, ttl ms. Returns {lost, taken back}: the indexes (1-based) of
+# leases lost to another worker, and of leases that had vanished (Redis restarted empty, or
+# a failover lost our last renewals) and were taken back: we are still running them.
+# Their tokens go back with _RESTORE_TOKENS (rare: not worth 10,000 tokens on every round).
 _RENEW = script(
     "leases.renew",
     """
-local lost = {}
+local lost, taken = {}, {}
 for i, lease in ipairs(KEYS) do
   local cur = redis.call('GET', lease)
-  local mine = cur == ARGV[1]
-  if mine then redis.call('PEXPIRE', lease, ARGV[2])
-  elseif not cur then redis.call('SET', lease, ARGV[1], 'PX', ARGV[2]) mine = true end
-  local token = tonumber(ARGV[4 + i] or '')
-  if mine and token then
-    local token_key = ARGV[4] .. string.sub(lease, #ARGV[3] + 1)
-    local have = tonumber(redis.call('GET', token_key) or '0')
-    if token > have then redis.call('SET', token_key, ARGV[4 + i])
-    elseif token < have then mine = false end
-  end
-  if not mine then table.insert(lost, i) end
+  if cur == ARGV[1] then redis.call('PEXPIRE', lease, ARGV[2])
+  elseif not cur then redis.call('SET', lease, ARGV[1], 'PX', ARGV[2]) table.insert(taken, i)
+  else table.insert(lost, i) end
 end
-return lost
+return {lost, taken}
+""",
+)
+
+# KEYS: the tokens of leases taken back. ARGV: our token of each. A token goes back unless
+# a newer grant's is there (then the take-back was of a lease granted since: the renewal
+# after this finds it held by another, or our writes are refused until it does).
+_RESTORE_TOKENS = script(
+    "leases.restore_tokens",
+    """
+for i, key in ipairs(KEYS) do
+  if tonumber(ARGV[i]) > tonumber(redis.call('GET', key) or '0') then redis.call('SET', key, ARGV[i]) end
+end
+return #KEYS
 """,
 )
 
@@ -152,11 +156,11 @@ _CLAIM_ORPHANS = script(
     + """
 if not may_grant(KEYS[4], KEYS[3], ARGV[6], ARGV[8]) then return {} end
 local function dead(w) return redis.call('SISMEMBER', KEYS[2], w) == 1 end
+local function rebuilt(uid) return redis.call('EXISTS', ARGV[7] .. uid) == 1 end
 local users = redis.call('SMEMBERS', KEYS[1])
 local orphans = {}
 for _, uid in ipairs(users) do
-  local function rebuilt() return redis.call('EXISTS', ARGV[7] .. uid) == 1 end
-  if claimable(redis.call('GET', ARGV[3] .. uid), rebuilt, dead, false, '') then
+  if claimable(uid, redis.call('GET', ARGV[3] .. uid), rebuilt, dead, false, '') then
     table.insert(orphans, uid)
   end
 end
@@ -192,17 +196,17 @@ for i, w in ipairs(live) do
 end
 if not me_live then table.insert(live, ARGV[1]) table.insert(loads, 0) end
 local function dead(w) return redis.call('SISMEMBER', KEYS[3], w) == 1 end
+local function rebuilt(uid) return redis.call('EXISTS', ARGV[9] .. uid) == 1 end
 local mine = {}
 for i = 12, #ARGV do
   local uid = ARGV[i]
   if redis.call('HLEN', ARGV[6] .. uid) > 0 then
     local lease, token_key = ARGV[3] .. uid, ARGV[11] .. uid
     local cur = redis.call('GET', lease)
-    local function rebuilt() return redis.call('EXISTS', ARGV[9] .. uid) == 1 end
     if cur == ARGV[1] then
       table.insert(mine, uid)
       table.insert(mine, redis.call('GET', token_key) or grant(lease, cur, ARGV[2], token_key))
-    elseif claimable(cur, rebuilt, dead, true, ARGV[8]) then
+    elseif claimable(uid, cur, rebuilt, dead, true, ARGV[8]) then
       local best = least_loaded(loads)
       local owner = live[best]
       loads[best] = loads[best] + 1
@@ -323,15 +327,17 @@ class LeaseStore:
         return None if held_by(owner) is not None else owner
 
     async def renew(self, user_ids: list[str]) -> list[str]:
-        """Extend our leases; returns the users whose lease another worker holds now."""
+        """Extend our leases; returns the users whose lease another worker holds now. Leases
+        that vanished are taken back, and their tokens with them."""
         if not user_ids:
             return []
         names = [self.lease_key(u) for u in user_ids]
-        tokens = self.tokens.copy()
-        args = [str(tokens.get(u, "")) for u in user_ids]
-        lost = await run_script(
-            self.redis, _RENEW, names, self.worker_id, self.ttl_ms, self.prefix, self.token_prefix, *args
-        )
+        lost, taken = await run_script(self.redis, _RENEW, names, self.worker_id, self.ttl_ms)
+        back = [(user_ids[int(i) - 1], self.tokens.get(user_ids[int(i) - 1])) for i in taken]
+        back = [(u, t) for u, t in back if t is not None]
+        if back:
+            keys_ = [self.token_key(u) for u, _ in back]
+            await run_script(self.redis, _RESTORE_TOKENS, keys_, *(t for _, t in back))
         return [user_ids[int(i) - 1] for i in lost]
 
     async def release(self, user_id: str) -> None:

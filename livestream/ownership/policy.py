@@ -72,19 +72,20 @@ def grants_open(known_epoch: str, current_epoch: str | None, on_hold: bool) -> b
 
 
 def claimable(
+    user_id: str,
     owner: str | None,
-    rebuilt: Callable[[], bool],
+    rebuilt: Callable[[str], bool],
     dead: Callable[[str], bool],
     holds_end: bool,
     hold_prefix: str,
 ) -> bool:
     """May a present user be granted to a worker (placement, orphan claim)? If nobody runs
     them (no lease, a dead worker's, or with ``holds_end``, a join, a staff hold), and no
-    heartbeat re-tracked them lately (``rebuilt``: their lease goes back to its owner only).
-    ``dead`` and ``rebuilt`` are asked only when needed: each is a Redis call in the Lua twin,
-    run for every present user each tick."""
+    heartbeat re-tracked them lately (``rebuilt(user_id)``: their lease goes back to its
+    owner only). ``dead`` and ``rebuilt`` are asked only when needed: each is a Redis call
+    in the Lua twin, run for every present user each tick."""
     nobody_runs = owner is None or (holds_end and owner.startswith(hold_prefix)) or dead(owner)
-    return nobody_runs and not rebuilt()
+    return nobody_runs and not rebuilt(user_id)
 
 
 def failover_hold(lease_ttl: float, reconcile_interval: float) -> float:

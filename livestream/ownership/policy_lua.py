@@ -19,9 +19,9 @@ POLICY = """
 local function grants_open(known, current, on_hold)
   return known ~= '' and current == known and not on_hold
 end
-local function claimable(owner, rebuilt, dead, holds_end, hold_prefix)
+local function claimable(user, owner, rebuilt, dead, holds_end, hold_prefix)
   local nobody_runs = (not owner) or (holds_end and string.sub(owner, 1, #hold_prefix) == hold_prefix) or dead(owner)
-  return nobody_runs and not rebuilt()
+  return nobody_runs and not rebuilt(user)
 end
 local function least_loaded(loads)
   local best = 1
