@@ -34,8 +34,21 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 CONTROL_IN_MESSAGE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+# A lone UTF-16 surrogate ("\\ud800" in JSON) is valid JSON but no text: it cannot be
+# encoded to UTF-8 (Redis, the overlay) and would fail later, as a 5xx.
+SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 class Invalid(ValueError):
-    """A body the webhook refuses; str() is the message sent back."""
+    """A body the webhook refuses; str() is the message sent back.
+
+    ``field`` names what was wrong in our own words (a field name from FIELDS, or
+    "body"): the log line uses it, never the message, which may quote the sender.
+    """
+
+    def __init__(self, message: str, field: str = "body") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def parse(body: bytes) -> dict[str, Any]:
@@ -55,17 +68,17 @@ def validate(data: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         names = ", ".join(repr(name)[:40] for name in unknown[:5])
-        raise Invalid(f"unknown field(s): {names}; allowed: {', '.join(FIELDS)}")
+        raise Invalid(f"unknown field(s): {names}; allowed: {', '.join(FIELDS)}", "fields")
     kind = data.get("kind")
-    if kind not in KINDS:
-        raise Invalid(f"kind must be one of: {', '.join(KINDS)}")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise Invalid(f"kind must be one of: {', '.join(KINDS)}", "kind")
     alert: dict[str, Any] = {"kind": kind, "from": _text(data, "from", MAX_FROM, CONTROL, required=True)}
     if "amount" in data or kind in NEEDS_AMOUNT:
         alert["amount"] = _amount(data.get("amount"))
     if data.get("currency") is not None:
         currency = data["currency"]
         if not isinstance(currency, str) or not CURRENCY.fullmatch(currency):
-            raise Invalid("currency must be a three-letter code such as EUR")
+            raise Invalid("currency must be a three-letter code such as EUR", "currency")
         alert["currency"] = currency.upper()
     message = _text(data, "message", MAX_MESSAGE, CONTROL_IN_MESSAGE, required=False)
     if message:
@@ -78,23 +91,29 @@ def _text(data: dict[str, Any], name: str, limit: int, forbidden: re.Pattern[str
     if value is None and not required:
         return ""
     if not isinstance(value, str):
-        raise Invalid(f"{name} must be a string")
+        raise Invalid(f"{name} must be a string", name)
     value = value.strip()
     if required and not value:
-        raise Invalid(f"{name} must not be empty")
+        raise Invalid(f"{name} must not be empty", name)
     if len(value) > limit:
-        raise Invalid(f"{name} must be at most {limit} characters")
+        raise Invalid(f"{name} must be at most {limit} characters", name)
     if forbidden.search(value):
-        raise Invalid(f"{name} must not contain control characters")
+        raise Invalid(f"{name} must not contain control characters", name)
+    if SURROGATE.search(value):
+        raise Invalid(f"{name} must be valid Unicode text (a lone surrogate is not)", name)
     return value
 
 
 def _amount(value: Any) -> int | float:
     # bool is an int in Python: refuse it explicitly.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise Invalid("amount must be a number")
-    if not math.isfinite(value) or value <= 0:
-        raise Invalid("amount must be a positive number")
+        raise Invalid("amount must be a number", "amount")
+    # Compared before isfinite(): a 4,000-digit integer is valid JSON, and converting it
+    # to a float (isfinite does) raises OverflowError.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Invalid("amount must be a positive number", "amount")
+    if value <= 0:
+        raise Invalid("amount must be a positive number", "amount")
     if value > MAX_AMOUNT:
-        raise Invalid(f"amount must be at most {MAX_AMOUNT:,}")
+        raise Invalid(f"amount must be at most {MAX_AMOUNT:,}", "amount")
     return value

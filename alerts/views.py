@@ -9,24 +9,32 @@ Webhook answers, all JSON:
                                         hmac.compare_digest), so neither users nor secrets
                                         can be probed
   405 {"error": "..."}                  anything but POST
-  413 {"error": "..."}                  body over ALERT_MAX_BODY_BYTES
-  429 {"error": "..."}                  ALERT_QUEUE_CAP alerts already waiting for this user
+  400 {"error": "Content-Length does not match the body"}   (daphne, below Django)
+  413 {"error": "..."}                  body over ALERT_MAX_BODY_BYTES: daphne refuses it
+                                        while reading (dashboard/daphne/bodylimit.py),
+                                        before it is buffered; the view checks again
+  429 {"error": "..."} + Retry-After    ALERT_QUEUE_CAP alerts already waiting for this
+                                        user, or over the per-IP rate (streampai/asgi.py,
+                                        before Django) or the user's rate (here, after
+                                        the secret: a stranger cannot spend it);
+                                        alerts/ratelimit.py
   503 {"error": "..."}                  Redis unreachable (retry later)
 
-CSRF exempt (it is called by other services, authenticated by the secret). The size
-check reads the Content-Length and then at most ALERT_MAX_BODY_BYTES + 1 bytes;
-daphne itself buffers a whole request before the app sees it, so a deployment should
-also cap bodies at its proxy. Checks run cheapest first: method, size, secret, body.
+Never a 5xx for a body: every malformed one is a 400 that says what is wrong.
+CSRF exempt (it is called by other services, authenticated by the secret). Checks run
+cheapest first: rate per IP, size, method, secret, rate per user, body.
 
 Log lines: one INFO line per queued alert (its id, kind and user, never the sender's
-text); refused bodies and a full queue at most one WARNING line per user per minute;
-unknown webhooks none (probes would only fill the log).
+text); refused bodies (naming the field, never quoting the sender), over-rate users and
+a full queue at most one WARNING line per user per minute; unknown webhooks none
+(probes would only fill the log).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import math
 import secrets
 import time
 
@@ -36,7 +44,9 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
+from redis.exceptions import RedisError
 
+from alerts import ratelimit
 from alerts.models import AlertWebhook, new_secret
 from alerts.queue import AlertQueue
 from alerts.validation import Invalid, parse
@@ -70,24 +80,43 @@ async def webhook(request: HttpRequest, user_id: str, secret: str) -> HttpRespon
     pk = await _authenticated(user_id, secret)
     if pk is None:
         return _error(404, "unknown webhook")
+    conf = get_settings()
+    wait = await ratelimit.take(
+        ratelimit.user_bucket(pk), conf.ALERT_RATE_PER_USER, conf.ALERT_BURST_PER_USER
+    )
+    if wait:
+        _log_refusal(pk, "over the alert rate", f"{conf.ALERT_RATE_PER_USER}/s")
+        return too_many(f"too many alerts: at most {conf.ALERT_RATE_PER_USER:g} per second", wait)
     try:
         alert = parse(body)
     except Invalid as exc:
-        _log_refusal(pk, "refused an alert", str(exc))
+        # The field's name only: the message may quote what the sender sent.
+        _log_refusal(pk, "refused an alert", f"invalid {exc.field}")
         return _error(400, str(exc))
     alert = {"id": secrets.token_hex(8), **alert, "queued_at": round(time.time(), 3)}
     try:
         queued = await AlertQueue(pk).push(alert, get_settings().ALERT_QUEUE_CAP)
     except Exception as exc:
-        logger.warning("[alerts] could not queue an alert for user %s: %r", pk, exc)
+        # A Redis error says what failed; anything else is named by its type only (its
+        # text could quote the alert).
+        why = repr(exc) if isinstance(exc, RedisError | OSError) else type(exc).__name__
+        logger.warning("[alerts] could not queue an alert for user %s: %s", pk, why)
         return _error(503, "alert queue unavailable; retry later")
     if queued is None:
         _log_refusal(pk, "queue full", f"{get_settings().ALERT_QUEUE_CAP} alerts waiting")
-        return _error(429, f"too many alerts waiting: at most {get_settings().ALERT_QUEUE_CAP} are queued")
+        # One leaves the queue every ALERT_DISPLAY_INTERVAL seconds.
+        wait = max(1, math.ceil(get_settings().ALERT_DISPLAY_INTERVAL))
+        return too_many(f"too many alerts waiting: at most {get_settings().ALERT_QUEUE_CAP} are queued", wait)
     logger.info(
         "[alerts] queued alert %s (%s) for user %s: %d waiting", alert["id"], alert["kind"], pk, queued
     )
     return JsonResponse({"id": alert["id"], "queued": queued}, status=202)
+
+
+def too_many(message: str, wait: int) -> JsonResponse:
+    response = _error(429, message)
+    response["Retry-After"] = str(wait)
+    return response
 
 
 def _log_refusal(user_id: str, what: str, why: str) -> None:
@@ -111,7 +140,9 @@ def _body(request: HttpRequest, limit: int) -> bytes | None:
 
 async def _authenticated(user_id: str, secret: str) -> str | None:
     """The user's id if ``secret`` is their current one; None otherwise, after the same work."""
-    pk = int(user_id) if user_id.isdigit() and len(user_id) <= _MAX_PK_DIGITS else 0
+    # isascii: "²".isdigit() is True, and int("²") raises.
+    ok = user_id.isascii() and user_id.isdigit() and len(user_id) <= _MAX_PK_DIGITS
+    pk = int(user_id) if ok else 0
     stored = await (
         AlertWebhook.objects.filter(user_id=pk, user__is_active=True)
         .values_list("secret", flat=True)

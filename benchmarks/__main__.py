@@ -22,7 +22,13 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.common import BASE_DIR, load_average, machine_info, quick_mode, raise_fd_limit
+from benchmarks.common import (
+    BASE_DIR,
+    load_average,
+    machine_info,
+    quick_mode,
+    raise_fd_limit,
+)
 from benchmarks.report import write_report
 
 # name, time limit (s) of a full run
@@ -38,6 +44,8 @@ BENCHMARKS = [
     ("one_user_burst", 600),
     ("placement", 120),
     ("components", 300),
+    ("webhook_flood", 240),
+    ("platform_chat", 600),
 ]
 
 

@@ -20,16 +20,16 @@ import time
 from typing import Any
 
 from benchmarks.common import (
-    amake_users,
     environment,
-    event_times,
-    flushall,
     new_stack,
     open_all,
     paired,
     summary,
     wait_until,
 )
+from devtools.clients import amake_users
+from devtools.logs import event_times
+from devtools.redis import flushall
 from livestream import logformats
 
 TARGET = (5.00, 5.10)

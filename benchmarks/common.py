@@ -1,11 +1,10 @@
 """Plumbing shared by the benchmarks: Django set-up, stats, CPU/RSS sampling, tabs.
 
 Processes, clients, users with sessions, the private Redis and the log grammar come
-from devtools/ (shared with the tests; re-exported here under the names the
-benchmarks have always imported); this module adds what only a benchmark needs:
+from devtools/ (shared with the tests; the benchmarks import them from there); this
+module adds what only a benchmark needs:
 percentiles, CPU/RSS sampling, many sockets at once, a tab that reconnects as
-presence.js does. (Over 300 lines: it is the benchmarks' toolbox, a section per
-kind of tool; the benchmarks import every name from here.)
+presence.js does. It is the benchmarks' toolbox, a section per kind of tool.
 """
 
 from __future__ import annotations
@@ -28,43 +27,10 @@ from typing import Any
 import psutil
 
 from devtools import processes
-from devtools.clients import amake_users, make_users, open_socket
-from devtools.logs import (
-    ASCTIME,
-    CONSOLE_LINE,
-    FENCE_LINE,
-    KILLED_LINE,
-    asctime_epoch,
-    event_counts,
-    event_times,
-    fences,
-    killed,
-    utc_epoch,
-    wsrejects,
-)
-from devtools.processes import Stack, migrate_template, start_worker_ready
-from devtools.redis import flushall, private_redis, unix_url
+from devtools.clients import open_socket
+from devtools.processes import Stack, migrate_template
+from devtools.redis import private_redis, unix_url
 from streampai.embedded_redis import EmbeddedRedis
-
-__all__ = [  # re-exported from devtools: what the benchmarks import from here
-    "ASCTIME",
-    "CONSOLE_LINE",
-    "FENCE_LINE",
-    "KILLED_LINE",
-    "amake_users",
-    "asctime_epoch",
-    "event_counts",
-    "event_times",
-    "fences",
-    "flushall",
-    "killed",
-    "make_users",
-    "private_redis",
-    "start_worker_ready",
-    "unix_url",
-    "utc_epoch",
-    "wsrejects",
-]
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var" / "bench"

@@ -28,31 +28,23 @@ from typing import Any
 import psutil
 
 from benchmarks.common import (
-    amake_users,
     configure_django,
     cpu_percent,
-    flushall,
     migrated_template,
     new_prefix,
     new_stack,
     open_all,
-    private_redis,
     sample,
-    start_worker_ready,
     summary,
     take_failures,
-    unix_url,
     wait_until,
     workdir,
 )
+from devtools.clients import amake_users
+from devtools.processes import start_worker_ready
+from devtools.redis import flushall, private_redis, unix_url
 
-COMPONENTS = ",".join(
-    [
-        "livestream.components.console_logger.ConsoleLogger",
-        "livestream.components.stream_state.StreamStateServer",
-        "tests.components.Echo",
-    ]
-)
+COMPONENTS = "ConsoleLogger,StreamStateServer,Echo"
 
 
 class Counting:
@@ -156,6 +148,7 @@ async def measure(tmp: Any, template: Any, server: Any, quick: bool) -> dict[str
         template,
         server,
         LIVESTREAM_COMPONENTS=COMPONENTS,
+        DJANGO_SETTINGS_MODULE="tests.settings",  # registers Echo
         LIVESTREAM_COMMAND_RATE="0",
         LIVESTREAM_FRAME_RATE="0",
     )

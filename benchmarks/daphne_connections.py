@@ -1,6 +1,6 @@
 """5. Connections per daphne: connect cost side by side, and N concurrent sockets.
 
-(Over 300 lines: two measurements, a and b, and the MONITOR attribution of a.)
+Two measurements, a and b, and the MONITOR attribution of a.
 
 a. Connect cost side by side. Under one daphne each, CYCLES users connect and
    then disconnect, CONCURRENCY handshakes (then closes) at a time, against:
@@ -37,22 +37,21 @@ import time
 from typing import Any
 
 from benchmarks.common import (
-    amake_users,
     close_all,
     commandstats,
     cpu_percent,
     environment,
-    flushall,
     new_stack,
     open_all,
     quiet,
     raise_fd_limit,
     sample,
-    start_worker_ready,
     take_failures,
-    unix_url,
 )
 from benchmarks.monitor import Monitor, client_ports, round_trips, script_names
+from devtools.clients import amake_users
+from devtools.processes import start_worker_ready
+from devtools.redis import flushall, unix_url
 
 CONCURRENCY = 100
 HEARTBEAT = 10.0  # the default HEARTBEAT_INTERVAL

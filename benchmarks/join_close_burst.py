@@ -25,23 +25,21 @@ import time
 from typing import Any
 
 from benchmarks.common import (
-    CONSOLE_LINE,
-    amake_users,
     cpu_percent,
     environment,
-    event_times,
-    flushall,
     ms,
     new_stack,
     open_all,
     paired,
     sample,
-    start_worker_ready,
     summary,
     take_failures,
-    utc_epoch,
     wait_until,
 )
+from devtools.clients import amake_users
+from devtools.logs import CONSOLE_LINE, event_times, utc_epoch
+from devtools.processes import start_worker_ready
+from devtools.redis import flushall
 from livestream import logformats
 
 JOIN_P99 = 0.100

@@ -24,16 +24,16 @@ from collections import Counter
 from typing import Any
 
 from benchmarks.common import (
-    FENCE_LINE,
     announce_join,
     cpu_percent,
     environment,
     fake_meta,
-    flushall,
     new_stack,
     sample,
-    start_worker_ready,
 )
+from devtools.logs import FENCE_LINE
+from devtools.processes import start_worker_ready
+from devtools.redis import flushall
 
 ALL_RUNNING_WITHIN = 60.0
 JOIN_CONCURRENCY = 500

@@ -23,20 +23,18 @@ import time
 from typing import Any
 
 from benchmarks.common import (
-    CONSOLE_LINE,
-    amake_users,
     close_all,
     environment,
-    event_times,
-    flushall,
     new_stack,
     open_all,
     paired,
     summary,
     take_failures,
-    utc_epoch,
     wait_until,
 )
+from devtools.clients import amake_users
+from devtools.logs import CONSOLE_LINE, event_times, utc_epoch
+from devtools.redis import flushall
 from livestream import logformats
 
 PRESENCE_TTL = 600.0  # long, and no heartbeat inside the run: the expiry score stays the track time

@@ -32,19 +32,18 @@ from collections import Counter
 from typing import Any
 
 from benchmarks.common import (
-    amake_users,
     cpu_percent,
     environment,
-    event_times,
-    flushall,
-    killed,
     new_stack,
     redis_connections,
     refusal_kind,
     sample,
-    start_worker_ready,
     wait_until,
 )
+from devtools.clients import amake_users
+from devtools.logs import event_times, killed
+from devtools.processes import start_worker_ready
+from devtools.redis import flushall
 from livestream import logformats
 
 CLOSE_SPREAD = 3.0

@@ -13,7 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.common import BASE_DIR, VAR_DIR
+from benchmarks.common import (
+    BASE_DIR,
+    VAR_DIR,
+)
 
 PEER = "django-channels-more-than-present==2.0.1"
 SHARED = ("Django", "channels", "channels-redis", "redis")

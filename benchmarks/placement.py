@@ -16,14 +16,14 @@ from collections import Counter
 from typing import Any
 
 from benchmarks.common import (
-    amake_users,
     environment,
-    event_times,
-    flushall,
     new_stack,
-    start_worker_ready,
     wait_until,
 )
+from devtools.clients import amake_users
+from devtools.logs import event_times
+from devtools.processes import start_worker_ready
+from devtools.redis import flushall
 from livestream import logformats
 
 USERS = 12

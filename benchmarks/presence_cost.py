@@ -1,7 +1,7 @@
 """1. Presence cost: Redis round trips and microseconds per connect / disconnect.
 
-(Over 300 lines: three measurements, a to c below, each with its own set-up and table;
-they answer one question together, so they stay one benchmark.)
+Three measurements, a to c below, each with its own set-up and table; they answer
+one question together, so they stay one benchmark.
 
 a. PresenceStore alone, in this process: track / untrack / refresh timed one
    at a time, and the Redis round trips each makes (INFO commandstats: EVALSHA
@@ -29,17 +29,16 @@ from typing import Any
 
 from benchmarks.common import (
     BASE_DIR,
-    amake_users,
     commandstats,
     configure_django,
     migrated_template,
     new_prefix,
     percentile,
-    private_redis,
-    unix_url,
     workdir,
 )
 from benchmarks.monitor import Monitor, client_ports, round_trips, script_names
+from devtools.clients import amake_users
+from devtools.redis import private_redis, unix_url
 
 PERIODIC = ("leases.beat", "leases.epoch", "leases.renew", "presence.expire")
 PERIODIC += ("leases.claim_orphans", "presence.unattended", "timers.claim")

@@ -16,7 +16,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.common import VAR_DIR
+from benchmarks.common import (
+    VAR_DIR,
+)
 
 
 def enabled() -> bool:

@@ -31,20 +31,17 @@ from typing import Any
 
 from benchmarks.common import (
     PageTab,
-    amake_users,
     cpu_percent,
     environment,
-    event_counts,
-    fences,
-    flushall,
-    killed,
     new_stack,
     sample,
-    start_worker_ready,
     summary,
     wait_until,
-    wsrejects,
 )
+from devtools.clients import amake_users
+from devtools.logs import event_counts, fences, killed, wsrejects
+from devtools.processes import start_worker_ready
+from devtools.redis import flushall
 from livestream import logformats
 
 BACK_WITHIN = 5.0

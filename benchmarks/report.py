@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BASE_DIR
+from benchmarks.common import (
+    BASE_DIR,
+)
 
 DOCS = BASE_DIR / "docs"
 FINDINGS = Path(__file__).with_name("FINDINGS.md")

@@ -17,7 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from benchmarks.common import load_average, quick_mode, raise_fd_limit
+from benchmarks.common import (
+    load_average,
+    quick_mode,
+    raise_fd_limit,
+)
 
 
 def clean(value: Any) -> Any:

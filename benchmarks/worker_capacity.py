@@ -26,19 +26,17 @@ from typing import Any
 
 from benchmarks import profiling
 from benchmarks.common import (
-    CONSOLE_LINE,
     announce_join,
     cpu_percent,
     environment,
     fake_meta,
-    flushall,
     new_stack,
     sample,
     summary,
-    unix_url,
-    utc_epoch,
     wait_until,
 )
+from devtools.logs import CONSOLE_LINE, utc_epoch
+from devtools.redis import flushall, unix_url
 
 INTERVAL = 1.0  # CONSOLE_LOG_INTERVAL (the default)
 TARGET_P99 = 0.050  # tick lateness p99 at 10,000 managers with status pushes on

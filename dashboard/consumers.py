@@ -26,9 +26,9 @@ commands   -> ``{"type": "command", ...}`` frames go through dashboard/ws/comman
               the user's running manager; the reply comes back to this socket only.
 
 The checks before anything is written are in dashboard/ws/handshake.py, daphne's
-transport below ASGI in dashboard/daphne/transport.py. (Over 300 lines all the same: this
-is the one object daphne runs per socket, and its handlers share the connection's
-state: connect, frames, hub pushes, and the four ways a socket ends.)
+transport below ASGI in dashboard/daphne/adapter.py. This is the one object daphne runs
+per socket; its handlers share the connection's state: connect, frames, hub pushes, and
+the four ways a socket ends.
 
 Redis round trips per connect: one SUBSCRIBE (only when this process had no socket
 on those channels yet) and one share of a batched track (which also returns the
@@ -61,8 +61,16 @@ from typing import Any
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from dashboard.auth import revocation
 from dashboard.daphne import shutdown
-from dashboard.daphne.transport import daphne_protocol, daphne_send, small_receive_buffer, unsent_bytes
+from dashboard.daphne.adapter import (
+    close_for_restart,
+    daphne_protocol,
+    daphne_send,
+    pause_reading,
+    small_receive_buffer,
+    unsent_bytes,
+)
 from dashboard.ws.commands import SocketCommands
 from dashboard.ws.handshake import handshake_limiter, handshake_rejection, refuse_log
 from dashboard.ws.hub import control_channel, get_hub
@@ -94,6 +102,7 @@ HUB_HANDLERS = {
     "sessions": "hub_sessions",
     "session.ended": "hub_session_ended",
     "user.deactivated": "hub_user_deactivated",
+    "user.reauth": "hub_user_reauth",
     "component.event": "hub_component_event",
     "component.reply": "hub_component_reply",
 }
@@ -118,6 +127,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     # and admission wrappers around ``base_send`` act only on the handshake's messages, and a
     # live tab gets a push a second: skipping them is a measurable share of daphne's CPU.
     push_send: Any = None
+    session_key: str | None = None  # the session the socket was opened with (the sweep checks it)
 
     # -- the ASGI loop -----------------------------------------------------
 
@@ -150,6 +160,8 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         """However the consumer ended (disconnect, a handler raised, daphne cancelled
         it), leave the hub and untrack the connection once. Never blocks long."""
         shutdown.forget(self)
+        if self.session_key is not None:
+            revocation.sweeper().discard(self.session_key, self)
         if self.channels:
             get_hub(HUB_HANDLERS).leave(self, self.channels)
             self.channels = ()
@@ -241,6 +253,9 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         self.frames = TokenBucket(conf.FRAME_RATE, conf.FRAME_BURST)
         self.commands = SocketCommands(self.user_id, self._forward)
         shutdown.register(self)
+        if session_key:
+            self.session_key = session_key
+            revocation.sweeper().add(session_key, self)
         # The component state first (read by the track), then what arrived since: in order.
         early, self.early_events = self.early_events or [], None
         for frame in (*(change.sticky if change is not None else ()), *early):
@@ -267,8 +282,12 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             return
         try:
             frame = json.loads(text)
-        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
+        except ValueError:
             logger.info("[PresenceConsumer] ignored a non-JSON frame from user %s", self.user_id)
+            return
+        except RecursionError:  # "[[[[..." nested too deep: answer its id if it has one
+            if self.commands is None or not await self.commands.unparsable(text):
+                logger.info("[PresenceConsumer] ignored a non-JSON frame from user %s", self.user_id)
             return
         if not isinstance(frame, dict):
             return
@@ -291,19 +310,15 @@ class PresenceConsumer(AsyncWebsocketConsumer):
                 get_settings().FRAME_RATE,
                 self.dropped_frames,
             )
-        transport = getattr(self._protocol(), "transport", None)
-        if transport is not None and not getattr(self, "paused", False):
+        if not getattr(self, "paused", False):
             # Not read for a while (0.25 s, doubling to 4 s while it keeps flooding):
             # TCP then blocks the client, and each read is at most RECEIVE_BUFFER.
-            self.paused = True
-            self.pause_for = min(getattr(self, "pause_for", 0.125) * 2, 4.0)
-            transport.pauseProducing()
+            pause_for = min(getattr(self, "pause_for", 0.125) * 2, 4.0)
+            if pause_reading(self._protocol(), pause_for, self._resumed):
+                self.paused, self.pause_for = True, pause_for
 
-            def resume() -> None:
-                self.paused = False
-                transport.resumeProducing()
-
-            asyncio.get_running_loop().call_later(self.pause_for, resume)
+    def _resumed(self) -> None:
+        self.paused = False
 
     # -- disconnect --------------------------------------------------------
 
@@ -361,6 +376,26 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     async def hub_session_ended(self, event: dict[str, Any], raw: str) -> None:
         self._spawn(self.end_and_close(SESSION_ENDED, f"session {str(event.get('reason', 'ended'))[:100]!r}"))
 
+    async def hub_user_reauth(self, event: dict[str, Any], raw: str) -> None:
+        """The user's password changed: is this socket's session still theirs?"""
+        if self._is_mine(event) and self.session_key is not None:
+            self._spawn(self._recheck_session())
+
+    async def _recheck_session(self) -> None:
+        if self.session_key is None or self.user_id is None:
+            return
+        try:
+            valid = await revocation.still_valid(self.session_key, self.user_id)
+        except Exception as exc:  # the database away: the sweep or the next check decides
+            logger.warning("[PresenceConsumer] session of user %s not re-checked: %r", self.user_id, exc)
+            return
+        if not valid:
+            await self.end_and_close(SESSION_ENDED, "session 'password changed'")
+
+    def session_gone(self, why: str) -> None:
+        """The sweep found this socket's session expired or deleted."""
+        self._spawn(self.end_and_close(SESSION_ENDED, f"session {why!r}"))
+
     async def hub_user_deactivated(self, event: dict[str, Any], raw: str) -> None:
         if self._is_mine(event):
             self._spawn(self.end_and_close(DEACTIVATED, "account deactivated"))
@@ -381,11 +416,8 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         """Close with 1012 (service restart) and "spread=<s>": reconnect within s seconds.
         Sent on daphne's protocol: daphne's API allows only 1000 and 3000-4999."""
         self.closing = True
-        protocol = self._protocol()
-        if protocol is not None and hasattr(protocol, "sendCloseFrame"):
-            reason = f"spread={spread:.1f}".encode()
-            protocol.sendCloseFrame(code=SERVICE_RESTART, reasonUtf8=reason, isReply=False)
-        else:  # not under daphne (tests' communicator)
+        if not close_for_restart(self._protocol(), SERVICE_RESTART, f"spread={spread:.1f}".encode()):
+            # Not under daphne (tests' communicator), or the adapter switched it off.
             await self.close(code=4000 + SERVICE_RESTART % 1000)
 
     def _protocol(self) -> Any:

@@ -7,6 +7,5 @@
              log timestamps, which managers ran where and when
   redis      a private redis-server (never the machine's shared one)
 
-tests/harness.py and benchmarks/common.py re-export these names under the names they
-always had; new code may import from here directly.
+The tests and the benchmarks import these names from here directly.
 """

@@ -53,15 +53,10 @@ from livestream.ownership import history
 from streampai.embedded_redis import redis_server_binary
 
 LEASE_TTL, CLEANUP, PRESENCE_TTL, HEARTBEAT = 3.0, 2.0, 3.0, 1.0
-COMPONENTS = ",".join(
-    [
-        "livestream.components.console_logger.ConsoleLogger",
-        "livestream.components.stream_state.StreamStateServer",
-        "livestream.components.alert_manager.AlertManager",
-        "devtools.nemesis.Ticker",
-    ]
-)
+# The default components and a Ticker (below), registered by devtools/nemesis_settings.py.
+COMPONENTS = "ConsoleLogger,StreamStateServer,AlertManager,Ticker"
 ENV = {
+    "DJANGO_SETTINGS_MODULE": "devtools.nemesis_settings",
     "LIVESTREAM_COMPONENTS": COMPONENTS,
     "LIVESTREAM_PRESENCE_TTL": str(PRESENCE_TTL),
     "LIVESTREAM_HEARTBEAT_INTERVAL": str(HEARTBEAT),

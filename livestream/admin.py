@@ -140,8 +140,8 @@ admin.site.register(User, OnlineUserAdmin)
 
 @admin.register(UserComponent)
 class UserComponentAdmin(admin.ModelAdmin):
-    list_display = ("user", "path", "enabled")
+    list_display = ("user", "name", "enabled")
     list_editable = ("enabled",)
-    list_filter = ("enabled", "path")
-    search_fields = ("user__email", "path")
+    list_filter = ("enabled", "name")
+    search_fields = ("user__email", "name")
     raw_id_fields = ("user",)

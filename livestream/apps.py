@@ -17,3 +17,7 @@ class LivestreamConfig(AppConfig):
         from livestream.conf import get_settings, validate
 
         validate(get_settings())
+        # redis-py's and channels-redis' internals we rely on: one line if any is missing.
+        from streampai import redis_internals
+
+        redis_internals.check()

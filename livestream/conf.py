@@ -7,7 +7,7 @@ environment variables.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
@@ -31,14 +31,14 @@ class LivestreamSettings:
     # daphne accepts per second (make bench: 5a, about 800 returning page sockets
     # per CPU-second here), times the daphnes left.
     HANDOFF_RECONNECT_RATE: float = 800.0
-    # Dotted paths of the components every UserStreamManager supervises.
+    # Names of the components every UserStreamManager supervises, from the
+    # registry (livestream/components/registry.py; a name is the class name).
     # A user's rows in livestream.models.UserComponent enable or disable single
     # components on top of this list (livestream/components/choices.py).
-    COMPONENTS: tuple[str, ...] = (
-        "livestream.components.console_logger.ConsoleLogger",
-        "livestream.components.stream_state.StreamStateServer",
-        "livestream.components.alert_manager.AlertManager",
-    )
+    COMPONENTS: tuple[str, ...] = ("ConsoleLogger", "StreamStateServer", "AlertManager")
+    # More registry entries, {name: dotted path}: a dict written in a settings
+    # module (the tests' fixtures use it), never from the environment or a form.
+    EXTRA_COMPONENTS: dict[str, str] = field(default_factory=dict)
     # Seconds between ConsoleLogger lines.
     CONSOLE_LOG_INTERVAL: float = 1.0
     # Each open socket refreshes its presence this often (seconds) ...
@@ -110,6 +110,11 @@ class LivestreamSettings:
     # (seconds) and is dropped at once on logout, session rotation and any save of
     # the user. 0 turns the cache off (every handshake asks the database).
     WS_AUTH_CACHE_TTL: float = 300.0
+    # Each daphne checks the sessions of its open dashboard sockets this often
+    # (seconds; one query per 500 sessions) and closes the sockets of sessions
+    # that expired or were deleted bypassing the ORM (raw SQL); ORM deletes and
+    # password changes close them at once (dashboard/auth/revocation.py). 0: off.
+    SESSION_SWEEP_INTERVAL: float = 1.0
 
     # --- Alerts (issue 11: the webhook and the AlertManager) ---
     # Alerts queued per user and not yet delivered; the webhook answers 429 beyond
@@ -118,6 +123,20 @@ class LivestreamSettings:
     ALERT_QUEUE_CAP: int = 100
     # Largest webhook body accepted (bytes); larger ones get 413.
     ALERT_MAX_BODY_BYTES: int = 4096
+    # Webhook rate limits (token buckets in Redis, alerts/ratelimit.py): POSTs per
+    # second per client IP (checked before Django: refusing a flood costs little;
+    # behind a proxy run daphne with --proxy-headers, or every sender is the proxy),
+    # and alerts per second per user (after the secret). Over either: 429 with
+    # Retry-After. A donation platform posting for many users shares one IP's
+    # budget: raise ALERT_RATE_PER_IP for it. 0 turns a limit off.
+    ALERT_RATE_PER_IP: float = 20.0
+    ALERT_BURST_PER_IP: int = 100
+    ALERT_RATE_PER_USER: float = 2.0
+    ALERT_BURST_PER_USER: int = 30
+    # Largest request body daphne reads for any other path (bytes); bigger ones are
+    # refused with 413 while being read, before daphne buffers them
+    # (dashboard/daphne/bodylimit.py). Webhook paths use ALERT_MAX_BODY_BYTES.
+    MAX_REQUEST_BODY_BYTES: int = 2_621_440
     # Seconds the AlertManager waits between two alerts (and the overlay shows each).
     ALERT_DISPLAY_INTERVAL: float = 5.0
     # An idle AlertManager re-checks its queue this often (seconds) even without a
@@ -154,13 +173,73 @@ class LivestreamSettings:
     STREAM_START_DELAY: float = 1.0
     STREAM_END_DELAY: float = 1.0
 
+    # --- Connected platforms (issue 21: platforms/, the PlatformSupervisor) ---
+    # Where each platform is reached; tests point them at local servers
+    # (LIVESTREAM_TWITCH_IRC_URL=irc://127.0.0.1:<port> is plain TCP, ircs:// is TLS).
+    TWITCH_IRC_URL: str = "ircs://irc.chat.twitch.tv:6697"
+    TWITCH_HELIX_URL: str = "https://api.twitch.tv/helix"
+    TWITCH_TOKEN_URL: str = "https://id.twitch.tv/oauth2/token"
+    # Where a Twitch stream is sent (the RTMP "server"; the key comes from Helix).
+    TWITCH_INGEST_URL: str = "rtmp://live.twitch.tv/app"
+    YOUTUBE_API_URL: str = "https://www.googleapis.com/youtube/v3"
+    GOOGLE_TOKEN_URL: str = "https://oauth2.googleapis.com/token"
+    # Twitch's chat send limit for a normal user: TWITCH_SEND_LIMIT messages per
+    # TWITCH_SEND_WINDOW seconds (a token bucket; over it send_chat is refused).
+    TWITCH_SEND_LIMIT: int = 20
+    TWITCH_SEND_WINDOW: float = 30.0
+    # A platform's connection that drops or fails is retried after a backoff that
+    # doubles from PLATFORM_RETRY_MIN up to PLATFORM_RETRY_MAX seconds (reset once
+    # connected). A refused login is not retried until the connection changes.
+    PLATFORM_RETRY_MIN: float = 0.25
+    PLATFORM_RETRY_MAX: float = 30.0
 
-_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(LivestreamSettings)}
+    # --- Broadcast (issue 18: the ingest and the outputs, broadcast/ and docs/broadcast.md) ---
+    # Where streams come in and how they are sent on: "selfhosted" (nginx-rtmp ingest +
+    # local ffmpeg relays), "cloudflare" (Cloudflare Stream), or a dotted path to a
+    # broadcast.backends.base.BroadcastBackend subclass.
+    BROADCAST_BACKEND: str = "selfhosted"
+    # go_live is refused unless the input is connected and an output is enabled. False
+    # lets go_live change only the stream state (the behaviour before issue 18; the
+    # test harness' processes use it for tests of the state machine alone).
+    BROADCAST_REQUIRED: bool = True
+    # OBS gone for less than this (seconds) keeps a live stream live and its outputs
+    # resume when it is back; longer ends the stream ("stream ended: input gone").
+    DISCONNECT_TIMEOUT: float = 30.0
+    # The self-hosted RTMP ingest's port (environment: RTMP_PORT, as PORT is daphne's)
+    # and the host OBS is told to publish to (the Stream page's "Server").
+    RTMP_PORT: int = 1935
+    RTMP_PUBLIC_HOST: str = "localhost"
+    # Where the ingest's callbacks reach daphne (on_publish/on_publish_done); set by
+    # the process that starts the ingest (streampai/devstack.py) from PORT.
+    INGEST_CALLBACK_URL: str = "http://127.0.0.1:8000"
+    # An output's relay restarts after a failure with backoff from RELAY_BACKOFF up to
+    # RELAY_BACKOFF_MAX seconds (livestream.tasks.retry_delay).
+    RELAY_BACKOFF: float = 0.5
+    RELAY_BACKOFF_MAX: float = 10.0
+    # The CloudflareManager asks the backend whether the input is connected this often
+    # (seconds), in case a callback/webhook was lost; pushes normally arrive at once.
+    INPUT_POLL_INTERVAL: float = 5.0
+
+
+_DEFAULTS: dict[str, Any] = {
+    f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[operator]
+    for f in fields(LivestreamSettings)
+}
 
 
 def _coerce(name: str, value: Any) -> Any:
     """Convert an override (often a string from the environment) to the key's type."""
     default = _DEFAULTS[name]
+    if isinstance(default, dict):
+        # Only settings code can build a dict: the environment gives strings, refused here.
+        if not (
+            isinstance(value, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        ):
+            raise ImproperlyConfigured(
+                f"LIVESTREAM[{name!r}] must be a dict of name -> dotted path written in settings code"
+            )
+        return dict(value)
     if isinstance(default, bool):
         return value if isinstance(value, bool) else str(value).strip().lower() in {"1", "true", "yes", "on"}
     if isinstance(default, tuple):
@@ -211,6 +290,7 @@ def validate(conf: LivestreamSettings) -> None:
         "SHUTDOWN_TIMEOUT",
         "STAFF_STOP_HOLD",
         "WS_AUTH_CACHE_TTL",
+        "SESSION_SWEEP_INTERVAL",
     ):
         need(getattr(conf, name) >= 0, f"{name} must be >= 0 (is {getattr(conf, name)})")
     # A worker fences (stops its managers) when it could not renew for
@@ -263,6 +343,14 @@ def validate(conf: LivestreamSettings) -> None:
         conf.ALERT_RECHECK_INTERVAL > 0,
         f"ALERT_RECHECK_INTERVAL must be > 0 (is {conf.ALERT_RECHECK_INTERVAL})",
     )
+    for name in ("ALERT_RATE_PER_IP", "ALERT_RATE_PER_USER"):
+        need(getattr(conf, name) >= 0, f"{name} must be >= 0 (is {getattr(conf, name)})")
+    for name in ("ALERT_BURST_PER_IP", "ALERT_BURST_PER_USER"):
+        need(getattr(conf, name) >= 1, f"{name} must be >= 1 (is {getattr(conf, name)})")
+    need(
+        conf.MAX_REQUEST_BODY_BYTES >= 65536,
+        f"MAX_REQUEST_BODY_BYTES must be >= 65536 (is {conf.MAX_REQUEST_BODY_BYTES})",
+    )
     need(
         conf.REDIS_MAX_CONNECTIONS >= 4,
         f"REDIS_MAX_CONNECTIONS must be >= 4 (is {conf.REDIS_MAX_CONNECTIONS})",
@@ -270,6 +358,15 @@ def validate(conf: LivestreamSettings) -> None:
     for name in ("KEY_PREFIX", "TOPIC", "WORKER_CHANNEL"):
         need(bool(getattr(conf, name)), f"{name} must not be empty")
     need(bool(conf.COMPONENTS), "COMPONENTS must list at least one component")
+    from livestream.components.builtin import BUILTIN
+
+    registered = {**BUILTIN, **conf.EXTRA_COMPONENTS}
+    unknown = [name for name in conf.COMPONENTS if name not in registered]
+    need(
+        not unknown,
+        f"COMPONENTS names unknown components {', '.join(map(repr, unknown))} "
+        f"(registered: {', '.join(registered)}; a name is a class name, not a dotted path)",
+    )
     need(
         64 <= conf.COMMAND_MAX_BYTES <= conf.MAX_FRAME_BYTES,
         f"COMMAND_MAX_BYTES must be between 64 and MAX_FRAME_BYTES (is {conf.COMMAND_MAX_BYTES})",
@@ -278,8 +375,29 @@ def validate(conf: LivestreamSettings) -> None:
     need(conf.COMMAND_BURST >= 1, f"COMMAND_BURST must be >= 1 (is {conf.COMMAND_BURST})")
     need(conf.COMMAND_TIMEOUT > 0, f"COMMAND_TIMEOUT must be > 0 (is {conf.COMMAND_TIMEOUT})")
     need(conf.EVENT_SEND_BUFFER >= 4096, f"EVENT_SEND_BUFFER must be >= 4096 (is {conf.EVENT_SEND_BUFFER})")
+    need(conf.DISCONNECT_TIMEOUT >= 0, f"DISCONNECT_TIMEOUT must be >= 0 (is {conf.DISCONNECT_TIMEOUT})")
+    need(0 < conf.RTMP_PORT < 65536, f"RTMP_PORT must be a TCP port (is {conf.RTMP_PORT})")
+    need(
+        0 < conf.RELAY_BACKOFF <= conf.RELAY_BACKOFF_MAX,
+        f"need 0 < RELAY_BACKOFF ({conf.RELAY_BACKOFF}) <= RELAY_BACKOFF_MAX ({conf.RELAY_BACKOFF_MAX})",
+    )
+    need(conf.INPUT_POLL_INTERVAL > 0, f"INPUT_POLL_INTERVAL must be > 0 (is {conf.INPUT_POLL_INTERVAL})")
     for name in ("STREAM_START_DELAY", "STREAM_END_DELAY"):
         need(getattr(conf, name) >= 0, f"{name} must be >= 0 (is {getattr(conf, name)})")
+    for name in (
+        "TWITCH_IRC_URL",
+        "TWITCH_HELIX_URL",
+        "TWITCH_TOKEN_URL",
+        "YOUTUBE_API_URL",
+        "GOOGLE_TOKEN_URL",
+    ):
+        need("://" in getattr(conf, name), f"{name} must be a URL (is {getattr(conf, name)!r})")
+    need(conf.TWITCH_SEND_LIMIT >= 1, f"TWITCH_SEND_LIMIT must be >= 1 (is {conf.TWITCH_SEND_LIMIT})")
+    need(conf.TWITCH_SEND_WINDOW > 0, f"TWITCH_SEND_WINDOW must be > 0 (is {conf.TWITCH_SEND_WINDOW})")
+    need(
+        0 < conf.PLATFORM_RETRY_MIN <= conf.PLATFORM_RETRY_MAX,
+        f"need 0 < PLATFORM_RETRY_MIN ({conf.PLATFORM_RETRY_MIN}) <= PLATFORM_RETRY_MAX ({conf.PLATFORM_RETRY_MAX})",
+    )
     if problems:
         raise ImproperlyConfigured("LIVESTREAM: " + "; ".join(problems))
 

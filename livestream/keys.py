@@ -38,6 +38,8 @@
                                          a tab right after it connects          component_events.py
   command:<user>:<id>             STRING the worker that took a tab's command (run once)  commands.py
   stream:<user>                   HASH   StreamStateServer's state and timestamps  components/stream_state.py
+  broadcast:input:<user>          HASH   the user's ingest input: state, since, presence ref  broadcast/inputs.py
+  broadcast:wake                  pub/sub channel: "<user>" after each input change
 
 The channel layer's keys live under ``<KEY_PREFIX>:asgi`` (channels-redis' own
 layout). None of these are Redis Cluster ready: scripts touch keys of several users.
@@ -172,3 +174,24 @@ def command(user_id: str, command_id: str) -> str:
 
 def stream_state(user_id: str) -> str:
     return key("stream", user_id)
+
+
+def broadcast_input(user_id: str) -> str:
+    """The user's ingest input state (broadcast/inputs.py)."""
+    return key("broadcast", "input", user_id)
+
+
+def broadcast_wake() -> str:
+    """Pub/sub: the user id after each change of their input state (broadcast/inputs.py)."""
+    return key("broadcast", "wake")
+
+
+def platform_refresh_lock(connection_pk: str) -> str:
+    """STRING (a random owner token, PX-bounded): one worker refreshes a connection's OAuth token at a time."""
+    return key("platforms", "refresh", connection_pk)
+
+
+def platform_chat_page(connection_pk: str) -> str:
+    """STRING (EX 120 s): the next YouTube liveChatMessages page token of a connection, so the
+    next owner of the user (a failover) continues where the last one stopped."""
+    return key("platforms", "chatpage", connection_pk)

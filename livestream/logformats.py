@@ -28,3 +28,10 @@ FENCE_REFUSED = "[UserStreamManager:%s] %s: %s refused, token %s is stale"  # us
 # The lease keeper stopped the effects outside Redis: its leases may lapse within EFFECT_STOP_MARGIN.
 EFFECTS_STOPPED = "[PresenceManager] leases about to lapse unrenewed; stopped %d external effects"  # count
 CONSOLE_LOG = "[UserStreamManager:%s] Console log #%d - %s"  # user id, count, UTC time with Z
+
+# Connected platforms (livestream/components/platform_supervisor.py); never a token or key:
+# the connection's public id ("twitch:3") only.
+PLATFORM_CONNECTED = "[UserStreamManager:%s] platform %s connected"  # user id, connection id
+PLATFORM_RETRY = "[UserStreamManager:%s] platform %s disconnected (%s); retrying in %.2fs"  # user, id, why, s
+PLATFORM_FAILED = "[UserStreamManager:%s] platform %s failed: %s"  # user id, connection id, reason
+PLATFORM_STOPPED = "[UserStreamManager:%s] platform %s stopped"  # user id, connection id

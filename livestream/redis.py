@@ -13,7 +13,6 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from redis.exceptions import NoScriptError
 
-from livestream.keys import key  # noqa: F401  (re-exported: the historical home)
 from streampai.redisconf import redis_client
 
 # Lua prologue: ``now`` is Redis' own clock in seconds, so processes with skewed

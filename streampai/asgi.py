@@ -20,13 +20,23 @@ from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter
 from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
+from alerts.gate import WebhookGate
 from dashboard.auth.ws_auth import CachedAuthMiddlewareStack
+from dashboard.daphne.accesslog import install as install_log_redaction
+from dashboard.daphne.bodylimit import install as install_body_limit
 from dashboard.routing import websocket_urlpatterns
 from dashboard.ws.admission import HandshakeGate
 from livestream.conf import get_settings
 from livestream.worker.consumer import PresenceManagerConsumer
 
-http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app
+# daphne imports this module before it serves (and writes its first access-log line):
+# secrets in request paths are masked there too.
+install_log_redaction()
+# Bodies capped while daphne reads them (a 200 MB POST is refused, not buffered).
+install_body_limit()
+
+# The webhook's per-IP rate limit answers before Django (alerts/gate.py).
+http_app = WebhookGate(ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app)
 
 application = ProtocolTypeRouter(
     {

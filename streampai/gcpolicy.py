@@ -2,11 +2,11 @@
 
 Python's defaults suit short scripts. In these processes two things go wrong:
 
-* Everything loaded at start (Django, Twisted, autobahn, channels: ~130,000
-  objects) lives for ever, yet every full collection walks it again. In daphne
-  full collections were a fifth of its CPU over a burst of connects, 100-200 ms
-  each (docs/benchmarks.md). ``gc.freeze()`` moves what exists once the process
-  is up into a generation the collector never scans.
+* Everything loaded at start (Django, Twisted, autobahn, channels) lives for
+  ever, yet every full collection walks it again: in daphne full collections were
+  a large share of its CPU over a burst of connects (docs/benchmarks.md).
+  ``gc.freeze()`` moves what exists once the process is up into a generation the
+  collector never scans.
 * The first threshold (700 allocations) is crossed many times a second, and
   objects that live a second or less (a worker's 10,000 pending ticks, a socket's
   handshake) are promoted to the oldest generation, which then fills and is

@@ -13,9 +13,9 @@ instead of opening more: a burst (1,000 sockets connecting, a worker pushing
 statuses) queues for a moment instead of leaving thousands of idle connections
 behind (a pool never shrinks) or failing with MaxConnectionsError.
 
-The URL itself is parsed and checked in streampai/redisurl.py (its names are
-re-exported here). A little over 300 lines: each of its three pool classes
-documents the redis-py defect it works around.
+The URL itself is parsed and checked in streampai/redisurl.py. Each of the three
+pool classes documents the redis-py defect it works around; the redis-py internals
+they rely on are checked at start by streampai/redis_internals.py.
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 import redis.asyncio.sentinel as aiosentinel
+import redis.retry
 import redis.sentinel
+from redis.asyncio import retry as aioretry
+from redis.backoff import NoBackoff
 
-from streampai.redisurl import (  # noqa: F401  (re-exported: their historical home)
-    DEFAULT_SENTINEL_PORT,
-    DIRECT_SCHEMES,
-    SENTINEL_SCHEMES,
+from streampai import redis_internals
+from streampai.redisurl import (
     RedisTarget,
     parse_redis_url,
-    redacted,
 )
 
 # redis-py 8 defaults socket_timeout to 5 s while channels-redis blocks in
@@ -73,6 +73,25 @@ def connection_options() -> dict[str, Any]:
     return {**socket_options(), "max_connections": _max_connections(), "timeout": POOL_TIMEOUT}
 
 
+# A pooled connection that was idle across a Redis restart is dead, but nothing tells
+# the pool until it is used: its next command fails with ConnectionError ("Connection
+# closed by server"), however long Redis has been back (issue 20.5: a tab's command got
+# "cannot reach its workers" 15 s after a restart). redis-py retries nothing unless the
+# *connection* carries a Retry (a client built from a pool ignores its own retry
+# arguments), so every pool we build sets one: on a ConnectionError the connection is
+# closed and the command sent once more on a fresh one. Only ConnectionError, never
+# TimeoutError: a timed-out command may have run, and running it twice is worse than an
+# error. While Redis is really down the retry fails too and the caller sees the error.
+RETRIES = 1
+
+
+def _retry(sync: bool = False) -> Any:
+    """A fresh Retry (each connection mutates its own) for the async or the sync client."""
+    if sync:
+        return redis.retry.Retry(NoBackoff(), RETRIES, supported_errors=(redis.ConnectionError,))
+    return aioretry.Retry(NoBackoff(), RETRIES, supported_errors=(redis.ConnectionError,))
+
+
 def _sentinel_kwargs(target: RedisTarget) -> dict[str, Any]:
     return {
         "socket_timeout": SENTINEL_TIMEOUT,
@@ -94,6 +113,9 @@ class BoundedConnectionPool(aioredis.BlockingConnectionPool):
     """
 
     async def release(self, connection: Any) -> None:
+        if not redis_internals.enabled(redis_internals.WAKE_ALL):
+            await super().release(connection)
+            return
         await asyncio.shield(self._release(connection))
 
     async def _release(self, connection: Any) -> None:
@@ -132,6 +154,8 @@ class BlockingSentinelConnectionPool(aiosentinel.SentinelConnectionPool, Bounded
 
     async def _follow_master(self) -> None:
         now = time.monotonic()
+        if not redis_internals.enabled(redis_internals.FOLLOW_MASTER):
+            return
         if not self.is_master or now - self._master_checked < self.MASTER_CHECK_INTERVAL:
             return
         self._master_checked = now
@@ -140,7 +164,11 @@ class BlockingSentinelConnectionPool(aiosentinel.SentinelConnectionPool, Bounded
             await self.get_master_address()
 
     async def release(self, connection: Any) -> None:
-        stale = self.is_master and self.master_address not in (None, (connection.host, connection.port))
+        stale = (
+            redis_internals.enabled(redis_internals.FOLLOW_MASTER)
+            and self.is_master
+            and self.master_address not in (None, (connection.host, connection.port))
+        )
         if stale:
             await connection.disconnect()  # reconnects to the current master when next used
         await super().release(connection)
@@ -161,7 +189,8 @@ class SyncBlockingSentinelConnectionPool(redis.sentinel.SentinelConnectionPool, 
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         now = time.monotonic()
-        if self.is_master and now - self._master_checked >= self.MASTER_CHECK_INTERVAL:
+        due = now - self._master_checked >= self.MASTER_CHECK_INTERVAL
+        if due and redis_internals.enabled(redis_internals.FOLLOW_MASTER) and self.is_master:
             self._master_checked = now
             with contextlib.suppress(redis.RedisError, OSError):
                 self.get_master_address()
@@ -181,10 +210,11 @@ def _max_connections() -> int:
 
 def async_pool(target: RedisTarget, **overrides: Any) -> aioredis.ConnectionPool:
     """A bounded, waiting asyncio pool for ``target`` (a new one each call)."""
+    base = {**connection_options(), "retry": _retry()}
     if not target.is_sentinel:
-        return BoundedConnectionPool.from_url(target.url, **{**connection_options(), **overrides})
+        return BoundedConnectionPool.from_url(target.url, **{**base, **overrides})
     manager = aiosentinel.Sentinel(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target))
-    options = {**connection_options(), **target.client_kwargs, **overrides}
+    options = {**base, **target.client_kwargs, **overrides}
     return BlockingSentinelConnectionPool(target.service, manager, **options)
 
 
@@ -213,10 +243,11 @@ class CacheConnectionPool:
     @classmethod
     def from_url(cls, url: str, **options: Any) -> redis.ConnectionPool:
         target = parse_redis_url(url)
+        base = {**connection_options(), "retry": _retry(sync=True)}
         if not target.is_sentinel:
-            return redis.BlockingConnectionPool.from_url(target.url, **{**connection_options(), **options})
+            return redis.BlockingConnectionPool.from_url(target.url, **{**base, **options})
         manager = redis.sentinel.Sentinel(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target))
-        options = {**connection_options(), **target.client_kwargs, **options}
+        options = {**base, **target.client_kwargs, **options}
         return SyncBlockingSentinelConnectionPool(target.service, manager, **options)
 
 
@@ -255,6 +286,7 @@ def channel_layer_host(target: RedisTarget, max_connections: int | None = None) 
 def layer_pool(host: dict[str, Any]) -> aioredis.ConnectionPool:
     """channels-redis' create_pool(host), but bounded and waiting (see channel_layer_host)."""
     host = dict(host)
+    host.setdefault("retry", _retry())
     host.setdefault("timeout", POOL_TIMEOUT)
     host.setdefault("max_connections", _max_connections())
     if "address" in host:
@@ -284,8 +316,8 @@ def channel_layers(
                 # every dashboard socket (plus re-tracks, expiries, cleanup
                 # timers): with 100, a few hundred tabs reconnecting at once
                 # (a daphne restart) would raise ChannelFull. 20,000 is about
-                # what one worker drains in 40 s (~500 join diffs/s measured on
-                # 2 shared cores), inside the 60 s expiry: a longer queue would
+                # what one worker drains in 40 s (its join rate: docs/benchmarks.md),
+                # inside the 60 s expiry: a longer queue would
                 # mostly expire unread anyway. When it is full, diffs are
                 # dropped with a warning and the reconcile tick (every
                 # RECONCILE_INTERVAL) does what they would have done.

@@ -109,12 +109,14 @@ for _origin in CSRF_TRUSTED_ORIGINS:
         )
 
 INSTALLED_APPS = [
-    # First: livestream's runserver (daphne's, plus the embedded Redis a fresh
-    # clone needs) and its hardened runworker replace daphne's and Channels' own.
+    # First: livestream's hardened runworker and dashboard's runserver (daphne's, plus
+    # the embedded Redis a fresh clone needs) replace Channels' and daphne's own.
     "livestream",
-    "daphne",  # before staticfiles: its runserver serves ASGI
     "dashboard",
+    "daphne",  # before staticfiles: its runserver serves ASGI
     "alerts",
+    "platforms",
+    "broadcast",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -124,6 +126,11 @@ INSTALLED_APPS = [
     "channels",
     "allauth",
     "allauth.account",
+    # Connecting Twitch / YouTube (issue 21, platforms/): allauth's own providers; a
+    # connected account becomes a platforms.PlatformConnection (platforms/oauth.py).
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.twitch",
+    "allauth.socialaccount.providers.google",
     "hijack",
     "hijack.contrib.admin",
 ]
@@ -208,6 +215,40 @@ ACCOUNT_LOGOUT_ON_GET = False
 LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "/dashboard/"
 ACCOUNT_LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+# Connected platforms (platforms/, docs/platforms.md): the OAuth apps come from the
+# environment (TWITCH_CLIENT_ID / TWITCH_CLIENT_SECRET, GOOGLE_CLIENT_ID /
+# GOOGLE_CLIENT_SECRET); a provider without them is not offered. The tokens allauth
+# receives are moved, encrypted, into the PlatformConnection (platforms/oauth.py).
+SOCIALACCOUNT_STORE_TOKENS = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
+
+
+def oauth_provider(id_var: str, secret_var: str, **options: object) -> dict[str, object]:
+    client_id, secret = os.environ.get(id_var, ""), os.environ.get(secret_var, "")
+    apps = [{"client_id": client_id, "secret": secret}] if client_id and secret else []
+    return {"APPS": apps, **options}
+
+
+SOCIALACCOUNT_PROVIDERS = {
+    "twitch": oauth_provider(
+        "TWITCH_CLIENT_ID",
+        "TWITCH_CLIENT_SECRET",
+        SCOPE=[
+            "user:read:email",
+            "chat:read",
+            "chat:edit",
+            "channel:read:stream_key",
+            "channel:manage:broadcast",
+        ],
+    ),
+    "google": oauth_provider(
+        "GOOGLE_CLIENT_ID",
+        "GOOGLE_CLIENT_SECRET",
+        SCOPE=["profile", "email", "https://www.googleapis.com/auth/youtube"],
+        AUTH_PARAMS={"access_type": "offline", "prompt": "consent"},  # a refresh token every time
+    ),
+}
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 
 # django-hijack: only superusers impersonate, and never another superuser
@@ -237,6 +278,12 @@ LIVESTREAM = {
     for name, value in os.environ.items()
     if name.startswith("LIVESTREAM_") and name != "LIVESTREAM_LOG_LEVEL"
 }
+# The RTMP ingest's port, as PORT is daphne's (LIVESTREAM_RTMP_PORT wins if both are set).
+if os.environ.get("RTMP_PORT") and "RTMP_PORT" not in LIVESTREAM:
+    LIVESTREAM["RTMP_PORT"] = os.environ["RTMP_PORT"]
+# Secrets at rest (streampai/secrets.py): a Fernet key or passphrase; derived from
+# SECRET_KEY when unset. Changing it makes stored stream keys unreadable.
+SECRETS_KEY = os.environ.get("STREAMPAI_SECRETS_KEY", "")
 # Several deployments (or test runs) can share one Redis under different prefixes.
 _prefix = LIVESTREAM.get("KEY_PREFIX", "streampai")
 CHANNEL_LAYERS = channel_layers(REDIS_URL, prefix=f"{_prefix}:asgi")
@@ -247,11 +294,17 @@ CACHES = caches(REDIS_URL, key_prefix=f"{_prefix}:cache")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    # Secrets (webhook secrets in paths, stream keys, tokens) are masked in every line
+    # (streampai/logredact.py); daphne's access log is redacted by streampai/asgi.py.
+    "filters": {"redact": {"()": "streampai.logredact.RedactFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "()": "streampai.logredact.RedactingFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]},
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
@@ -260,5 +313,10 @@ LOGGING = {
         "alerts": {"level": "INFO"},
         "django.channels": {"level": "INFO"},
         "daphne": {"level": "INFO"},
+        # Django's default config gives these loggers handlers of their own (a plain console
+        # in DEBUG, runserver's access lines): every django.request warning was printed twice,
+        # and those copies bypassed the redaction. Everything goes through the root handler.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
     },
 }

@@ -7,8 +7,10 @@ from dashboard import views as dashboard_views
 
 urlpatterns = [
     path("", dashboard_views.home),
+    path("favicon.ico", dashboard_views.favicon),  # asked for by browsers on pages without the link tag
     path("dashboard/", include("dashboard.urls")),
     path("accounts/", include("allauth.urls")),
+    path("platforms/", include("platforms.urls")),
     path("hijack/", include("hijack.urls")),
     path("admin/", admin.site.urls),
     path("", include("alerts.urls")),  # /hooks/alerts/...

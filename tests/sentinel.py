@@ -15,8 +15,8 @@ from pathlib import Path
 
 import redis
 
+from devtools.processes import free_port
 from streampai.embedded_redis import redis_server_binary
-from tests.harness import free_port
 
 SERVICE = "mymaster"
 

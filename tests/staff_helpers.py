@@ -8,10 +8,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from devtools.processes import wait_until
+from livestream.keys import key
 from livestream.ownership.leases import LeaseStore
 from livestream.presence.store import PresenceStore
-from livestream.redis import key
-from tests.conftest import wait_until
 
 
 async def connect(

@@ -8,7 +8,7 @@ import itertools
 import json
 from typing import Any
 
-from tests.harness import open_socket
+from devtools.clients import open_socket
 
 
 class Tab:

@@ -20,14 +20,14 @@ from channels.layers import get_channel_layer
 from django.test import Client
 from django.urls import reverse
 
+from devtools.clients import login, open_socket, signup
+from devtools.processes import Stack, wait_until
 from livestream.conf import get_settings
 from livestream.observe.state import read_state, run_sync
 from livestream.ownership.leases import LeaseStore
 from livestream.presence.store import PresenceStore
 from livestream.timers.store import TimerStore
 from livestream.worker.presence_manager import PresenceManager
-from tests.conftest import wait_until
-from tests.harness import Stack, login, open_socket, signup
 from tests.staff_helpers import connect, disconnect, publish_fake_worker, status, ticks
 
 SECRET_EMAIL = "watched-user@example.com"
@@ -241,10 +241,10 @@ async def test_stop_of_a_present_user_holds_the_manager_down_until_their_next_jo
     await wait_log(
         info_logs, r"\[PresenceManager\] staff 42 stopped the manager of 1; held until their next join"
     )
-    assert "1" not in pm.managers
+    assert "1" not in pm.local.managers
     assert logged(info_logs, r"\[PresenceManager\] UserStreamManager stopped: 1") == 1
     await ticks(pm.worker_id, 5, aredis)  # reconcile passes that would restart a present user
-    assert "1" not in pm.managers and logged(info_logs, r".*UserStreamManager started: 1") == 1
+    assert "1" not in pm.local.managers and logged(info_logs, r".*UserStreamManager started: 1") == 1
     s = await read_state()
     assert "1" in s.presence and s.managers == {} and s.held == {"1": "42"}
 
@@ -270,7 +270,7 @@ async def test_stop_of_an_absent_user_stops_now_and_cancels_the_cleanup(
     await wait_log(info_logs, r".*cleanup scheduled: 1 in 30s")
     await staff("stop", "1", by="7")
     await wait_log(info_logs, r"\[PresenceManager\] staff 7 stopped the manager of 1")
-    assert worker.manager.managers == {}
+    assert worker.manager.local.managers == {}
     assert await LeaseStore("x").owner("1") is None
     s = await read_state()
     assert s.managers == {} and s.held == {}
@@ -286,7 +286,7 @@ async def test_a_hold_ends_after_staff_stop_hold_seconds(run_worker, info_logs, 
     asked_at = time.monotonic()  # the hold is set after this, so it cannot end sooner than 0.5 s later
     await staff("stop", "1")
     await wait_log(info_logs, r".*staff 42 stopped the manager of 1; held.*")
-    assert "1" not in worker.manager.managers
+    assert "1" not in worker.manager.local.managers
     await wait_log(info_logs, r".*UserStreamManager started: 1", n=2)  # the tick claims them again
     assert 0.5 <= time.monotonic() - asked_at < 0.5 + 2.0
 
@@ -312,10 +312,10 @@ async def test_restart_gives_a_fresh_manager_now(run_worker, info_logs):
     worker = await run_worker()
     await connect("1", "a")
     await running(info_logs, "1")
-    first = worker.manager.managers["1"]
+    first = worker.manager.local.managers["1"]
     await staff("restart", "1")
     await wait_log(info_logs, r"\[PresenceManager\] staff 42 restarted the manager of 1")
-    second = worker.manager.managers["1"]
+    second = worker.manager.local.managers["1"]
     assert second is not first and first.stopped and not second.stopped
     assert second.started_at > first.started_at
     assert logged(info_logs, r".*UserStreamManager stopped: 1") == 1
@@ -331,11 +331,11 @@ async def test_restart_ends_a_hold_and_is_a_no_op_for_nobody(run_worker, info_lo
     await wait_log(info_logs, r".*staff 42 stopped the manager of 1; held.*")
     await staff("restart", "1")
     await wait_log(info_logs, r".*staff 42 restarted the manager of 1")
-    assert "1" in worker.manager.managers
+    assert "1" in worker.manager.local.managers
     assert (await read_state()).held == {}
     await staff("restart", "99")
     await wait_log(info_logs, r"\[PresenceManager\] staff 42: no manager of 99 to restart")
-    assert "99" not in worker.manager.managers
+    assert "99" not in worker.manager.local.managers
 
 
 async def test_a_worker_that_is_not_the_owner_forwards_to_the_owner(run_worker, info_logs):
@@ -347,10 +347,10 @@ async def test_a_worker_that_is_not_the_owner_forwards_to_the_owner(run_worker, 
     try:
         await other.handle({"type": "manager.stop", "user_id": "1", "by": "42"})
         await wait_log(info_logs, r".*staff 42 stopped the manager of 1; held until their next join")
-        assert owner.managers == {} and other.managers == {}
+        assert owner.local.managers == {} and other.local.managers == {}
         await other.handle({"type": "manager.restart", "user_id": "1", "by": "42"})  # held: nobody owns it
         await wait_log(info_logs, r".*staff 42 restarted the manager of 1")
-        assert list(other.managers) == ["1"] and owner.managers == {}
+        assert list(other.local.managers) == ["1"] and owner.local.managers == {}
     finally:
         await other.shutdown()
 
@@ -359,7 +359,7 @@ async def test_malformed_staff_messages_are_dropped(run_worker, info_logs):
     worker = await run_worker()
     await connect("1", "a")
     await running(info_logs, "1")
-    manager = worker.manager.managers["1"]
+    manager = worker.manager.local.managers["1"]
     layer, channel = get_channel_layer(), get_settings().WORKER_CHANNEL
     for bad in (
         {"type": "manager.stop", "user_id": "1"},
@@ -369,7 +369,7 @@ async def test_malformed_staff_messages_are_dropped(run_worker, info_logs):
     ):
         await layer.send(channel, bad)
     await wait_log(info_logs, r"\[PresenceManager\] dropped malformed manager\.(stop|restart): .*", n=4)
-    assert worker.manager.managers["1"] is manager
+    assert worker.manager.local.managers["1"] is manager
 
 
 # -- across real processes -----------------------------------------------------

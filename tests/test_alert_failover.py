@@ -18,7 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import Proc, Stack, create_accounts, log_problems, open_socket, wait_until
+from devtools.clients import create_accounts, open_socket
+from devtools.logs import log_problems
+from devtools.processes import Proc, Stack, wait_until
 
 pytestmark = pytest.mark.processes
 

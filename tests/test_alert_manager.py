@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from alerts.queue import AlertQueue
+from devtools.processes import wait_until
 from livestream import keys
 from livestream.components.alert_manager import AlertManager
 from livestream.components.supervisor import ComponentSupervisor
-from tests.harness import wait_until
 from tests.test_alert_queue import present
 
 USER = "42"

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from devtools.processes import BASE_DIR, Stack
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, ensure_chromium
-from tests.harness import BASE_DIR, Stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.processes]
 

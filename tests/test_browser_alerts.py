@@ -14,7 +14,7 @@ import re
 import httpx
 import pytest
 
-from tests.harness import BASE_DIR, Stack
+from devtools.processes import BASE_DIR, Stack
 from tests.test_browser import PASSWORD, browser, chromium, create_users  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.processes]

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.harness import Stack
+from devtools.processes import Stack
 from tests.test_browser import PASSWORD, browser, chromium, create_users  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.processes]

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.harness import BASE_DIR, Stack
+from devtools.processes import BASE_DIR, Stack
 from tests.test_browser import browser, chromium, create_users  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.processes]

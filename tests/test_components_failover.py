@@ -10,23 +10,24 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from tests.harness import Stack, create_accounts, log_problems, wait_until
+from devtools.clients import create_accounts
+from devtools.logs import log_problems
+from devtools.processes import Stack, wait_until
 from tests.tabs import Tab
 
 pytestmark = pytest.mark.processes
 
-COMPONENTS = ",".join(
-    [
-        "livestream.components.console_logger.ConsoleLogger",
-        "livestream.components.stream_state.StreamStateServer",
-        "tests.components.Echo",
-    ]
-)
+COMPONENTS = "ConsoleLogger,StreamStateServer,Echo"
 
 
 @pytest.fixture
 def stack(tmp_path, migrated_db_template, key_prefix):
-    stack = Stack(tmp_path, migrated_db_template, key_prefix, env={"LIVESTREAM_COMPONENTS": COMPONENTS})
+    stack = Stack(
+        tmp_path,
+        migrated_db_template,
+        key_prefix,
+        env={"LIVESTREAM_COMPONENTS": COMPONENTS, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+    )
     yield stack
     stack.stop_all()
 

@@ -13,20 +13,16 @@ import uuid
 
 import pytest
 
+from devtools.clients import create_accounts
+from devtools.logs import log_problems, worker_id
+from devtools.processes import Stack, wait_until
 from livestream.components.commands import NO_MANAGER
-from tests.harness import Stack, create_accounts, log_problems, wait_until, worker_id
 from tests.tabs import Tab
 
 pytestmark = pytest.mark.processes
 
-COMPONENTS = ",".join(
-    [
-        "livestream.components.console_logger.ConsoleLogger",
-        "livestream.components.stream_state.StreamStateServer",
-        "tests.components.Echo",
-    ]
-)
-STREAM_STATE = "livestream.components.stream_state.StreamStateServer"
+COMPONENTS = "ConsoleLogger,StreamStateServer,Echo"
+STREAM_STATE = "StreamStateServer"
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +33,7 @@ def stack(tmp_path_factory, migrated_db_template):
         f"t{uuid.uuid4().hex[:12]}",
         env={
             "LIVESTREAM_COMPONENTS": COMPONENTS,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",  # registers Echo
             "LIVESTREAM_STREAM_START_DELAY": "0.3",
             "LIVESTREAM_STREAM_END_DELAY": "0.3",
             # 2 MiB, not 256 KiB: under the full suite's load the *reading* tab of the
@@ -125,7 +122,12 @@ async def test_stream_state_is_shared_and_a_new_tab_gets_it_at_once(stack):
     assert reply["ok"] and reply["result"]["state"] == "starting", reply
     for each in (tab, watcher):
         await each.until(lambda each=each: each.stream_state() == "live", 5, "live")
-        assert [s["state"] for s in each.named("StreamStateServer", "state")] == ["starting", "live"]
+        # The state at start first (issue 17: sent to each tab even for a user never live).
+        assert [s["state"] for s in each.named("StreamStateServer", "state")] == [
+            "offline",
+            "starting",
+            "live",
+        ]
     late = await Tab.open(stack.web.url, stack.accounts["c2@example.com"].session)
     await late.until(lambda: late.events, 5, "the sticky state")
     assert late.events[0]["component"] == "StreamStateServer" and late.stream_state() == "live"
@@ -195,7 +197,7 @@ async def test_no_running_manager_is_an_error_reply(stack):
     stack.manage(
         "shell",
         "-c",
-        f"from asgiref.sync import async_to_sync; from livestream import control; "
+        f"from asgiref.sync import async_to_sync; from livestream.worker import control; "
         f"async_to_sync(control.request)('stop', '{uid}', '1')",
     )
     owner = owner_of(stack, uid)
@@ -231,7 +233,7 @@ async def test_disabling_and_enabling_one_component_leaves_the_others_running(st
     await owner.log.wait_for(console, 10, count=2)
     shell = "from livestream.models import UserComponent as C; "
     stack.manage(
-        "shell", "-c", shell + f"C.objects.create(user_id={uid}, path='{STREAM_STATE}', enabled=False)"
+        "shell", "-c", shell + f"C.objects.create(user_id={uid}, name='{STREAM_STATE}', enabled=False)"
     )
     await owner.log.wait_for(rf"components of {uid} changed: started none, stopped StreamStateServer", 10)
     reply = await tab.command("StreamStateServer", "go_live")

@@ -16,6 +16,7 @@ import pytest
 import redis
 from django.core.exceptions import ImproperlyConfigured
 
+from devtools.processes import BASE_DIR, BIN, PYTHON, Stack, base_env, free_port
 from livestream.conf import LivestreamSettings, validate
 from streampai.embedded_redis import EmbeddedRedis
 from streampai.redisconf import (
@@ -23,11 +24,10 @@ from streampai.redisconf import (
     caches,
     channel_layers,
     layer_pool,
-    parse_redis_url,
     redis_client,
 )
+from streampai.redisurl import parse_redis_url
 from streampai.startup import EXIT_STATUS, PREFIX
-from tests.harness import BASE_DIR, BIN, PYTHON, Stack, base_env, free_port
 
 # -- REDIS_URL -------------------------------------------------------------------
 

@@ -12,8 +12,8 @@ import subprocess
 
 import pytest
 
+from devtools.processes import BASE_DIR, PYTHON, base_env
 from streampai.startup import EXIT_STATUS, PREFIX
-from tests.harness import BASE_DIR, PYTHON, base_env
 
 pytestmark = pytest.mark.processes
 

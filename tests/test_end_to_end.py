@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.harness import Stack, login, open_socket, signup
+from devtools.clients import login, open_socket, signup
+from devtools.processes import Stack
 
 pytestmark = pytest.mark.processes
 

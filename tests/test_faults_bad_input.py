@@ -17,23 +17,15 @@ import pytest
 from channels.layers import get_channel_layer
 
 from dashboard.consumers import FRAME_TOO_BIG
+from devtools.clients import closed_with, create_accounts, open_socket, ping
+from devtools.logs import log_problems, manager_runs, worker_id
+from devtools.processes import Stack, wait_until
 from livestream.ownership.leases import LeaseStore
 from livestream.presence.store import PresenceStore
 from livestream.pushes import channels as push
 from livestream.timers.store import TimerPump, TimerStore
 from livestream.worker.presence_manager import PresenceManager
 from streampai.redisconf import channel_layers
-from tests.conftest import wait_until
-from tests.harness import (
-    Stack,
-    closed_with,
-    create_accounts,
-    log_problems,
-    manager_runs,
-    open_socket,
-    ping,
-    worker_id,
-)
 
 ENV = {
     "LIVESTREAM_PRESENCE_TTL": "3",
@@ -219,7 +211,7 @@ async def test_lost_presence_events_and_full_channels_are_repaired(
     try:
         await manager.leases.check_epoch()  # what its lease keeper's first round does
         await manager.tick()
-        assert sorted(manager.managers) == ["71", "72", "73", "74", "75"]
+        assert sorted(manager.local.managers) == ["71", "72", "73", "74", "75"]
     finally:
-        for user_id in list(manager.managers):
-            await manager.stop_local(user_id, release=True)
+        for user_id in list(manager.local.managers):
+            await manager.local.stop(user_id, release=True)

@@ -11,8 +11,10 @@ import time
 
 import pytest
 
+from devtools.clients import closed_with, create_accounts, open_socket
+from devtools.logs import manager_runs, overlapping_runs
+from devtools.processes import Stack
 from livestream.presence.store import PresenceStore
-from tests.harness import Stack, closed_with, create_accounts, manager_runs, open_socket, overlapping_runs
 
 pytestmark = pytest.mark.processes
 

@@ -15,21 +15,19 @@ from collections import Counter
 
 import pytest
 
-from livestream.ownership.leases import LeaseStore
-from livestream.presence.store import PresenceStore
-from tests.harness import (
-    Proc,
+from devtools.clients import create_accounts, open_socket
+from devtools.logs import (
     RunTracker,
-    Stack,
-    create_accounts,
     log_problems,
     manager_runs,
-    open_socket,
     overlapping_runs,
     running_at,
     timed_lines,
     worker_id,
 )
+from devtools.processes import Proc, Stack
+from livestream.ownership.leases import LeaseStore
+from livestream.presence.store import PresenceStore
 
 pytestmark = pytest.mark.processes
 

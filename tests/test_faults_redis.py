@@ -16,18 +16,10 @@ import redis
 import redis.asyncio as aioredis
 
 from dashboard.ws.hub import control_channel
+from devtools.clients import create_accounts, open_socket, ping
+from devtools.logs import log_problems, manager_runs, overlapping_runs, running_at
+from devtools.processes import Proc, Stack
 from streampai.embedded_redis import EmbeddedRedis
-from tests.harness import (
-    Proc,
-    Stack,
-    create_accounts,
-    log_problems,
-    manager_runs,
-    open_socket,
-    overlapping_runs,
-    ping,
-    running_at,
-)
 
 pytestmark = pytest.mark.processes
 

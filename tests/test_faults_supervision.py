@@ -15,20 +15,17 @@ import time
 
 import pytest
 
-from tests.conftest import wait_until
-from tests.harness import Stack, create_accounts, open_socket, timed_lines, worker_id
+from devtools.clients import create_accounts, open_socket
+from devtools.logs import timed_lines, worker_id
+from devtools.processes import Stack, wait_until
 
 pytestmark = pytest.mark.processes
 
-COMPONENTS = [
-    "tests.components.Crasher",
-    "tests.components.SlowCrasher",
-    "tests.components.Stubborn",
-    "livestream.components.console_logger.ConsoleLogger",
-]
+COMPONENTS = ["Crasher", "SlowCrasher", "Stubborn", "ConsoleLogger"]
 SHUTDOWN_TIMEOUT, CLEANUP = 1.0, 1.0
 ENV = {
     "LIVESTREAM_COMPONENTS": ",".join(COMPONENTS),
+    "DJANGO_SETTINGS_MODULE": "tests.settings",  # registers the test components
     "LIVESTREAM_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
     "LIVESTREAM_CLEANUP_TIMEOUT": str(CLEANUP),
     # MAX_RESTARTS, MAX_RESTARTS_WINDOW and the backoff keep their defaults: 3 in 5 s, 0.1 s doubling.

@@ -12,10 +12,11 @@ import time
 
 import pytest
 
+from devtools.clients import create_accounts, open_socket
+from devtools.logs import manager_runs, overlapping_runs, worker_id
+from devtools.processes import Stack, wait_until
 from livestream.ownership.leases import LeaseStore
 from livestream.timers.store import TimerStore
-from tests.conftest import wait_until
-from tests.harness import Stack, create_accounts, manager_runs, open_socket, overlapping_runs, worker_id
 
 pytestmark = pytest.mark.processes
 

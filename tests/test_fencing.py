@@ -212,7 +212,8 @@ async def test_a_frozen_owners_external_effect_never_overlaps_the_new_owners(
     history_dir = tmp_path / "history"
     history_dir.mkdir()
     env = {
-        "LIVESTREAM_COMPONENTS": "tests.components.ExternalAppender",
+        "LIVESTREAM_COMPONENTS": "ExternalAppender",
+        "DJANGO_SETTINGS_MODULE": "tests.settings",  # registers ExternalAppender
         "TEST_EFFECTS_FILE": str(effects),
         "STREAMPAI_HISTORY_DIR": str(history_dir),
     }

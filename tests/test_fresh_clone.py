@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from tests.harness import BASE_DIR, PYTHON, free_port
+from devtools.processes import BASE_DIR, PYTHON, free_port
 
 pytestmark = pytest.mark.processes
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tests.conftest import wait_until
-from tests.harness import Stack, login, open_socket, signup
+from devtools.clients import login, open_socket, signup
+from devtools.processes import Stack, wait_until
 
 pytestmark = pytest.mark.processes
 

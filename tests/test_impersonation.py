@@ -15,7 +15,8 @@ from django.test import Client
 
 from dashboard.auth.impersonation import superusers_impersonate_others
 from dashboard.ws.live import SESSION_ENDED
-from tests.harness import Stack, login, open_socket
+from devtools.clients import login, open_socket
+from devtools.processes import Stack
 
 LIVE = "/ws/presence/?live=1"  # the dashboard page's socket: it gets the pushes
 PASSWORD = "impersonation-pw-1"

@@ -7,9 +7,9 @@ import logging
 import pytest
 from channels.layers import get_channel_layer
 
+from devtools.processes import wait_until
 from livestream.conf import get_settings
 from livestream.ids import is_user_id
-from tests.conftest import wait_until
 
 FORGED = "5\nFAKE worker line"
 

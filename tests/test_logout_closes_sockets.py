@@ -19,10 +19,11 @@ from django.test import RequestFactory
 
 from dashboard.auth.sessions import end_session
 from dashboard.ws.live import SESSION_ENDED
+from devtools.clients import login, open_socket, signup
+from devtools.processes import Stack
 from livestream.presence.store import PresenceStore
 from livestream.pushes import channels as push
 from livestream.redis import get_redis
-from tests.harness import Stack, login, open_socket, signup
 
 LIVE = "/ws/presence/?live=1"  # the dashboard page's socket: it gets the pushes
 PASSWORD = "logout-closes-pw-1"

@@ -9,13 +9,13 @@ import pytest
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.processes import wait_until
 from livestream.components.base import Component
+from livestream.keys import key
 from livestream.observe.metrics import BUCKETS, read_metrics, record_join_to_running, render
 from livestream.observe.state import run_sync
 from livestream.presence.store import PresenceStore
-from livestream.redis import key
 from livestream.timers.store import TimerStore
-from tests.conftest import wait_until
 from tests.staff_helpers import connect, publish_fake_worker, status, ticks
 
 TOKEN = "s3cret-metrics-token-0123456789"
@@ -160,13 +160,14 @@ async def test_a_worker_measures_join_to_running(run_worker, aredis):
     # Each join took the worker a few Redis round trips on this machine, not seconds.
     assert 0 < got[("streampai_join_to_running_seconds_sum", ())] < 3 * 0.5
     assert got[("streampai_join_to_running_seconds_bucket", (("le", "0.5"),))] == 3
-    assert sorted(worker.manager.managers) == ["1", "2", "3"]
+    assert sorted(worker.manager.local.managers) == ["1", "2", "3"]
 
 
 async def test_a_worker_counts_component_restarts_once(run_worker, configure_livestream, aredis):
     configure_livestream(
         RECONCILE_INTERVAL=0.05,
-        COMPONENTS="tests.test_metrics.Crashy",
+        COMPONENTS="Crashy",
+        EXTRA_COMPONENTS={"Crashy": "tests.test_metrics.Crashy"},
         RESTART_BACKOFF=0.05,
         MAX_RESTARTS=3,
     )

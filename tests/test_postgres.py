@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.harness import BASE_DIR, PYTHON, Stack, base_env
+from devtools.processes import BASE_DIR, PYTHON, Stack, base_env
 from tests.test_end_to_end import three_tabs_flow
 
 pytestmark = pytest.mark.processes

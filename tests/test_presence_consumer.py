@@ -13,9 +13,9 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from dashboard.consumers import FRAME_TOO_BIG
+from devtools.processes import wait_until
 from livestream.presence.store import PresenceStore
 from streampai.asgi import application
-from tests.conftest import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

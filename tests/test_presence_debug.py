@@ -12,10 +12,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import CommandError, call_command
 
+from devtools.processes import wait_until
 from livestream.observe.state import run_sync
 from livestream.presence.store import PresenceStore
 from livestream.timers.store import TimerStore
-from tests.conftest import wait_until
 from tests.staff_helpers import connect, publish_fake_worker, status
 
 STATES = {"starting", "running", "restarting", "failed", "stopped"}
@@ -131,3 +131,25 @@ def test_unreachable_redis_is_a_clear_error(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     with pytest.raises(CommandError, match="Could not read the shared state from Redis"):
         presence_debug("--json")
+
+
+def test_json_detail_has_the_workers_holds_and_totals_the_text_shows(seeded):
+    data = json.loads(presence_debug("--json", "--detail"))
+    # The documented shape is all there, unchanged ...
+    assert {"presence", "managers", "pending_cleanups"} <= set(data)
+    assert set(data["managers"]) == {"1", "2"} and set(data["pending_cleanups"]) == {"2"}
+    # ... and what the text report adds: the workers, the holds and the totals.
+    assert set(data["workers"]) == {"w1"}
+    assert set(data["workers"]["w1"]) == {"host", "pid", "seen_ago"}
+    assert data["held"] == {}
+    assert data["totals"] == {
+        "present_users": 1,
+        "open_sessions": 2,
+        "running_managers": 2,
+        "pending_cleanups": 1,
+        "live_workers": 1,
+        "held_by_staff": 0,
+    }
+    assert datetime.fromisoformat(data["taken_at"]).tzinfo is not None
+    text = presence_debug()
+    assert "Live workers: 1" in text and "w1 (host" in text

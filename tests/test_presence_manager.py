@@ -11,12 +11,12 @@ import pytest
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from devtools.processes import wait_until
 from livestream.conf import get_settings
 from livestream.ownership.leases import LeaseStore
 from livestream.presence.store import PresenceStore
 from livestream.timers.store import TimerStore
 from streampai.channel_layer import RedisChannelLayer
-from tests.conftest import wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +54,7 @@ async def test_join_starts_exactly_one_manager(run_worker, caplog):
     await wait_log(caplog, r"\[PresenceManager\] presence join: 1", n=2)
     await wait_log(caplog, r"\[PresenceManager\] UserStreamManager started: 1")
     assert count(caplog, r"\[PresenceManager\] UserStreamManager started: 1") == 1
-    assert list(worker.manager.managers) == ["1"]
+    assert list(worker.manager.local.managers) == ["1"]
     assert await LeaseStore("x").owner("1") == worker.manager.worker_id
     await wait_log(caplog, r"\[UserStreamManager:1\] Console log #1 - \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}Z")
 
@@ -68,7 +68,7 @@ async def test_leave_keeps_manager_while_a_session_remains(run_worker, caplog, c
     await disconnect("1", "a")
     await wait_log(caplog, r"\[PresenceManager\] presence leave: 1 \(1 sessions left\)")
     assert await TimerStore().pending() == {}
-    assert "1" in worker.manager.managers
+    assert "1" in worker.manager.local.managers
     assert count(caplog, r".*cleanup scheduled.*") == 0
 
 
@@ -87,7 +87,7 @@ async def test_last_leave_stops_the_manager_after_the_cleanup_timeout(
     await wait_log(caplog, r"\[PresenceManager\] UserStreamManager stopped: 1", timeout=3)
     elapsed = time.monotonic() - left_at
     assert 0.5 <= elapsed < 1.0, elapsed
-    assert worker.manager.managers == {}
+    assert worker.manager.local.managers == {}
     await wait_until(lambda: _lease_free("1"), 1, "lease released after the stop")
     assert await TimerStore().pending() == {}
 
@@ -97,7 +97,7 @@ async def test_rejoin_within_the_window_keeps_the_same_manager(run_worker, caplo
     worker = await run_worker()
     await connect("1", "a")
     await wait_log(caplog, r".*UserStreamManager started: 1")
-    manager = worker.manager.managers["1"]
+    manager = worker.manager.local.managers["1"]
     await disconnect("1", "a")
     await wait_log(caplog, r".*cleanup scheduled: 1 in 0.6s")
     await connect("1", "b")
@@ -105,7 +105,7 @@ async def test_rejoin_within_the_window_keeps_the_same_manager(run_worker, caplo
     assert await TimerStore().pending() == {}  # the join cancelled the cleanup
     # Well past the window, by the logger's own count (0.05 s a line): still the same manager.
     await wait_log(caplog, r"\[UserStreamManager:1\] Console log #30 - .*", timeout=5)
-    assert worker.manager.managers["1"] is manager
+    assert worker.manager.local.managers["1"] is manager
     assert count(caplog, r".*UserStreamManager (started|stopped): 1") == 1
     numbers = [int(m) for m in re.findall(r"Console log #(\d+)", "\n".join(messages(caplog)))]
     assert numbers == list(range(1, len(numbers) + 1))  # one counter, never restarted
@@ -123,7 +123,7 @@ async def test_a_cleanup_that_fires_while_the_user_is_back_stops_nothing(run_wor
     await wait_until(lambda: _no_pending(), 3, "timer delivered")
     await connect("2", "probe")  # a later message proves the cleanup was handled
     await wait_log(caplog, r".*UserStreamManager started: 2")
-    assert "1" in worker.manager.managers
+    assert "1" in worker.manager.local.managers
     assert count(caplog, r".*UserStreamManager stopped: 1") == 0
 
 
@@ -150,14 +150,14 @@ async def test_worker_start_runs_present_users_and_overdue_cleanups(run_worker, 
     await wait_log(caplog, r".*UserStreamManager started: 1")
     await wait_log(caplog, r".*UserStreamManager started: 2")
     await wait_until(_no_pending, 3, "overdue cleanup delivered")
-    assert sorted(worker.manager.managers) == ["1", "2"]
+    assert sorted(worker.manager.local.managers) == ["1", "2"]
 
 
 async def test_bad_messages_are_dropped_and_the_worker_keeps_consuming(run_worker, caplog):
     worker = await run_worker()
     await connect("1", "a")
     await wait_log(caplog, r".*UserStreamManager started: 1")
-    manager = worker.manager.managers["1"]
+    manager = worker.manager.local.managers["1"]
     layer = get_channel_layer()
     channel = get_settings().WORKER_CHANNEL
     for bad in (
@@ -172,7 +172,7 @@ async def test_bad_messages_are_dropped_and_the_worker_keeps_consuming(run_worke
         await layer.send(channel, bad)
     await connect("2", "b")
     await wait_log(caplog, r".*UserStreamManager started: 2")
-    assert worker.manager.managers["1"] is manager
+    assert worker.manager.local.managers["1"] is manager
     assert count(caplog, r"\[PresenceManager\] dropped message of unknown type 'no.such.type'") == 1
     assert count(caplog, r"\[PresenceManager\] dropped malformed .*") == 4
     assert count(caplog, r"Dropped a message without a type on .*") == 2

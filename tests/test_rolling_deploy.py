@@ -20,8 +20,10 @@ import time
 import pytest
 import websockets
 
+from devtools.clients import create_accounts, open_socket
+from devtools.logs import log_time
+from devtools.processes import Stack
 from livestream.presence.store import PresenceStore
-from tests.harness import Stack, create_accounts, log_time, open_socket
 from tests.reconnect_policy import ReconnectPolicy
 
 pytestmark = pytest.mark.processes

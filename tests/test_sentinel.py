@@ -15,6 +15,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from devtools.clients import create_accounts, open_socket, ping
+from devtools.logs import log_problems, manager_runs, overlapping_runs, running_at
+from devtools.processes import Stack
 from streampai.channel_layer import RedisChannelLayer
 from streampai.redisconf import (
     BlockingSentinelConnectionPool,
@@ -22,16 +25,6 @@ from streampai.redisconf import (
     SyncBlockingSentinelConnectionPool,
     channel_layers,
     redis_client,
-)
-from tests.harness import (
-    Stack,
-    create_accounts,
-    log_problems,
-    manager_runs,
-    open_socket,
-    overlapping_runs,
-    ping,
-    running_at,
 )
 from tests.sentinel import SentinelSetup
 

@@ -27,19 +27,11 @@ from dataclasses import dataclass, field
 import pytest
 import websockets
 
+from devtools.clients import Account, create_accounts, open_socket
+from devtools.logs import RunTracker, log_problems, overlapping_runs, running_at
+from devtools.processes import Proc, Stack
 from livestream.ownership.leases import LeaseStore
 from livestream.presence.store import PresenceStore
-from tests.harness import (
-    Account,
-    Proc,
-    RunTracker,
-    Stack,
-    create_accounts,
-    log_problems,
-    open_socket,
-    overlapping_runs,
-    running_at,
-)
 
 pytestmark = pytest.mark.processes
 

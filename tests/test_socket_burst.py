@@ -23,8 +23,9 @@ import time
 import psutil
 import pytest
 
+from devtools.clients import create_accounts, open_socket
+from devtools.processes import Stack
 from livestream.presence.store import PresenceStore
-from tests.harness import Stack, create_accounts, open_socket
 
 pytestmark = pytest.mark.processes
 

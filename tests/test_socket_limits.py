@@ -19,8 +19,9 @@ import time
 import pytest
 import websockets
 
+from devtools.clients import create_accounts, open_socket, ping
+from devtools.processes import BASE_DIR, Stack
 from livestream.presence.store import PresenceStore
-from tests.harness import BASE_DIR, Stack, create_accounts, open_socket, ping
 
 pytestmark = pytest.mark.processes
 

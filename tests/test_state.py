@@ -9,11 +9,11 @@ from datetime import datetime
 
 import pytest
 
+from devtools.processes import wait_until
+from livestream.keys import key
 from livestream.observe.state import read_state, read_state_sync, run_sync
 from livestream.ownership.leases import LeaseStore
 from livestream.presence.store import PresenceStore
-from livestream.redis import key
-from tests.conftest import wait_until
 from tests.staff_helpers import connect, disconnect, publish_fake_worker, status
 
 
@@ -41,7 +41,7 @@ async def test_snapshot_of_a_real_worker(run_worker, aredis):
     assert [m["ref"] for m in s.presence["2"]] == ["c"]
     m = s.managers["1"]
     assert m.worker == wid
-    assert abs(m.started_at.timestamp() - worker.manager.managers["1"].started_at) < 1e-3
+    assert abs(m.started_at.timestamp() - worker.manager.local.managers["1"].started_at) < 1e-3
     assert m.components["ConsoleLogger"].restarts == 0
     assert m.components["ConsoleLogger"].extra["count"] >= 1
     assert set(s.workers) == {wid}

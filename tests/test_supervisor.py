@@ -8,10 +8,10 @@ import re
 
 import pytest
 
+from devtools.processes import wait_until
 from livestream.components.base import Component
 from livestream.components.console_logger import ConsoleLogger
 from livestream.components.user_manager import UserStreamManager
-from tests.conftest import wait_until
 
 CRASHES: dict[str, int] = {}
 
@@ -52,7 +52,7 @@ def fast_restarts(configure_livestream):
 
 async def test_components_come_from_settings(configure_livestream):
     configure_livestream(
-        COMPONENTS=["tests.test_supervisor.Steady", "livestream.components.console_logger.ConsoleLogger"]
+        COMPONENTS=["Steady", "ConsoleLogger"], EXTRA_COMPONENTS={"Steady": "tests.test_supervisor.Steady"}
     )
     manager = UserStreamManager("1")
     assert [child.name for child in manager.children] == ["Steady", "ConsoleLogger"]

@@ -7,7 +7,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.testing import StringTransport
 
-from dashboard.daphne.transport import lazy_autobahn_config_log
+from dashboard.daphne.adapter import lazy_autobahn_config_log
 
 
 class Recorder:

@@ -14,8 +14,8 @@ from collections import Counter
 
 import pytest
 
+from devtools.processes import Proc, Stack
 from livestream.presence.store import PresenceStore
-from tests.harness import Proc, Stack
 
 pytestmark = pytest.mark.processes
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import Any
 
 from asgiref.sync import async_to_sync, iscoroutinefunction
@@ -42,6 +43,10 @@ from livestream.pushes import channels as push
 logger = logging.getLogger("dashboard.sessions")
 
 _PENDING = "_streampai_ended_sessions"
+# The same dict while a request runs through EndedSessionsMiddleware: a session row
+# deleted meanwhile (dashboard/auth/revocation.py) is closed with the others after the
+# view, and a more specific reason (logged out, signed in again) set for it wins.
+pending_here: ContextVar[dict[str, str] | None] = ContextVar("streampai_ended_sessions", default=None)
 
 
 async def close_session_sockets(session_keys: Iterable[str], reason: str) -> None:
@@ -94,7 +99,11 @@ def EndedSessionsMiddleware(
         async def middleware(request: HttpRequest) -> HttpResponse:
             pending: dict[str, str] = {}
             setattr(request, _PENDING, pending)
-            response = await get_response(request)
+            token = pending_here.set(pending)
+            try:
+                response = await get_response(request)
+            finally:
+                pending_here.reset(token)
             for session_key, reason in pending.items():
                 await close_session_sockets([session_key], reason)
             return response
@@ -104,7 +113,11 @@ def EndedSessionsMiddleware(
     def sync_middleware(request: HttpRequest) -> HttpResponse:
         pending: dict[str, str] = {}
         setattr(request, _PENDING, pending)
-        response = get_response(request)
+        token = pending_here.set(pending)
+        try:
+            response = get_response(request)
+        finally:
+            pending_here.reset(token)
         for session_key, reason in pending.items():
             async_to_sync(close_session_sockets)([session_key], reason)
         return response

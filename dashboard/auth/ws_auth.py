@@ -35,6 +35,7 @@ import logging
 from typing import Any
 
 from channels.auth import get_user
+from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
@@ -174,17 +175,30 @@ async def cached_user(scope: dict[str, Any]) -> Any:
             return user
     user = await get_user(scope)
     if user.is_authenticated and user.is_active:
+        # Never past the session's own expiry: an expired session's handshake is refused
+        # at once, not when the cache entry ends (dashboard/auth/revocation.py).
+        left = await database_sync_to_async(_seconds_left)(session_key)
         # Not cached if Redis fails: the next handshake asks the database again.
         with contextlib.suppress(Exception):
-            await run_script(
-                reads.client,
-                _FILL,
-                [keys.ws_auth_generation(), entry, keys.ws_auth_user(str(user.pk))],
-                generation,
-                _entry_of(user),
-                max(1, int(ttl)),
-            )
+            if left >= 1:
+                await run_script(
+                    reads.client,
+                    _FILL,
+                    [keys.ws_auth_generation(), entry, keys.ws_auth_user(str(user.pk))],
+                    generation,
+                    _entry_of(user),
+                    int(min(ttl, left)),
+                )
     return user
+
+
+def _seconds_left(session_key: str) -> float:
+    """Seconds until ``session_key``'s row expires (0: gone)."""
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    expires = Session.objects.filter(session_key=session_key).values_list("expire_date", flat=True).first()
+    return 0.0 if expires is None else (expires - timezone.now()).total_seconds()
 
 
 class SessionAuthMiddleware(BaseMiddleware):
@@ -219,6 +233,12 @@ def _forget(user_id: str | None, session_keys: tuple[str, ...]) -> None:
             user_id,
             exc,
         )
+
+
+def forget_sessions_now(session_keys: list[str]) -> None:
+    """Drop these sessions' entries now (after a commit already: dashboard/auth/revocation.py)."""
+    if session_keys:
+        _forget(None, tuple(session_keys))
 
 
 def forget_session(session_key: str) -> None:

@@ -3,11 +3,12 @@
 At its first dashboard socket (``Trimmer.seen``; everything is imported by then)
 daphne freezes what it has loaded and raises the first GC threshold to
 GC_THRESHOLD0 (streampai/gcpolicy.py): with Python's defaults, collections were a
-fifth of daphne's CPU over a burst of connects, full ones 100-200 ms each.
+large share of daphne's CPU over a burst of connects (docs/benchmarks.md, "daphne:
+garbage collection").
 
-A burst (2,000 sockets of one script, a deploy's reconnect storm) leaves daphne
+A burst (thousands of sockets of one script, a deploy's reconnect storm) leaves daphne
 at its high-water mark: CPython and glibc keep freed memory for reuse, so RSS
-stays ~35 KB per socket of the peak long after the sockets are gone. When the
+stays near the peak long after the sockets are gone (docs/benchmarks.md). When the
 open sockets fall well below their peak, ``Trimmer`` runs one full collection and
 glibc's ``malloc_trim`` (which hands free heap pages back), at most once per
 burst. Elsewhere (no glibc) it only collects.
@@ -27,8 +28,8 @@ logger = logging.getLogger("dashboard.memory")
 
 # Trim when at least this many sockets closed since the peak and at most half remain.
 TRIM_AFTER = 500
-# First GC threshold in daphne: measured over 2,000 returning connects and closes, GC took
-# 1.8 s of daphne's CPU with the defaults, 1.3 s frozen at 700, 0.4 s frozen at 50,000.
+# First GC threshold in daphne: the value that took GC's share of a burst of connects and
+# closes down the most (the before/after numbers: docs/benchmarks.md).
 GC_THRESHOLD0 = 50_000
 
 

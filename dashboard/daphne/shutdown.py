@@ -38,6 +38,7 @@ import time
 import weakref
 from typing import Any
 
+from dashboard.daphne.adapter import is_closed
 from livestream.conf import get_settings
 
 logger = logging.getLogger("dashboard.shutdown")
@@ -145,8 +146,7 @@ async def hand_off(consumers: list[Any], pairs: list[tuple[str, str]]) -> None:
                 await asyncio.sleep(0.2)
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
-        protocols = [c._protocol() for c in consumers]
-        if all(p is None or getattr(p, "state", None) == getattr(p, "STATE_CLOSED", None) for p in protocols):
+        if all(is_closed(c._protocol()) for c in consumers):
             break
         await asyncio.sleep(0.02)
     logger.info(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -40,6 +41,7 @@ from livestream.conf import get_settings
 logger = logging.getLogger("dashboard.consumers")
 
 MAX_NAME = 100  # characters of a component or command name, and of an id
+MAX_DEPTH = 32  # levels of lists/objects in a command's args (a real command has 2 or 3)
 MAX_PENDING = 20  # commands of one socket waiting for their reply at once
 
 _floods = Throttled(60.0)
@@ -62,7 +64,86 @@ def validate(frame: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     args = frame.get("args", {})
     if not isinstance(args, dict):
         raise BadCommand("bad command: 'args' must be an object")
+    if depth(args) > MAX_DEPTH:
+        raise BadCommand(f"bad command: 'args' nested deeper than {MAX_DEPTH} levels")
     return names[0], names[1], args
+
+
+def depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and dicts (iterative: no recursion to exhaust)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
+
+
+_decoder = json.JSONDecoder()
+
+
+def id_of_unparsable(text: str) -> Any:
+    """The top-level ``"id"`` of a JSON object too deeply nested to parse, or None.
+
+    json.loads gives up on ~1,000 levels with RecursionError and says nothing about
+    the rest; the tab still waits for a reply to its ``id``. This walks the top level
+    only: each key is decoded, the value of ``"id"`` too, any other value is skipped
+    by counting brackets outside strings (no recursion, linear in the frame).
+    """
+    try:
+        i = _skip_ws(text, 0)
+        if text[i] != "{":
+            return None
+        i += 1
+        while True:
+            i = _skip_ws(text, i)
+            key, i = _decoder.raw_decode(text, i)
+            i = _skip_ws(text, i)
+            if not isinstance(key, str) or text[i] != ":":
+                return None
+            i = _skip_ws(text, i + 1)
+            if key == "id":
+                value, _ = _decoder.raw_decode(text, i)
+                return client_id({"id": value})
+            i = _skip_value(text, i)
+            i = _skip_ws(text, i)
+            if text[i] != ",":
+                return None
+            i += 1
+    except (ValueError, IndexError, RecursionError):
+        return None
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _skip_value(text: str, i: int) -> int:
+    """The index after the JSON value at ``i`` (brackets counted, strings skipped)."""
+    level = 0
+    while True:
+        char = text[i]
+        if char == '"':
+            _, i = _decoder.raw_decode(text, i)  # a string: flat, never deep
+            if level == 0:
+                return i
+            continue
+        if char in "[{":
+            level += 1
+        elif char in "]}":
+            level -= 1
+            if level == 0:
+                return i + 1
+            if level < 0:
+                raise ValueError("unbalanced")
+        elif level == 0 and char in ",}":
+            return i
+        i += 1
 
 
 def client_id(frame: dict[str, Any]) -> Any:
@@ -166,6 +247,15 @@ class SocketCommands:
             return reply_frame(command.id, False, "the server cannot reach its workers; try again")
         logger.warning("[PresenceConsumer] %s timed out after %.1fs", where, timeout)
         return reply_frame(command.id, False, "timed out")
+
+    async def unparsable(self, text: str) -> bool:
+        """A frame json.loads gave up on (nested too deep): an error reply if it names an
+        ``id`` (the tab's command() promise would wait for ever otherwise); True if sent."""
+        cid = id_of_unparsable(text)
+        if cid is None:
+            return False
+        await self._refuse(cid, "bad command: not valid JSON or nested too deeply")
+        return True
 
     async def _refuse(self, cid: Any, error: str, *, flood: bool = False) -> None:
         key = f"{self.token}:{'flood' if flood else error}"

@@ -13,10 +13,11 @@ local socket joins (one SUBSCRIBE command for all the channels a socket adds, an
 ``join`` returns once Redis confirmed them: a socket is subscribed before its
 connection is tracked, so the worker never publishes into the gap) and UNSUBSCRIBEs
 when its last one leaves (batched, never waited for). Each message is decoded once
-and handed to the local sockets of its channel (awaited in turn: a handler must
-not block; daphne's send only queues) through an explicit allowlist of message
-types (``handlers``): anything else is dropped with one log line, never
-dispatched, whatever the socket's methods are called.
+and handed to the local sockets of its channel through an explicit allowlist of
+message types (``handlers``): anything else is dropped with one log line, never
+dispatched, whatever the socket's methods are called. Delivery never waits for a
+socket: one whose send waits gets its messages, in order, in a task of its own
+(Hub._deliver), while the others get theirs at once.
 
 If the connection drops (Redis restarting), the hub logs once, reconnects with
 backoff (0.1 s doubling to 2 s) and re-subscribes everything in one command; the
@@ -27,6 +28,7 @@ every second, a lost ``session.ended`` leaves that tab open until it reconnects.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -40,10 +42,16 @@ from livestream import keys
 
 logger = logging.getLogger("dashboard.hub")
 
-# Channels per SUBSCRIBE / UNSUBSCRIBE command (one round trip each).
 # Messages handed to sockets between two yields to the loop.
 YIELD_EVERY = 50
+# Channels per SUBSCRIBE / UNSUBSCRIBE command (one round trip each).
 BATCH = 500
+# A subscriber only reads, so a connection the network silently lost (a Redis restarted
+# behind a proxy or on another host, a failover) would wait for messages for ever: a
+# PING when it has been quiet this long (seconds) finds out, and the hub reconnects.
+HEALTH_CHECK_INTERVAL = 2.0
+# Messages queued for one socket while its previous delivery waits, at most.
+BACKLOG = 100
 
 
 def control_channel(user_id: str) -> str:
@@ -56,11 +64,12 @@ def named_client(role: str, **overrides: Any) -> Any:
     """A fresh client from the project's factory whose connections are named
     ``dashboard:<pid>:<role>`` (CLIENT SETNAME), so CLIENT LIST tells which process
     holds them. ``overrides``: connection kwargs (e.g. ``max_connections``)."""
+    from streampai import redis_internals
     from streampai.redisconf import redis_client
 
     client = redis_client(**overrides)
     kwargs = getattr(client.connection_pool, "connection_kwargs", None)
-    if isinstance(kwargs, dict):
+    if isinstance(kwargs, dict) and redis_internals.enabled(redis_internals.CONNECTION_NAMES):
         kwargs["client_name"] = f"dashboard:{os.getpid()}:{role}"
     return client
 
@@ -89,6 +98,10 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = asyncio.Event()
         self.dropped = 0
+        # Sockets whose delivery waits: the messages queued behind it (see _deliver).
+        self._behind: dict[Any, collections.deque[tuple[str, Any, Any]]] = {}
+        self._finishing: set[asyncio.Task[None]] = set()
+        self.overflowed = 0  # messages dropped for a socket already BACKLOG behind
 
     # -- sockets -------------------------------------------------------------
 
@@ -139,7 +152,7 @@ class Hub:
         lost_at: float | None = None
         while True:
             try:
-                self._client = named_client("pubsub")
+                self._client = named_client("pubsub", health_check_interval=HEALTH_CHECK_INTERVAL)
                 self._pubsub = self._client.pubsub()
                 # An initial PING proves the connection (and gets the pubsub connection made).
                 await self._pubsub.connect()
@@ -254,15 +267,92 @@ class Hub:
             )
             return
         for receiver in list(receivers):
+            self._deliver(receiver, name, event, raw)
+
+    # -- delivery: never waits for a socket ------------------------------------
+
+    def _deliver(self, receiver: Any, name: str, event: Any, raw: Any) -> None:
+        """Hand one message to one socket without waiting for it.
+
+        The handler runs at once, in this call: under daphne a send only queues bytes, so
+        it ends without ever suspending. A handler that does suspend (a send that waits:
+        another ASGI server's backpressure, a stuck middleware) is finished in a task of
+        its own, and that socket's next messages queue behind it, in order (at most
+        BACKLOG; beyond that they are dropped and counted: such a tab is about to be
+        closed as too slow anyway). Nothing one socket does holds up the others.
+        """
+        queued = self._behind.get(receiver)
+        if queued is not None:
+            if len(queued) < BACKLOG:
+                queued.append((name, event, raw))
+            else:
+                self.overflowed += 1
+            return
+        coro = getattr(receiver, name)(event, raw)
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            return  # delivered without waiting: the usual case
+        except Exception:
+            logger.exception("[hub] handler %s failed", name)
+            return
+        self._behind[receiver] = collections.deque()
+        task = asyncio.ensure_future(self._finish(receiver, name, coro, waiting_on))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _finish(self, receiver: Any, name: str, coro: Any, waiting_on: Any) -> None:
+        """Finish a delivery that waits, then the socket's messages queued behind it."""
+        try:
             try:
-                await getattr(receiver, name)(event, raw)
+                await _resume(coro, waiting_on)
             except Exception:
                 logger.exception("[hub] handler %s failed", name)
+            queued = self._behind[receiver]
+            while queued:
+                name, event, raw = queued.popleft()
+                try:
+                    await getattr(receiver, name)(event, raw)
+                except Exception:
+                    logger.exception("[hub] handler %s failed", name)
+        finally:
+            self._behind.pop(receiver, None)
 
     async def aclose(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._finishing]:
             task.cancel()
         await self._close_connection()
+
+
+async def _resume(coro: Any, waiting_on: Any) -> None:
+    """Run ``coro`` to its end after its first step (which suspended on ``waiting_on``),
+    the way an asyncio Task would: wait for the future it waits on, then let it go on
+    (it reads the future's result or exception itself); a cancellation of ours is
+    thrown into it."""
+    while True:
+        try:
+            if waiting_on is None:  # a bare yield: one round of the loop
+                await asyncio.sleep(0)
+            elif asyncio.isfuture(waiting_on):
+                waiting_on._asyncio_future_blocking = False  # we wait on it for the coroutine
+                with contextlib.suppress(Exception):
+                    await waiting_on
+            else:
+                waiting_on = coro.throw(RuntimeError(f"handler yielded {waiting_on!r}, not a future"))
+                continue
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # we are cancelled: so is the handler
+                try:
+                    waiting_on = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            # Else only the future it waited on was cancelled: the handler sees that itself.
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            return
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()

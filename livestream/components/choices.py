@@ -7,11 +7,15 @@ defaults.
 
   for_user(user_id)   (worker) the classes to run; batched: a burst of starts reads
                       the rows of up to BATCH users in one query, on a thread
-  notify(user_id)     (web, sync; post_save/post_delete of a row, after commit)
-                      {"type": "component.config", "user_id": "7"} to the worker channel
-  reconfigure(pm, m)  (worker) the owner applies the user's new choice to the running
-                      manager (only the changed components start or stop); any other
-                      worker forwards the message to the owner once
+  notify(user_id, component=None)
+                      (web, sync; post_save/post_delete of a row, after commit)
+                      {"type": "component.config", "user_id": "7"} to the worker channel;
+                      with ``component`` ({"component": "PlatformSupervisor"}) the message
+                      also tells that running component its own configuration changed
+                      (the owner calls its ``reconfigure()``)
+
+The worker's owner of the user applies a new choice to the running manager (only the
+changed components start or stop): livestream/worker/control.py ``reconfigure``.
 """
 
 from __future__ import annotations
@@ -19,20 +23,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from django.utils.module_loading import import_string
 
-from livestream import ids
+from livestream.components import registry
 from livestream.components.base import Component
 from livestream.conf import get_settings
 from livestream.tasks import per_loop
-
-if TYPE_CHECKING:
-    from livestream.worker.presence_manager import PresenceManager
 
 logger = logging.getLogger("livestream.presence_manager")
 
@@ -41,38 +40,31 @@ BATCH = 500
 
 
 def resolve(defaults: Iterable[str], rows: dict[str, bool]) -> list[str]:
-    """The dotted paths to run: ``defaults`` in order minus the disabled, then the enabled extras."""
-    chosen = [path for path in defaults if rows.get(path, True)]
-    return chosen + [path for path, enabled in sorted(rows.items()) if enabled and path not in chosen]
+    """The names to run: ``defaults`` in order minus the disabled, then the enabled extras."""
+    chosen = [name for name in defaults if rows.get(name, True)]
+    return chosen + [name for name, enabled in sorted(rows.items()) if enabled and name not in chosen]
 
 
-def load_class(path: str) -> type[Component] | None:
-    """The component class at ``path``; None (and a log line) if it is not one."""
-    try:
-        cls = import_string(path)
-    except ImportError as exc:
-        logger.warning("[PresenceManager] component %r not found: %s", path, exc)
-        return None
-    if not (isinstance(cls, type) and issubclass(cls, Component)):
-        logger.warning("[PresenceManager] %r is not a Component; skipped", path)
-        return None
-    return cls
+def load_class(name: str) -> type[Component] | None:
+    """The registered class named ``name``; None (logged once per name) if there is none.
+    Never imports ``name`` itself: a stored row is data, not code."""
+    return registry.lookup(name)
 
 
-def classes(paths: Iterable[str]) -> list[type[Component]]:
-    return [cls for cls in map(load_class, paths) if cls is not None]
+def classes(names: Iterable[str]) -> list[type[Component]]:
+    return [cls for cls in map(load_class, names) if cls is not None]
 
 
 def _rows(user_ids: list[str]) -> dict[str, dict[str, bool]]:
-    """UserComponent rows of ``user_ids``: user -> {path: enabled} (one query)."""
+    """UserComponent rows of ``user_ids``: user -> {name: enabled} (one query)."""
     from livestream.models import UserComponent
 
     pks = [int(u) for u in user_ids if u.isdigit()]
     found: dict[str, dict[str, bool]] = {u: {} for u in user_ids}
-    for user_pk, path, enabled in UserComponent.objects.filter(user_id__in=pks).values_list(
-        "user_id", "path", "enabled"
+    for user_pk, name, enabled in UserComponent.objects.filter(user_id__in=pks).values_list(
+        "user_id", "name", "enabled"
     ):
-        found.setdefault(str(user_pk), {})[path] = enabled
+        found.setdefault(str(user_pk), {})[name] = enabled
     return found
 
 
@@ -122,43 +114,13 @@ async def for_user(user_id: str) -> list[type[Component]]:
 # -- web side ------------------------------------------------------------------------
 
 
-def notify(user_id: str) -> None:
-    """Tell the workers that ``user_id``'s choice changed (sync: model signals)."""
+def notify(user_id: str, component: str | None = None) -> None:
+    """Tell the workers that ``user_id``'s choice changed (sync: model signals); with
+    ``component``, that this component's own configuration (e.g. its rows) changed too."""
     message = {"type": CONFIG, "user_id": str(user_id)}
+    if component:
+        message["component"] = component
     try:
         async_to_sync(get_channel_layer().send)(get_settings().WORKER_CHANNEL, message)
     except Exception as exc:  # Redis down: the user's next manager start reads the rows anyway
         logger.warning("[PresenceManager] component change of %s not announced: %r", user_id, exc)
-
-
-# -- worker side ---------------------------------------------------------------------
-
-
-async def reconfigure(pm: PresenceManager, message: dict[str, Any]) -> None:
-    """Apply ``message["user_id"]``'s choice to their running manager, here or at its owner."""
-    user_id = ids.user_id(message.get("user_id"))
-    manager = pm.managers.get(user_id)
-    if manager is None:
-        owner = await pm.leases.owner(user_id)
-        if owner and owner != pm.worker_id and not message.get("forwarded"):
-            from livestream.worker.control import held_by
-
-            if held_by(owner) is None:
-                await pm.forward(owner, {**message, "forwarded": True})
-        return
-    pm.scope.spawn(_apply(pm, user_id), f"components:{user_id}")
-
-
-async def _apply(pm: PresenceManager, user_id: str) -> None:
-    async with pm.lock(user_id):
-        manager = pm.managers.get(user_id)
-        if manager is None:
-            return
-        started, stopped = await manager.apply(await for_user(user_id))
-    if started or stopped:
-        logger.info(
-            "[PresenceManager] components of %s changed: started %s, stopped %s",
-            user_id,
-            ", ".join(started) or "none",
-            ", ".join(stopped) or "none",
-        )

@@ -12,7 +12,7 @@ The path (two Redis round trips in daphne, none of them the channel layer's):
   daphne: the socket whose token the reply names forwards it, matched by its key.
 
 (Not the channel layer's inbox: it takes four round trips per message, one message
-at a time, about 100 commands a second on a loaded 2-core machine.) An entry of the
+at a time: far fewer commands a second, docs/benchmarks.md.) An entry of the
 LIST (JSON):
 
   {"user_id": "7", "component": "StreamStateServer", "command": "go_live", "args": {},
@@ -33,21 +33,21 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from livestream import ids, keys
 from livestream.components import emitter as component_events
 from livestream.components.base import CommandError
+from livestream.components.user_manager import UserStreamManager
 from livestream.conf import get_settings
 from livestream.ownership.leases import HOLD_PREFIX
 from livestream.redis import get_redis, run_script, script
+from livestream.tasks import TaskScope
 from streampai.redisconf import redis_client
-
-if TYPE_CHECKING:
-    from livestream.worker.presence_manager import PresenceManager
 
 logger = logging.getLogger("livestream.presence_manager")  # the worker's own log lines
 
@@ -155,12 +155,16 @@ def parse(message: dict[str, Any]) -> Command:
 # -- the worker's side ------------------------------------------------------------
 
 
-async def read(pm: PresenceManager) -> None:
-    """Run the commands queued for this worker until it closes, each as a task of its own."""
+# The managers this worker runs (livestream/worker/local_managers.py), by user id.
+Managers = Mapping[str, UserStreamManager]
+
+
+async def read(worker_id: str, managers: Managers, scope: TaskScope) -> None:
+    """Run the commands queued for ``worker_id`` until ``scope`` closes, each as a task of its own."""
     client = redis_client()  # a connection of its own: BLPOP holds it
-    queue = keys.worker_commands(pm.worker_id)
+    queue = keys.worker_commands(worker_id)
     try:
-        while not pm.scope.closing:
+        while not scope.closing:
             try:
                 head = await client.blpop([queue], timeout=1)
                 if head is None:
@@ -176,12 +180,12 @@ async def read(pm: PresenceManager) -> None:
                 except (ValueError, TypeError) as exc:
                     logger.warning("[PresenceManager] dropped malformed command: %s", exc)
                     continue
-                pm.scope.spawn(execute(pm, command), f"command:{command.user_id}")
+                scope.spawn(execute(managers, worker_id, command), f"command:{command.user_id}")
     finally:
         await client.aclose()
 
 
-async def execute(pm: PresenceManager, command: Command) -> None:
+async def execute(managers: Managers, worker_id: str, command: Command) -> None:
     """Run ``command`` once and publish its reply; every failure is a reply and one log line."""
     timeout = get_settings().COMMAND_TIMEOUT
     age = time.time() - command.sent
@@ -194,9 +198,9 @@ async def execute(pm: PresenceManager, command: Command) -> None:
             age,
         )
         return
-    ok, payload = await _outcome(pm, command, timeout - age)
+    ok, payload = await _outcome(managers, worker_id, command, timeout - age)
     frame = component_events.reply_frame(command.id, ok, payload)
-    manager = pm.managers.get(command.user_id)
+    manager = managers.get(command.user_id)
     token = manager.token if manager is not None else None  # a stale owner's reply is refused
     try:
         await component_events.send_reply(command.user_id, command.to, command.key, frame, token=token)
@@ -204,10 +208,10 @@ async def execute(pm: PresenceManager, command: Command) -> None:
         logger.warning("[PresenceManager] reply to %s not sent: %r", command.user_id, exc)
 
 
-async def _outcome(pm: PresenceManager, command: Command, budget: float) -> tuple[bool, Any]:
+async def _outcome(managers: Managers, worker_id: str, command: Command, budget: float) -> tuple[bool, Any]:
     """``(True, result)`` or ``(False, error message)``."""
     where = f"command {command.component}.{command.command} of {command.user_id}"
-    manager = pm.managers.get(command.user_id)
+    manager = managers.get(command.user_id)
     if manager is None:
         logger.info("[PresenceManager] %s: no manager here", where)
         return False, NO_MANAGER
@@ -217,7 +221,12 @@ async def _outcome(pm: PresenceManager, command: Command, budget: float) -> tupl
         why = f"component {command.component!r} is not running" if running else None
         logger.info("[PresenceManager] %s: %s", where, why or "unknown component")
         return False, why or f"unknown component {command.component!r}"
-    if not await claim(command, pm.worker_id):
+    try:
+        claimed = await claim(command, worker_id)
+    except Exception as exc:  # Redis unreachable: the tab gets an answer now, not a timeout
+        logger.warning("[PresenceManager] %s not claimed: %r", where, exc)
+        return False, "the server cannot reach Redis right now; try again"
+    if not claimed:
         logger.warning("[PresenceManager] %s: already taken by another worker; not run again", where)
         return False, "this command was already received by a worker that stopped; not run again"
     try:

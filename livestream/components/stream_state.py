@@ -14,8 +14,9 @@ opened again) resumes it instead of losing a live stream:
   owner when its delay is over, counted from ``since`` (at once if it is over):
   a start always ends live, an end always ends offline, never half-way.
 
-Every change is emitted as the sticky ``state`` event, so every open tab shows it
-and a tab that connects later gets it at once:
+The state at start (``offline`` for a user who never went live) and every change are
+emitted as the sticky ``state`` event, so every open tab shows it and a tab that
+connects later gets it at once:
 
   {"type": "event", "component": "StreamStateServer", "event": "state",
    "data": {"state": "live", "since": 1764480000.5, "started_at": ..., "live_at": ...,
@@ -100,7 +101,9 @@ class StreamStateServer(Component):
         self.state = fields.get("state", OFFLINE)
         if fields and self.state != OFFLINE:
             logger.info("[UserStreamManager:%s] StreamStateServer resumed %s", self.user_id, self.state)
-            await self._retrying(partial(self.emit, "state", snapshot(fields), sticky=True))
+        # The state at start, sticky: open tabs show it and each tab that connects later gets
+        # it right after it connects, also for a user who never went live ("offline", no stamps).
+        await self._retrying(partial(self.emit, "state", snapshot(fields), sticky=True))
         # The first pass uses the read above (a start is one HGETALL, not two). It skips the
         # clear() too: a command that changed the state since that read has set _changed,
         # and the wait below returns at once to read again.

@@ -14,8 +14,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from django.utils.module_loading import import_string
-
 from livestream.components import emitter as component_events
 from livestream.components.base import Component
 from livestream.components.supervisor import ComponentSupervisor, State
@@ -27,8 +25,10 @@ Chooser = Callable[[str], Awaitable[list[type[Component]]]]
 
 
 def component_classes() -> list[type[Component]]:
-    """The classes named in LIVESTREAM["COMPONENTS"]; ImportError names the bad path."""
-    return [import_string(path) for path in get_settings().COMPONENTS]
+    """The classes named in LIVESTREAM["COMPONENTS"] (validated at start: all registered)."""
+    from livestream.components import registry
+
+    return [registry.get(name) for name in get_settings().COMPONENTS]
 
 
 class UserStreamManager:

@@ -14,7 +14,7 @@ the same horizon the workers use among themselves. Published statuses are at
 most one RECONCILE_INTERVAL old.
 
 The write side (publish_managers, StatePublisher) is here too, so one module
-writes and reads ``managers:*``; that is why it is a little over 300 lines.
+writes and reads ``managers:*``.
 """
 
 from __future__ import annotations

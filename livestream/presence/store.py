@@ -21,8 +21,7 @@ the change (``:events``) and schedules or cancels the user's ``cleanup:<user_id>
 timer (livestream/timers/store.py). Deadlines use Redis' own clock (TIME), so servers
 with skewed clocks agree on who expired.
 
-(Over 300 lines on purpose: half of it is its five Lua scripts, kept beside the
-methods that run them with their KEYS/ARGV layout.)
+Its Lua scripts sit beside the methods that run them, with their KEYS/ARGV layout.
 """
 
 from __future__ import annotations

@@ -19,29 +19,26 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from livestream import logformats
 from livestream.components import choices
 from livestream.components.user_manager import UserStreamManager, component_classes
 from livestream.observe import metrics
 from livestream.ownership import history
+from livestream.ownership.holds import release_hold
 from livestream.ownership.keeper import Renewal
 from livestream.ownership.leases import LeaseStore
 from livestream.ownership.policy import Action, Forward, Ownership, Release, ReleaseHold, Start, Stop
+from livestream.ownership.routing import Forwarder
 from livestream.presence.store import PresenceStore
 from livestream.pushes.status import StatusPusher
 from livestream.tasks import TaskScope
-from livestream.worker import control
 
 logger = logging.getLogger(logformats.WORKER_LOGGER)
 
 # Managers started between two yields to the loop: a batch of joins must not hold
 # up the ticks of the managers already running.
 START_CHUNK = 200
-
-Forwarder = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 class LocalManagers:
@@ -144,7 +141,7 @@ class LocalManagers:
                 self.leases.tokens.pop(user_id, None)
                 await self.leases.release(user_id)
             case ReleaseHold(user_id):
-                await control.release_hold(self.leases, user_id)  # their cleanup ends a staff stop
+                await release_hold(self.leases, user_id)  # their cleanup ends a staff stop
             case Forward(owner, user_id):
                 await self.forward(owner, {"type": "presence.stop", "user_id": user_id})
 

@@ -38,7 +38,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 
 from livestream import ids, logformats
-from livestream.components import choices, commands
+from livestream.components import commands
 from livestream.conf import get_settings
 from livestream.observe.state import StatePublisher
 from livestream.ownership.keeper import LeaseKeeper, Renewal
@@ -67,17 +67,13 @@ class PresenceManager:
         self.store, self.timers, self.leases = PresenceStore(), TimerStore(), LeaseStore(self.worker_id)
         self.scope = TaskScope("PresenceManager", logger)
         self.local = LocalManagers(self.core, self.store, self.leases, self.scope, self.forward)
-        # The local managers under the PresenceManager's own names (control.py, handlers, tests use them).
-        self.managers, self.lock, self.status = self.local.managers, self.local.lock, self.local.status
-        self.start_local, self.stop_local = self.local.start, self.local.stop
-        self.stop_manager = self.local.stop_if_absent
         self.pump = TimerPump(
             self.timers, worker_id=self.worker_id, local_channel=conf.WORKER_CHANNEL, deliver=self.take_timers
         )
         self.keeper = LeaseKeeper(
             self.leases,
-            owned=lambda: (*self.managers, *self.core.fenced),
-            running=lambda: len(self.managers),
+            owned=lambda: (*self.local.managers, *self.core.fenced),
+            running=lambda: len(self.local.managers),
             info=lambda: self._info,
             on_renewal=self._renewed,
             on_stale=lambda: self.local.fence(self.keeper.last_renewal),
@@ -99,11 +95,10 @@ class PresenceManager:
         self.keeper.start()
         # Often: after a freeze (a paused VM, SIGSTOP) this timer should come due first.
         self.scope.every("fence", lambda: get_settings().RECONCILE_INTERVAL / 10, self._check_fence)
-        self.scope.spawn(self.status.run(), "status-push")
+        self.scope.spawn(self.local.status.run(), "status-push")
         self.scope.spawn(inbox.receive(self.inbox, self.handle, self._closing), "inbox")
-        self.scope.spawn(
-            commands.read(self), "commands"
-        )  # tabs' commands (livestream/components/commands.py)
+        # Tabs' commands for our components (livestream/components/commands.py).
+        self.scope.spawn(commands.read(self.worker_id, self.local.managers, self.scope), "commands")
         self.scope.spawn(self._boot(), "boot")
         logger.info(logformats.WORKER_STARTED, self.worker_id)
 
@@ -134,9 +129,9 @@ class PresenceManager:
         self.pump.stop()  # its flag, not only its task's cancellation: see TimerPump.stop
         await self.scope.close(timeout=2.0)
         await asyncio.to_thread(self.keeper.stop)
-        users = list(self.managers)
-        await asyncio.gather(*(self.stop_local(u, release=True) for u in users))
-        await self.status.flush()
+        users = list(self.local.managers)
+        await asyncio.gather(*(self.local.stop(u, release=True) for u in users))
+        await self.local.status.flush()
         try:
             await self.leases.leave()
             if users:
@@ -166,9 +161,9 @@ class PresenceManager:
         joined, sessions = events.changes(batch)
         await self.local.start_many(await self.leases.place(joined, self.store), received)
         for user_id in joined:
-            self.status.announce(user_id)  # the new tab shows the state at once
+            self.local.status.announce(user_id)  # the new tab shows the state at once
         for user_id, count in sessions.items():
-            self.status.announce_sessions(user_id, count)
+            self.local.status.announce_sessions(user_id, count)
 
     async def take_starts(self, user_ids: list[str]) -> None:
         """Users another worker placed on us: run those whose lease we hold."""
@@ -182,7 +177,7 @@ class PresenceManager:
         for message in others:
             await self.handle(message)
         for user_id, facts in zip(users, await cleanups.facts(self.store, self.leases, users), strict=True):
-            await self.local.apply(self.core.cleanup(user_id, facts, self.managers))
+            await self.local.apply(self.core.cleanup(user_id, facts, self.local.managers))
 
     async def on_presence_diff(self, message: dict[str, Any]) -> None:
         """A diff sent to the worker channel by hand: unlike the store's, its session counts
@@ -195,19 +190,19 @@ class PresenceManager:
 
     async def on_presence_stop(self, message: dict[str, Any]) -> None:
         user_id = ids.user_id(message.get("user_id"))
-        self.scope.spawn(self.stop_manager(user_id), f"stop:{user_id}")
+        self.scope.spawn(self.local.stop_if_absent(user_id), f"stop:{user_id}")
 
     async def on_presence_reconcile(self, message: dict[str, Any]) -> None:
         await self.tick()
 
     async def on_manager_stop(self, message: dict[str, Any]) -> None:
-        await control.route(self, message, control.stop)
+        await control.route(self.local, self.publish_state, message, control.stop)
 
     async def on_manager_restart(self, message: dict[str, Any]) -> None:
-        await control.route(self, message, control.restart)
+        await control.route(self.local, self.publish_state, message, control.restart)
 
     async def on_component_config(self, message: dict[str, Any]) -> None:
-        await choices.reconfigure(self, message)  # a user's components changed
+        await control.reconfigure(self.local, message)  # a user's components changed
 
     def _renewed(self, renewal: Renewal) -> None:
         self._first_renewal.set()
@@ -219,11 +214,13 @@ class PresenceManager:
 
     async def tick(self) -> None:
         """One reconcile pass (livestream/worker/reconcile.py)."""
-        await reconcile.tick(self)
+        await reconcile.tick(
+            self.local, self.pump, self.keeper, lambda: self.live_workers, self.publish_state
+        )
 
     async def publish_state(self) -> None:
         """Our managers, for presence_debug, the admin and metrics (livestream/observe/state.py)."""
-        await self.publisher.publish(self.managers)
+        await self.publisher.publish(self.local.managers)
 
     async def forward(self, owner: str, message: dict[str, Any]) -> None:
         await inbox.forward(self.leases, owner, message)

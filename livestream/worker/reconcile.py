@@ -18,58 +18,47 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Protocol
+from collections.abc import Callable
 
 from livestream import logformats
-from livestream.components.user_manager import UserStreamManager
 from livestream.conf import get_settings
 from livestream.ownership.keeper import LeaseKeeper
-from livestream.ownership.leases import LeaseStore
-from livestream.ownership.policy import Ownership
-from livestream.presence.store import PresenceStore
 from livestream.timers import cleanups
-from livestream.timers.store import TimerPump, TimerStore
+from livestream.timers.store import TimerPump
 from livestream.worker import feed as events
+from livestream.worker.control import Publish
 from livestream.worker.local_managers import LocalManagers
 
 logger = logging.getLogger(logformats.WORKER_LOGGER)
 
 
-class Worker(Protocol):
-    """What the tick uses of the worker (the PresenceManager)."""
-
-    store: PresenceStore
-    leases: LeaseStore
-    timers: TimerStore
-    pump: TimerPump
-    core: Ownership
-    keeper: LeaseKeeper
-    local: LocalManagers
-    managers: dict[str, UserStreamManager]
-    live_workers: int
-
-    async def publish_state(self) -> None: ...
-
-
-async def tick(pm: Worker) -> None:
-    for dead in await pm.leases.bury_dead_workers():
+async def tick(
+    local: LocalManagers,
+    pump: TimerPump,
+    keeper: LeaseKeeper,
+    live_workers: Callable[[], int],
+    publish: Publish,
+) -> None:
+    """One pass. ``keeper``: when our leases were last renewed (the fence's clock);
+    ``live_workers()``: how many workers share the orphans; ``publish``: publishes our managers."""
+    for dead in await local.leases.bury_dead_workers():
         logger.warning("[PresenceManager] worker %s died; its users are taken over now", dead)
-    for change in await pm.store.expire_stale():  # their leaves reach the events LIST
+    for change in await local.store.expire_stale():  # their leaves reach the events LIST
         logger.info("[PresenceManager] expired connection %s of %s", change.meta.get("ref"), change.user_id)
-    plan = pm.core.tick(pm.keeper.last_renewal, time.monotonic())
+    plan = local.core.tick(keeper.last_renewal, time.monotonic())
     if plan.claim_orphans:
-        running = len(pm.managers) + len(pm.core.fenced)
-        claimed = await pm.leases.claim_orphans(pm.store, pm.live_workers, running)
-        await pm.local.start_many(claimed, time.monotonic())
+        running = len(local.managers) + len(local.core.fenced)
+        claimed = await local.leases.claim_orphans(local.store, live_workers(), running)
+        await local.start_many(claimed, time.monotonic())
     if plan.schedule_cleanups:
-        for user_id in await pm.store.unattended(list(pm.managers)):
-            await schedule_cleanup(pm, user_id)
-    await pm.publish_state()
+        for user_id in await local.store.unattended(list(local.managers)):
+            await schedule_cleanup(pump, user_id)
+    await publish()
 
 
-async def schedule_cleanup(pm: Worker, user_id: str) -> None:
+async def schedule_cleanup(pump: TimerPump, user_id: str) -> None:
     """For a lost leave: the store's scripts schedule all others."""
     delay = get_settings().CLEANUP_TIMEOUT
-    await cleanups.schedule(pm.timers, user_id, delay)
-    pm.pump.wake()
+    await cleanups.schedule(pump.store, user_id, delay)
+    pump.wake()
     events.log_cleanup(user_id, delay)

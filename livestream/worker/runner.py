@@ -32,10 +32,9 @@ SHUTDOWN_TIMEOUT = 15.0
 ABANDON_TIMEOUT = 1.0
 # Python's default first GC threshold (700) is crossed many times a second by
 # thousands of managers' ticks, which promotes each tick's still-pending sleep
-# to the oldest generation; full collections of ~500,000 objects then ran every
-# ~0.6 s and froze the event loop for 160-450 ms each (10,000 managers,
-# docs/benchmarks.md). A higher first threshold lets those short-lived objects
-# die young (the older generations keep their defaults).
+# to the oldest generation, and frequent full collections then froze the event
+# loop (measured: docs/benchmarks.md, worker capacity). A higher first threshold
+# lets those short-lived objects die young (the older generations keep their defaults).
 GC_THRESHOLD0 = 100_000
 
 

@@ -1,4 +1,9 @@
-"""``manage.py presence_debug [--json]``: who is present, what runs where, what is about to stop.
+"""``manage.py presence_debug [--json [--detail]]``: who is present, what runs where, what is about to stop.
+
+``--json`` is the documented shape, exactly (presence, managers, pending cleanups: tests
+pin it). ``--json --detail`` adds everything the text report shows besides: the live
+workers, the staff holds, the totals, component extras and when it was taken (the
+admin's JSON, Snapshot.as_detail).
 
 The CLI twin of the admin's presence debug page (and of the original's
 ``PresenceHelper.debug()``); it reads the shared state any worker publishes to
@@ -26,6 +31,11 @@ class Command(BaseCommand):
             action="store_true",
             help='One JSON object: {"presence": ..., "managers": ..., "pending_cleanups": ...}.',
         )
+        parser.add_argument(
+            "--detail",
+            action="store_true",
+            help='With --json: also "workers", "held", "totals" and "taken_at", as the text report shows them.',
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -33,7 +43,8 @@ class Command(BaseCommand):
         except Exception as exc:
             raise CommandError(f"Could not read the shared state from Redis: {describe(exc)}") from exc
         if options["json"]:
-            self.stdout.write(json.dumps(snapshot.as_json(), indent=2))
+            data = snapshot.as_detail() if options["detail"] else snapshot.as_json()
+            self.stdout.write(json.dumps(data, indent=2))
         else:
             self.stdout.write("\n".join(report(snapshot)))
 

@@ -5,7 +5,8 @@ under var/redis/, which only `make run` used to start: on a fresh clone
 ``manage.py runserver`` served pages but every login (allauth's rate limits are
 in the Redis cache) and every WebSocket failed. Here runserver starts that
 Redis itself when nothing answers on the socket, and stops it on exit.
-livestream is listed before daphne in INSTALLED_APPS so this command wins.
+dashboard/management/commands/runserver.py makes it the command (dashboard is listed
+before daphne in INSTALLED_APPS, so it wins over daphne's own).
 """
 
 from __future__ import annotations

@@ -1,0 +1,94 @@
+"""YouTube Data API v3 calls (https://developers.google.com/youtube/v3/live/docs):
+
+  GET  /liveBroadcasts?part=snippet&broadcastStatus=active   -> items[0].snippet.liveChatId
+  GET  /liveStreams?part=cdn&mine=true                        -> items[0].cdn.ingestionInfo
+                                                                 .{ingestionAddress, streamName}
+  GET  /liveChat/messages?liveChatId&part=snippet,authorDetails[&pageToken]
+                                  -> {pollingIntervalMillis, nextPageToken, items: [...]}
+  POST /liveChat/messages?part=snippet  {"snippet": {"liveChatId", "type": "textMessageEvent",
+                                          "textMessageDetails": {"messageText"}}}
+
+An exhausted daily quota is a 403 whose error reason is ``quotaExceeded``: QuotaExceeded,
+shown on the page as the platform's error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from livestream.conf import get_settings
+from platforms.api import ApiError, error_reason, request
+from platforms.tokens import Credentials
+
+QUOTA_REASONS = ("quotaExceeded", "dailyLimitExceeded", "rateLimitExceeded")
+
+
+class QuotaExceeded(ApiError):
+    pass
+
+
+def _url(path: str) -> str:
+    return get_settings().YOUTUBE_API_URL.rstrip("/") + path
+
+
+def _body(response: httpx.Response, what: str) -> dict[str, Any]:
+    if response.status_code >= 400:
+        reason = error_reason(response)
+        if reason in QUOTA_REASONS:
+            raise QuotaExceeded(f"YouTube API quota exhausted ({reason})")
+        raise ApiError(f"YouTube {what}: {reason}")
+    body = response.json()
+    return body if isinstance(body, dict) else {}
+
+
+async def active_chat_id(creds: Credentials, client: httpx.AsyncClient) -> str | None:
+    params = {"part": "snippet", "broadcastStatus": "active", "broadcastType": "all"}
+    body = _body(
+        await request(creds, "GET", _url("/liveBroadcasts"), client=client, params=params), "broadcasts"
+    )
+    for item in body.get("items") or []:
+        chat_id = (item.get("snippet") or {}).get("liveChatId")
+        if chat_id:
+            return str(chat_id)
+    return None
+
+
+async def ingestion(creds: Credentials) -> tuple[str, str]:
+    """(RTMP server URL, stream name) of the user's live stream."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        params = {"part": "cdn", "mine": "true"}
+        body = _body(
+            await request(creds, "GET", _url("/liveStreams"), client=client, params=params), "live streams"
+        )
+    for item in body.get("items") or []:
+        info = (item.get("cdn") or {}).get("ingestionInfo") or {}
+        if info.get("ingestionAddress") and info.get("streamName"):
+            return str(info["ingestionAddress"]), str(info["streamName"])
+    raise ApiError("YouTube: no live stream set up on the channel")
+
+
+async def messages(
+    creds: Credentials, client: httpx.AsyncClient, chat_id: str, page_token: str | None
+) -> dict[str, Any]:
+    params = {"liveChatId": chat_id, "part": "snippet,authorDetails"}
+    if page_token:
+        params["pageToken"] = page_token
+    return _body(
+        await request(creds, "GET", _url("/liveChat/messages"), client=client, params=params), "chat"
+    )
+
+
+async def insert(creds: Credentials, client: httpx.AsyncClient, chat_id: str, text: str) -> dict[str, Any]:
+    body = {
+        "snippet": {
+            "liveChatId": chat_id,
+            "type": "textMessageEvent",
+            "textMessageDetails": {"messageText": text},
+        }
+    }
+    response = await request(
+        creds, "POST", _url("/liveChat/messages"), client=client, params={"part": "snippet"}, json=body
+    )
+    return _body(response, "send")

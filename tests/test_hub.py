@@ -1,0 +1,72 @@
+"""dashboard/ws/hub.py: one socket whose send waits cannot stall the others' delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from dashboard.ws.hub import Hub
+from devtools.processes import wait_until
+
+
+class Quick:
+    def __init__(self) -> None:
+        self.got: list[int] = []
+
+    async def on_manager(self, event: dict, raw: str) -> None:
+        self.got.append(event["n"])
+
+
+class Stuck(Quick):
+    """A socket whose send waits (another server's backpressure, a client that reads nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unblocked = asyncio.Event()
+
+    async def on_manager(self, event: dict, raw: str) -> None:
+        await self.unblocked.wait()
+        self.got.append(event["n"])
+
+
+async def test_a_socket_whose_send_waits_stalls_nobody_and_gets_its_messages_in_order(aredis, key_prefix):
+    hub = Hub({"manager": "on_manager"})
+    channel = f"{key_prefix}:test:hub"
+    stuck, quick = Stuck(), Quick()
+    try:
+        await hub.join(stuck, [channel])
+        await hub.join(quick, [channel])
+        for n in range(5):
+            await aredis.publish(channel, json.dumps({"type": "manager", "n": n}))
+        await wait_until(lambda: quick.got == [0, 1, 2, 3, 4], 3, "the other socket got every message")
+        assert stuck.got == []
+        stuck.unblocked.set()
+        await wait_until(lambda: stuck.got == [0, 1, 2, 3, 4], 3, "the slow socket got them all, in order")
+        await aredis.publish(channel, json.dumps({"type": "manager", "n": 5}))  # and it is back to normal
+        await wait_until(lambda: stuck.got[-1:] == [5] and quick.got[-1:] == [5], 3, "both got the next")
+        assert hub.overflowed == 0
+    finally:
+        await hub.aclose()
+
+
+async def test_a_handler_that_fails_after_waiting_is_logged_and_the_socket_still_gets_the_next(
+    aredis, key_prefix, caplog
+):
+    class Failing(Quick):
+        async def on_manager(self, event: dict, raw: str) -> None:
+            await asyncio.sleep(0.01)
+            if event["n"] == 0:
+                raise RuntimeError("send failed")
+            self.got.append(event["n"])
+
+    hub = Hub({"manager": "on_manager"})
+    channel = f"{key_prefix}:test:hub"
+    failing = Failing()
+    try:
+        await hub.join(failing, [channel])
+        for n in range(3):
+            await aredis.publish(channel, json.dumps({"type": "manager", "n": n}))
+        await wait_until(lambda: failing.got == [1, 2], 3, "the messages after the failure")
+        assert "[hub] handler on_manager failed" in caplog.text and "send failed" in caplog.text
+    finally:
+        await hub.aclose()
