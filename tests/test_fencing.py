@@ -206,7 +206,8 @@ async def test_a_frozen_owners_external_effect_never_overlaps_the_new_owners(
     file, as a relay or a chat connection would act elsewhere); the other worker takes
     over; SIGCONT. Every line of the frozen owner comes before the new owner's first line:
     the frozen one, waking past its lease, acts no more (and its keeper stops the effect)."""
-    from tests.harness import Stack, create_accounts, open_socket
+    from devtools.clients import create_accounts, open_socket
+    from devtools.processes import Stack
 
     effects = tmp_path / "effects.log"
     history_dir = tmp_path / "history"
