@@ -33,6 +33,7 @@ starts in a few tens of milliseconds and needs no Django.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import select
@@ -44,6 +45,7 @@ import threading
 import time
 
 PREFIX = "[relay-warden]"
+_PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MAX_MESSAGE = 128
 
 
@@ -139,9 +141,7 @@ def serve(sock: socket.socket) -> None:
 
 
 def main() -> None:
-    from broadcast.procs import set_pdeathsig
-
-    set_pdeathsig(signal.SIGKILL)  # again, in case preexec_fn was not used
+    # PR_SET_PDEATHSIG was set by the worker between fork and exec (it survives exec).
     serve(socket.socket(fileno=sys.stdin.fileno()))
 
 
@@ -224,8 +224,16 @@ class RelayWarden:
         if self._proc is not None and self._proc.poll() is None and self._sock is not None:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if self._proc is not None and self._proc.poll() is not None:
+            logging.getLogger("broadcast.relay").warning(
+                "%s exited with status %s; starting another", PREFIX, self._proc.returncode
+            )
         proc = subprocess.Popen(
-            self.command, stdin=theirs.fileno(), preexec_fn=_die_with_parent, close_fds=True
+            self.command,
+            stdin=theirs.fileno(),
+            preexec_fn=_die_with_parent,
+            close_fds=True,
+            cwd=_PROJECT,  # -m finds the package whatever the worker's working directory
         )
         theirs.close()
         ours.setblocking(False)

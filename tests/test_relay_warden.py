@@ -80,3 +80,27 @@ def test_the_watch_state():
     assert watch.deadline == 10.5 and watch.timeout(0.0) is None
     watch.message(b"d nonsense", [])  # dropped
     assert watch.deadline == 10.5
+
+
+async def test_a_warden_that_died_is_replaced_and_told_every_relay_again():
+    import os
+    import signal
+
+    warden = RelayWarden()
+    relays = [sleeper(), sleeper()]
+    try:
+        assert warden.add(relays[0].pid) is not None
+        first = warden.pid()
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        await wait_until(lambda: warden.pid() is None, 3, "warden gone")
+        assert not ended(relays[0])  # its relays are not the warden's children
+        assert warden.add(relays[1].pid) is not None  # starts another, which learns both
+        assert warden.pid() not in (None, first)
+        warden.deadline(time.monotonic())
+        await wait_until(lambda: ended(relays[0]) and ended(relays[1]), 3, "both killed by the new warden")
+    finally:
+        warden.stop()
+        for proc in relays:
+            proc.kill()
+            proc.wait()
