@@ -43,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 PREFIX = "[relay-warden]"
 _PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,7 +169,7 @@ class RelayWarden:
         self._proc: subprocess.Popen[bytes] | None = None
         self._relays: dict[str, int] = {}  # id -> the worker's own pidfd (dup'ed to the warden)
         self._next = 0
-        self._listening = False
+        self._stop_listening: Callable[[], None] | None = None
         self.dropped = 0
 
     def add(self, pid: int) -> str | None:
@@ -205,6 +206,9 @@ class RelayWarden:
             self._send(f"d {deadline!r}".encode())
 
     def stop(self) -> None:
+        if self._stop_listening is not None:
+            self._stop_listening()
+            self._stop_listening = None
         with self._lock:
             if self._sock is not None:
                 self._sock.close()
@@ -218,9 +222,8 @@ class RelayWarden:
     def _ensure_started(self) -> None:
         from livestream.ownership import fencing
 
-        if not self._listening:
-            fencing.GATE.on_renewed(self.deadline)
-            self._listening = True
+        if self._stop_listening is None:
+            self._stop_listening = fencing.GATE.on_renewed(self.deadline)
         if self._proc is not None and self._proc.poll() is None and self._sock is not None:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -35,6 +35,7 @@ and woken up after its lease lapsed sees it has, before anything else runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -134,14 +135,20 @@ class EffectGate:
         self.deadline = math.inf
         self._tell(self.deadline)
 
-    def on_renewed(self, callback: Callable[[float], None]) -> None:
+    def on_renewed(self, callback: Callable[[float], None]) -> Callable[[], None]:
         """Have ``callback(deadline)`` called (on the lease keeper's thread) each time the
         deadline moves: after every renewal, and when the keeper stops (inf). For an effect
         in a child process that must stop by itself when this one is frozen (the relay
         warden, broadcast/warden.py). It must be quick and never block: it runs between
-        two renewals."""
+        two renewals. Returns a function that removes it."""
         with self._lock:
             self._listeners.append(callback)
+
+        def remove() -> None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._listeners.remove(callback)
+
+        return remove
 
     def _tell(self, deadline: float) -> None:
         with self._lock:
