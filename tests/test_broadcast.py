@@ -469,6 +469,7 @@ async def test_a_frozen_relaying_worker_stops_its_relays_before_its_lease_lapses
             await frames_flow(receiver, 5)
         assert all(r.overlapping() == 1 for r in receivers), [r.max_open for r in receivers]
         assert victim.alive() and survivor.alive()
+        assert "[relay-warden]" not in survivor.log.text()  # a healthy worker's relays are left alone
         await tab.close()
     finally:
         for publisher in publishers:
