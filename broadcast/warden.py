@@ -257,6 +257,8 @@ class RelayWarden:
             socket.send_fds(self._sock, [data], fds or [])
         except BlockingIOError:
             self.dropped += 1
+            if self.dropped == 1:  # once: the warden is stuck (it reads within microseconds)
+                logging.getLogger("broadcast.relay").warning("%s not reading: a message dropped", PREFIX)
         except OSError:  # the warden died: the next relay starts another
             self._sock.close()
             self._sock = None
