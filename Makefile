@@ -11,7 +11,7 @@ DEV_STAMP := $(VENV)/.installed-dev-$(shell cat requirements.txt requirements-de
 # without them `make run` runs everything else and the Stream page says streaming is unavailable.
 SYSTEM_PACKAGES := chromium nginx libnginx-mod-rtmp
 
-.PHONY: install install-dev system-deps run test test-fast lint bench clean
+.PHONY: install install-dev system-deps run test test-fast lint bench clean nemesis
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -63,6 +63,12 @@ lint: install-dev
 
 bench: install-dev
 	$(BIN)/python -m benchmarks
+
+## make nemesis SEED=1 MINUTES=2: faults against real processes, then the history checker (docs/reliability.md).
+SEED ?= 1
+MINUTES ?= 2
+nemesis: install-dev
+	$(BIN)/python -m devtools.nemesis --seed $(SEED) --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) var/redis var/db.sqlite3 .pytest_cache .ruff_cache

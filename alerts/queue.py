@@ -30,6 +30,10 @@ Every step is one Lua script (one round trip, atomic):
   ack(alert_id)      the in-flight alert was emitted (or its emit failed): clear the slot,
                      count it as delivered (or not).
 
+take and ack are fenced (livestream/ownership/fencing.py): given the component's ``fence``,
+a stale lease token's take gets SUPERSEDED and its ack changes nothing (the alert stays
+in flight, and the current owner's claim reports it lost, with its reason).
+
 The queue has no TTL: alerts wait, however long, until the user's manager runs.
 """
 
@@ -43,6 +47,7 @@ import redis.asyncio as aioredis
 
 from livestream import keys
 from livestream.conf import get_settings
+from livestream.ownership import fencing
 from livestream.redis import get_redis, run_script, script
 
 Alert = dict[str, Any]
@@ -51,6 +56,8 @@ Alert = dict[str, Any]
 SUPERSEDED = "superseded"
 # ... and this when the user has no open tab: nothing is taken (an emit would reach nobody).
 AWAY = "away"
+# The script's answer to a stale lease token (take returns SUPERSEDED for it).
+_FENCED = "fenced"
 
 _PUSH = script(
     "alerts.push",
@@ -63,17 +70,24 @@ return n
 """,
 )
 
-# Many users at once (a burst of manager starts): KEYS are 4 per user, ARGV a token each.
-_CLAIM = script(
+# Many users at once (a burst of manager starts): KEYS are 5 per user (owner, inflight,
+# queue, delivered, fencing token) then the refused counter; ARGV 2 per user (the
+# instance's claim token, its lease's fencing token or ''). A stale fencing token claims
+# nothing (queued -1): it must not supersede the current owner's instance.
+_CLAIM = fencing.script(
     "alerts.claim",
     """
 local out = {}
-for i = 1, #ARGV do
-  local k = (i - 1) * 4
-  redis.call('SET', KEYS[k + 1], ARGV[i])
-  local stale = redis.call('GET', KEYS[k + 2])
-  if stale then redis.call('DEL', KEYS[k + 2]) end
-  out[i] = {stale or false, redis.call('LLEN', KEYS[k + 3]), tonumber(redis.call('GET', KEYS[k + 4]) or '0')}
+for i = 1, #ARGV / 2 do
+  local k = (i - 1) * 5
+  if not fence_ok(KEYS[k + 5], ARGV[2 * i], KEYS[#KEYS]) then
+    out[i] = {false, -1, 0}
+  else
+    redis.call('SET', KEYS[k + 1], ARGV[2 * i - 1])
+    local stale = redis.call('GET', KEYS[k + 2])
+    if stale then redis.call('DEL', KEYS[k + 2]) end
+    out[i] = {stale or false, redis.call('LLEN', KEYS[k + 3]), tonumber(redis.call('GET', KEYS[k + 4]) or '0')}
+  end
 end
 return out
 """,
@@ -88,9 +102,11 @@ return out
 # CLEANUP_TIMEOUT, or their tabs are reconnecting after a deploy): nothing is taken, the
 # alerts wait for a tab (AWAY). A live stream's own presence connection (ref "stream-...",
 # broadcast/inputs.py) is not a tab: it keeps the manager running, not the alerts flowing.
-_TAKE = script(
+# KEYS: owner, queue, inflight, presence, token, refused counter. ARGV: claim token, fencing token.
+_TAKE = fencing.script(
     "alerts.take",
     """
+if not fence_ok(KEYS[5], ARGV[2], KEYS[6]) then return {'fenced', 0, false} end
 local owner = redis.call('GET', KEYS[1])
 if not owner then redis.call('SET', KEYS[1], ARGV[1])
 elseif owner ~= ARGV[1] then return {'superseded', 0, false} end
@@ -106,9 +122,11 @@ return {alert or false, redis.call('LLEN', KEYS[2]), previous or false}
 """,
 )
 
-_ACK = script(
+# KEYS: inflight, delivered, token, refused counter. ARGV: alert id, '1' if delivered, fencing token.
+_ACK = fencing.script(
     "alerts.ack",
     """
+if not fence_ok(KEYS[3], ARGV[3], KEYS[4]) then return -1 end
 local current = redis.call('GET', KEYS[1])
 if current and cjson.decode(current)['id'] == ARGV[1] then redis.call('DEL', KEYS[1]) end
 if ARGV[2] == '1' then return redis.call('INCR', KEYS[2]) end
@@ -124,6 +142,7 @@ class Claimed:
     stale: Alert | None
     queued: int
     delivered: int
+    fenced: bool = False  # the claimer's lease token is stale: nothing claimed
 
 
 @dataclass(frozen=True)
@@ -162,37 +181,49 @@ class AlertQueue:
         )
         return None if int(length) < 0 else int(length)
 
-    async def claim(self, token: str) -> Claimed:
+    async def claim(self, token: str, fence: int | None = None) -> Claimed:
         """Become the only instance that may take (see claim_many; this is one of them)."""
-        [claimed] = await claim_many([(self.user_id, token)], self.redis)
+        [claimed] = await claim_many([(self.user_id, token)], self.redis, [fence])
         return claimed
 
-    async def take(self, token: str) -> Taken | str:
+    async def take(self, token: str, fence: fencing.Fence | None = None) -> Taken | str:
         """The head of the queue, now in flight; SUPERSEDED if ``token`` no longer owns the
-        queue; AWAY (nothing taken) if the user has no open tab."""
+        queue, or ``fence``'s lease token is stale; AWAY (nothing taken) if the user has no
+        open tab."""
         presence = keys.presence_user(get_settings().TOPIC, self.user_id)
+        fence_keys = fence.keys() if fence else [keys.fence_token(self.user_id), keys.fence_refused()]
         alert, queued, previous = await run_script(
             self.redis,
             _TAKE,
-            [self._key("owner"), self._key("queue"), self._key("inflight"), presence],
+            [self._key("owner"), self._key("queue"), self._key("inflight"), presence, *fence_keys],
             token,
+            fence.arg() if fence else "",
         )
+        if alert and _text(alert) == _FENCED:
+            if fence is not None:
+                fence.refused("alert take")
+            return SUPERSEDED
         if alert and _text(alert) in (SUPERSEDED, AWAY):
             return _text(alert)
         return Taken(_decode(alert) if alert else None, int(queued), _decode(previous) if previous else None)
 
-    async def ack(self, alert_id: str, delivered: bool = True) -> int:
+    async def ack(self, alert_id: str, delivered: bool = True, fence: fencing.Fence | None = None) -> int:
         """Clear the in-flight slot (if it still holds ``alert_id``), count it if ``delivered``;
-        returns the delivered count."""
-        return int(
+        returns the delivered count (-1: ``fence``'s token is stale, nothing changed)."""
+        fence_keys = fence.keys() if fence else [keys.fence_token(self.user_id), keys.fence_refused()]
+        done = int(
             await run_script(
                 self.redis,
                 _ACK,
-                [self._key("inflight"), self._key("delivered")],
+                [self._key("inflight"), self._key("delivered"), *fence_keys],
                 alert_id,
                 "1" if delivered else "0",
+                fence.arg() if fence else "",
             )
         )
+        if done < 0 and fence is not None:
+            fence.refused("alert ack")
+        return done
 
     async def length(self) -> int:
         return int(await self.redis.llen(self._key("queue")))
@@ -202,15 +233,28 @@ class AlertQueue:
         return [_decode(raw) for raw in await self.redis.lrange(self._key("queue"), 0, -1)]
 
 
-async def claim_many(claims: list[tuple[str, str]], client: aioredis.Redis | None = None) -> list[Claimed]:
-    """Claim the queues of many users, ``(user_id, token)`` each, in one script call."""
+async def claim_many(
+    claims: list[tuple[str, str]],
+    client: aioredis.Redis | None = None,
+    fences: list[int | None] | None = None,
+) -> list[Claimed]:
+    """Claim the queues of many users, ``(user_id, token)`` each, in one script call;
+    ``fences``: each claimer's lease token (None: not fenced)."""
     if not claims:
         return []
     names = ("owner", "inflight", "queue", "delivered")
-    keys_ = [keys.alerts(user_id, name) for user_id, _ in claims for name in names]
-    rows = await run_script(client or get_redis(), _CLAIM, keys_, *(token for _, token in claims))
+    keys_ = []
+    for user_id, _ in claims:
+        keys_ += [*(keys.alerts(user_id, name) for name in names), keys.fence_token(user_id)]
+    keys_.append(keys.fence_refused())
+    args = []
+    for i, (_, token) in enumerate(claims):
+        args += [token, fencing.arg(fences[i] if fences else None)]
+    rows = await run_script(client or get_redis(), _CLAIM, keys_, *args)
     return [
-        Claimed(_decode(stale) if stale else None, int(queued), int(delivered))
+        Claimed(None, 0, 0, fenced=True)
+        if int(queued) < 0
+        else Claimed(_decode(stale) if stale else None, int(queued), int(delivered))
         for stale, queued, delivered in rows
     ]
 

@@ -49,7 +49,7 @@ class WakeListener(WakeSubscriber):
         # Claims and re-checks go through a client of their own: a burst of other
         # components' commands on the shared pool cannot starve them.
         self.client: aioredis.Redis | None = None
-        self._claims: list[tuple[str, str, asyncio.Future[Claimed]]] = []
+        self._claims: list[tuple[str, str, int | None, asyncio.Future[Claimed]]] = []
         self._claimer: asyncio.Task[None] | None = None
         self._recheck_now = asyncio.Event()
 
@@ -62,10 +62,10 @@ class WakeListener(WakeSubscriber):
 
     # -- batched claims ---------------------------------------------------------
 
-    async def claim(self, user_id: str, token: str) -> Claimed:
-        """``AlertQueue(user_id).claim(token)``, sent together with the other claims waiting."""
+    async def claim(self, user_id: str, token: str, fence: int | None = None) -> Claimed:
+        """``AlertQueue(user_id).claim(token, fence)``, sent together with the other claims waiting."""
         future: asyncio.Future[Claimed] = asyncio.get_running_loop().create_future()
-        self._claims.append((user_id, token, future))
+        self._claims.append((user_id, token, fence, future))
         if self._claimer is None or self._claimer.done():
             self._claimer = asyncio.create_task(self._send_claims(), name="alerts:claims")
         return await future
@@ -74,16 +74,20 @@ class WakeListener(WakeSubscriber):
         while self._claims:
             batch, self._claims = self._claims[:BATCH], self._claims[BATCH:]
             try:
-                results = await claim_many([(user_id, token) for user_id, token, _ in batch], self.client)
+                results = await claim_many(
+                    [(user_id, token) for user_id, token, _, _ in batch],
+                    self.client,
+                    [fence for _, _, fence, _ in batch],
+                )
             except Exception as exc:
                 logger.warning(
                     "[alerts] claiming the queues of %d users failed (%r); they retry", len(batch), exc
                 )
-                for _, _, future in batch:
+                for _, _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (user_id, _, future), claimed in zip(batch, results, strict=True):
+            for (user_id, _, _, future), claimed in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(claimed)
                 elif claimed.stale is not None:  # its AlertManager stopped meanwhile

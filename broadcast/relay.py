@@ -5,6 +5,14 @@ no quality loss. The child gets PR_SET_PDEATHSIG=SIGKILL (broadcast/procs.py), s
 killed with kill -9 takes its relays with it: the worker that takes the user over starts
 new ones, and a receiver never has two publishers of ours at once.
 
+A worker that is *frozen* (SIGSTOP, a paused VM) does not die, so the relays are fenced
+too (issue 19; livestream/ownership/fencing.py): none starts unless ``may_act()``; each is
+registered with ``register_external_effect`` (the lease keeper kills it EFFECT_STOP_MARGIN
+before an unrenewed lease lapses, or at once when the lease is lost), and with the relay
+warden (broadcast/warden.py), a separate process that kills it by itself at that same
+deadline when the whole worker is frozen. The kills go through a pidfd, never a bare pid
+that another process may have reused once the relay was reaped.
+
 ``run_relay`` runs one ffmpeg until it exits and says why; the retrying, the backoff and the
 state reported to the page are the backend's (broadcast/backends/selfhosted.py).
 """
@@ -24,6 +32,8 @@ from functools import lru_cache
 
 from broadcast.backends.base import OutputSpec
 from broadcast.procs import set_pdeathsig
+from broadcast.warden import WARDEN
+from livestream.ownership import fencing
 from streampai import secrets
 
 logger = logging.getLogger("broadcast.relay")
@@ -32,6 +42,9 @@ logger = logging.getLogger("broadcast.relay")
 IO_TIMEOUT = 5.0
 # A cancelled relay gets SIGTERM, then SIGKILL after this long (seconds).
 STOP_GRACE = 1.0
+# While this worker may no longer act (its lease may lapse), a relay waits this long
+# between looks (seconds); the worker's fence cancels it meanwhile if the lease is gone.
+MAY_ACT_POLL = 0.1
 
 
 @lru_cache(maxsize=1)
@@ -100,9 +113,39 @@ def clean_reason(line: str, spec: OutputSpec) -> str:
     return line[:200] or "relay exited"
 
 
-async def run_relay(source: str, spec: OutputSpec, on_live: Callable[[], None]) -> RelayExit:
+def fence(user_id: str, proc: asyncio.subprocess.Process) -> Callable[[], None]:
+    """Have the relay killed before ``user_id``'s lease can lapse (the keeper thread, and the
+    warden when the worker is frozen); returns what to call once it has ended."""
+    relay_id = WARDEN.add(proc.pid)
+
+    def kill() -> None:  # from the keeper's thread
+        if relay_id is not None:
+            WARDEN.kill(relay_id)
+        elif proc.returncode is None:  # no pidfds here: the best a bare pid allows
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+    unregister = fencing.register_external_effect(user_id, kill)
+    if not fencing.may_act():
+        # The deadline passed while it started: the keeper may have stopped the others
+        # before this one was registered.
+        kill()
+
+    def ended() -> None:
+        unregister()
+        if relay_id is not None:
+            WARDEN.remove(relay_id)
+
+    return ended
+
+
+async def run_relay(user_id: str, source: str, spec: OutputSpec, on_live: Callable[[], None]) -> RelayExit:
     """Relay ``source`` to ``spec`` until ffmpeg exits; ``on_live()`` once frames flow.
-    Cancelled: stops ffmpeg (SIGTERM, then SIGKILL after STOP_GRACE) before re-raising."""
+    Cancelled: stops ffmpeg (SIGTERM, then SIGKILL after STOP_GRACE) before re-raising.
+    Starts only while this worker may act for ``user_id`` (it waits until then)."""
+    # The gate opens on the keeper's thread (a renewal that reached Redis): no event to await.
+    while not fencing.may_act():  # noqa: ASYNC110
+        await asyncio.sleep(MAY_ACT_POLL)
     proc = await asyncio.create_subprocess_exec(
         *relay_command(source, spec.target()),
         stdin=asyncio.subprocess.DEVNULL,
@@ -110,6 +153,7 @@ async def run_relay(source: str, spec: OutputSpec, on_live: Callable[[], None]) 
         stderr=asyncio.subprocess.PIPE,
         preexec_fn=_die_with_parent,
     )
+    ended = fence(user_id, proc)
     errors: deque[str] = deque(maxlen=5)
     frames = 0
     live_at: float | None = None
@@ -142,6 +186,7 @@ async def run_relay(source: str, spec: OutputSpec, on_live: Callable[[], None]) 
     finally:
         for task in readers:
             task.cancel()
+        ended()
     live_for = time.monotonic() - live_at if live_at is not None else 0.0
     reason = clean_reason(errors[-1], spec) if errors else f"relay exited with status {returncode}"
     return RelayExit(returncode, reason, live_for, frames)

@@ -51,6 +51,10 @@ class LivestreamSettings:
     # How often a worker compares what runs with what is present, sweeps expired
     # connections and publishes its state (seconds).
     RECONCILE_INTERVAL: float = 1.0
+    # Effects outside Redis (a relay process, a chat connection) are stopped this long
+    # before a lease its worker could not renew lapses (livestream/ownership/fencing.py):
+    # time to stop them, plus any drift between this host's clock and Redis'.
+    EFFECT_STOP_MARGIN: float = 0.5
     # Component supervision, as OTP: at most MAX_RESTARTS in MAX_RESTARTS_WINDOW
     # seconds, then the component is marked failed; restarts back off
     # exponentially from RESTART_BACKOFF up to RESTART_BACKOFF_MAX seconds.
@@ -321,6 +325,14 @@ def validate(conf: LivestreamSettings) -> None:
         conf.LEASE_TTL > conf.RECONCILE_INTERVAL,
         f"LEASE_TTL ({conf.LEASE_TTL}) must exceed RECONCILE_INTERVAL ({conf.RECONCILE_INTERVAL}): "
         "the fence threshold LEASE_TTL - RECONCILE_INTERVAL must stay positive",
+    )
+    # External effects stop EFFECT_STOP_MARGIN before an unrenewed lease lapses: a renewal
+    # every RECONCILE_INTERVAL must come before that moment, or they would stop every round.
+    need(
+        0 < conf.EFFECT_STOP_MARGIN < conf.LEASE_TTL - conf.RECONCILE_INTERVAL,
+        f"need 0 < EFFECT_STOP_MARGIN ({conf.EFFECT_STOP_MARGIN}) < LEASE_TTL - RECONCILE_INTERVAL "
+        f"({conf.LEASE_TTL} - {conf.RECONCILE_INTERVAL}): effects stop before an unrenewed lease lapses, "
+        "and never while renewals arrive",
     )
     # One late or lost heartbeat must not expire a live connection.
     need(

@@ -16,6 +16,9 @@
   worker:<id>:starts              LIST   users another worker placed on it
   worker:<id>:commands            LIST   tabs' commands for the components it runs  commands.py
   epoch, epoch:hold               STRING Redis lost its data? / no new lease meanwhile
+  epoch:master                    STRING the master_replid grants last ran on (a new master holds grants)
+  fence:<user>                    STRING the user's current fencing token (ownership/fencing.py)
+  fence-refused                   STRING writes refused for a stale token (a counter)
   timers, timers:payload          ZSET + HASH  named timers (cleanup:<user>)      timers.py
   managers:<worker>(:next)        HASH   user -> manager status JSON              state.py
   metrics:join_to_running         HASH   histogram buckets                        metrics.py
@@ -67,6 +70,19 @@ def presence_user(topic: str, user_id: str) -> str:
 
 def lease_prefix() -> str:
     return key("lease", "")
+
+
+def fence_prefix() -> str:
+    """``fence:<user>``: the token of the user's current lease grant (livestream/ownership/fencing.py)."""
+    return key("fence", "")
+
+
+def fence_token(user_id: str) -> str:
+    return fence_prefix() + user_id
+
+
+def fence_refused() -> str:
+    return key("fence-refused")
 
 
 def workers() -> str:

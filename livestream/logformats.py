@@ -23,6 +23,10 @@ PRESENCE_JOIN = "[PresenceManager] presence join: %s"  # user id, a line per con
 PRESENCE_LEAVE = "[PresenceManager] presence leave: %s (%d sessions left)"  # user id, connections left
 CLEANUP_SCHEDULED = "[PresenceManager] cleanup scheduled: %s in %ss"  # user id, delay (``:g``)
 FENCE = "[PresenceManager] leases not renewed for %.1fs; stopping %d managers"  # seconds, managers
+# A component's write carried a token older than the user's current one (once per component run).
+FENCE_REFUSED = "[UserStreamManager:%s] %s: %s refused, token %s is stale"  # user, component, what, token
+# The lease keeper stopped the effects outside Redis: its leases may lapse within EFFECT_STOP_MARGIN.
+EFFECTS_STOPPED = "[PresenceManager] leases about to lapse unrenewed; stopped %d external effects"  # count
 CONSOLE_LOG = "[UserStreamManager:%s] Console log #%d - %s"  # user id, count, UTC time with Z
 
 # Connected platforms (livestream/components/platform_supervisor.py); never a token or key:

@@ -85,3 +85,28 @@ class Echo(Component):
                 await self.emit("burst", {"n": n, "pad": pad})
             return {"sent": int(args.get("n", 10)), "seconds": time.monotonic() - started}
         return await super().on_command(name, args)
+
+
+class ExternalAppender(Component):
+    """An effect outside Redis: appends ``<unix time> <pid> <token>`` to the file
+    TEST_EFFECTS_FILE every 20 ms, only while may_act(), and stops when the lease keeper
+    says so (register_external_effect), as a relay process or a chat connection would."""
+
+    async def run(self) -> None:
+        import threading
+
+        from livestream.ownership import history
+
+        stopped = threading.Event()
+        unregister = self.register_external_effect(stopped.set)
+        path = os.environ["TEST_EFFECTS_FILE"]
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            while not stopped.is_set():
+                if self.may_act():  # checked right before the act, no await in between
+                    os.write(fd, f"{time.time():.6f} {os.getpid()} {self.token} {self.user_id}\n".encode())
+                    history.record("effect", what="append", user=self.user_id, token=self.token)
+                await asyncio.sleep(0.02)
+        finally:
+            unregister()
+            os.close(fd)

@@ -9,6 +9,7 @@ from streampai.settings import *  # noqa: F403
 from streampai.settings import LIVESTREAM
 
 TEST_COMPONENTS = {
-    name: f"tests.components.{name}" for name in ("Crasher", "SlowCrasher", "Stubborn", "Echo")
+    name: f"tests.components.{name}"
+    for name in ("Crasher", "SlowCrasher", "Stubborn", "Echo", "ExternalAppender")
 }
 LIVESTREAM["EXTRA_COMPONENTS"] = TEST_COMPONENTS

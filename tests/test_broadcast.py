@@ -5,8 +5,11 @@ behind a connection-counting proxy (the outputs). See devtools/broadcast.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +19,8 @@ from devtools.broadcast import Publisher, Receiver, broadcast_env, start_ingest
 from devtools.clients import create_accounts
 from devtools.processes import Stack, start_worker_ready, wait_until
 from livestream import logformats
+from livestream.conf import get_settings
+from livestream.ownership.leases import LeaseStore
 from tests.tabs import Tab
 
 # Like Chromium for the browser tests: without nginx's RTMP module (make system-deps) say why.
@@ -384,6 +389,87 @@ async def test_kill9_of_the_relaying_worker(tmp_path, migrated_db_template, key_
         assert time.time() - killed < 10
         assert all(r.overlapping() == 1 for r in receivers), [r.max_open for r in receivers]
         await tab.until(lambda: all(o["state"] == "live" for o in outputs_of(tab).values()), 5, "live again")
+        await tab.close()
+    finally:
+        for publisher in publishers:
+            await publisher.stop()
+        stack.stop_all()
+
+
+def relays_of(pid: int) -> list[int]:
+    """The running (not exited, not zombie) ffmpeg children of process ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == pid and state != "Z" and b"ffmpeg" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_a_frozen_relaying_worker_stops_its_relays_before_its_lease_lapses(
+    tmp_path, migrated_db_template, key_prefix, receivers, aredis
+):
+    """Issue 19 item 2 for the relays: SIGSTOP the worker running them. Its relay warden kills
+    them EFFECT_STOP_MARGIN before the lease (as Redis holds it) lapses; the other worker
+    takes over and relays; no receiver ever has two publishers. SIGCONT: the old worker, past
+    its lease, stops its manager and starts no relay again."""
+    stack, account, web, procs = await live_stack(
+        tmp_path, migrated_db_template, key_prefix, receivers, workers=2
+    )
+    uid = account.user_id
+    margin = get_settings().EFFECT_STOP_MARGIN
+    publishers = []
+    try:
+        tab, obs, _ = await go_live(web, account, receivers)
+        publishers.append(obs)
+        victim = owner(procs, uid)
+        survivor = next(p for p in procs if p is not victim)
+        relays = relays_of(victim.popen.pid)
+        assert len(relays) == 2, relays
+        mark = survivor.log.mark()
+        frozen_mark = victim.log.mark()
+        victim.signal(signal.SIGSTOP)
+        try:
+            # When the lease lapses, on Redis' clock (PTTL read after the freeze: no renewal since).
+            ttl = await aredis.pttl(LeaseStore("probe").lease_key(uid))
+            assert ttl > 0, ttl
+            expiry = time.time() + ttl / 1000
+            while any(running(pid) for pid in relays):
+                assert time.time() < expiry, "a frozen worker's relay outlived its lease"
+                await asyncio.sleep(0.01)
+            gone = time.time()
+            print(f"relays gone {expiry - gone:.3f}s before the lease's expiry (margin {margin}s)")
+            assert gone < expiry - margin + 0.15, (expiry - gone, margin)  # at the deadline (+ polling)
+            await victim.log.wait_for(
+                r"\[relay-warden\] lease deadline passed .* killed 2 relays", 2, after=frozen_mark
+            )
+            await survivor.log.wait_for(re.escape(logformats.MANAGER_STARTED % uid) + "$", 10, after=mark)
+            for receiver in receivers:
+                await frames_flow(receiver, 10)
+            assert len(relays_of(survivor.popen.pid)) == 2
+        finally:
+            victim.signal(signal.SIGCONT)
+        woke = victim.log.mark()
+        await victim.log.wait_for(re.escape(logformats.MANAGER_STOPPED % uid) + "$", 10, after=frozen_mark)
+        await asyncio.sleep(1.5)  # long enough for a relay retry (RELAY_BACKOFF) to have started
+        assert relays_of(victim.popen.pid) == []
+        assert "Traceback" not in victim.log.text()[woke:]
+        for receiver in receivers:
+            await frames_flow(receiver, 5)
+        assert all(r.overlapping() == 1 for r in receivers), [r.max_open for r in receivers]
+        assert victim.alive() and survivor.alive()
+        assert "[relay-warden]" not in survivor.log.text()  # a healthy worker's relays are left alone
         await tab.close()
     finally:
         for publisher in publishers:

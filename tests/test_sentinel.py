@@ -114,12 +114,10 @@ async def wait_all_running(workers, user_ids: set[str], timeout: float) -> float
 
 @pytest.mark.parametrize(
     "how",
-    [
-        "kill-9",
-        # Known flaky (1 run in 5): during a switchover two workers overlapped on one user
-        # for ~5 ms (a lease written to the demoted master). Kept running, reported.
-        pytest.param("switchover", marks=pytest.mark.xfail(strict=False, reason="~5 ms overlap, 1 run in 5")),
-    ],
+    # switchover: the demoted master takes writes until the sentinels name the new one, so a
+    # renewal may be missing on the new master; it holds grants meanwhile (issue 19,
+    # docs/reliability.md): no overlap, strictly (it was ~5 ms, 1 run in 5).
+    ["kill-9", "switchover"],
 )
 async def test_master_lost_managers_run_again_and_cleanups_fire(
     tmp_path, migrated_db_template, key_prefix, sentinel_setup, how

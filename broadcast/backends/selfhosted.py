@@ -128,7 +128,7 @@ class SelfHostedBackend(BroadcastBackend):
                 report(STARTING, None)
                 await self._input(user_id).wait()
                 started = time.monotonic()
-                result = await relay.run_relay(source, spec, lambda: report(LIVE, None))
+                result = await relay.run_relay(user_id, source, spec, lambda: report(LIVE, None))
                 if result.live_for >= HEALTHY_AFTER or time.monotonic() - started >= HEALTHY_AFTER:
                     failures = 0
                 await asyncio.sleep(INPUT_SETTLE)

@@ -77,7 +77,7 @@ class AlertManager(Component):
     def __init__(self, user_id: str) -> None:
         super().__init__(user_id)
         self.queue = AlertQueue(user_id)
-        self.token = secrets.token_hex(8)
+        self.claim_token = secrets.token_hex(8)  # not .token: that is the lease's fencing token
         self.queued = 0
         self.delivered = 0  # all time, for this user (kept in Redis)
         self.lost_in_flight = 0  # by this instance: see rule 3
@@ -107,13 +107,16 @@ class AlertManager(Component):
         backoff = BACKOFF_MIN
         while True:
             try:
-                claimed = await wakeups.claim(self.user_id, self.token)
+                claimed = await wakeups.claim(self.user_id, self.claim_token, self.token)
                 break
             except Exception as exc:  # Redis down: the listener logged it once for the batch; retry
                 if stop_requested():
                     raise asyncio.CancelledError from exc
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+        if claimed.fenced:  # our lease token is stale: the current owner's instance keeps the queue
+            self.fence.refused("alert queue claim")
+            return False
         self.queued, self.delivered = claimed.queued, claimed.delivered
         if claimed.stale is not None:
             self._lost(claimed.stale, "was in flight when its previous instance stopped")
@@ -160,7 +163,7 @@ class AlertManager(Component):
             raise
 
     async def _take_emit_ack(self) -> Alert | str | None:
-        taken = await self.queue.take(self.token)
+        taken = await self.queue.take(self.claim_token, fence=self.fence)
         if isinstance(taken, str):
             return AWAY if taken == AWAY else SUPERSEDED
         self.queued = taken.queued
@@ -181,7 +184,9 @@ class AlertManager(Component):
                 _alert_id(alert),
                 exc,
             )
-        self.delivered = await self.queue.ack(_alert_id(alert), delivered=emitted)
+        delivered = await self.queue.ack(_alert_id(alert), delivered=emitted, fence=self.fence)
+        if delivered >= 0:  # -1: our lease token is stale (logged once by the fence)
+            self.delivered = delivered
         return alert
 
     def _lost(self, alert: Alert, why: str) -> None:

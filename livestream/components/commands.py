@@ -200,8 +200,10 @@ async def execute(managers: Managers, worker_id: str, command: Command) -> None:
         return
     ok, payload = await _outcome(managers, worker_id, command, timeout - age)
     frame = component_events.reply_frame(command.id, ok, payload)
+    manager = managers.get(command.user_id)
+    token = manager.token if manager is not None else None  # a stale owner's reply is refused
     try:
-        await component_events.send_reply(command.user_id, command.to, command.key, frame)
+        await component_events.send_reply(command.user_id, command.to, command.key, frame, token=token)
     except Exception as exc:  # Redis down: the tab times out
         logger.warning("[PresenceManager] reply to %s not sent: %r", command.user_id, exc)
 

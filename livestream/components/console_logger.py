@@ -27,8 +27,11 @@ class ConsoleLogger(Component):
         started = loop.time()
         while True:
             self.count += 1
-            now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%fZ")
-            logger.info(logformats.CONSOLE_LOG, self.user_id, self.count, now)
+            # A worker whose leases may have lapsed (frozen, cut off from Redis) writes no
+            # more lines: another worker may be running this user by now (fencing.may_act).
+            if self.may_act():
+                now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%fZ")
+                logger.info(logformats.CONSOLE_LOG, self.user_id, self.count, now)
             # Sleep to the next whole tick, so lateness never accumulates.
             await asyncio.sleep(max(0.0, started + self.count * interval - loop.time()))
 

@@ -28,24 +28,32 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from livestream import keys
-from livestream.redis import get_redis, run_script, script
+from livestream.ownership import fencing
+from livestream.redis import get_redis, run_script
 
 EVENT = "component.event"
 REPLY = "component.reply"
 
-# KEYS: sticky hash, control channel. ARGV: sticky field ('' = not sticky), frame, message.
-_EMIT = script(
+# Every script here is fenced (livestream/ownership/fencing.py): -1 when the writer's token
+# is stale, and nothing is written or published.
+
+# KEYS: sticky hash, control channel, token, refused counter. ARGV: sticky field ('' = not
+# sticky), frame, message, token.
+_EMIT = fencing.script(
     "components.emit",
     """
+if not fence_ok(KEYS[3], ARGV[4], KEYS[4]) then return -1 end
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 return redis.call('PUBLISH', KEYS[2], ARGV[3])
 """,
 )
 
-# KEYS: sticky hash. ARGV: field prefix ("<Component>:"). Drops a component's sticky events.
-_FORGET = script(
+# KEYS: sticky hash, token, refused counter. ARGV: field prefix ("<Component>:"), token.
+# Drops a component's sticky events.
+_FORGET = fencing.script(
     "components.forget_sticky",
     """
+if not fence_ok(KEYS[2], ARGV[2], KEYS[3]) then return -1 end
 local gone = 0
 local fields = redis.call('HKEYS', KEYS[1])
 for _, field in ipairs(fields) do
@@ -80,19 +88,26 @@ async def emit(
     *,
     sticky: bool = False,
     client: aioredis.Redis | None = None,
+    token: int | None = None,
 ) -> int:
     """Publish an event to every open tab of ``user_id`` (one round trip); returns how many
-    daphne processes received it. ``data`` must be JSON-serializable (TypeError if not)."""
+    daphne processes received it, or -1 if ``token`` is stale (nothing sent or kept).
+    ``data`` must be JSON-serializable (TypeError if not)."""
     frame = event_frame(component, event, data)
     message = _encode({"type": EVENT, "user_id": user_id, "frame": frame})
     field = f"{component}:{event}" if sticky else ""
-    keys_ = [keys.sticky(user_id), keys.control(user_id)]
-    return int(await run_script(client or get_redis(), _EMIT, keys_, field, frame, message))
+    keys_ = [keys.sticky(user_id), keys.control(user_id), keys.fence_token(user_id), keys.fence_refused()]
+    args = (field, frame, message, fencing.arg(token))
+    return int(await run_script(client or get_redis(), _EMIT, keys_, *args))
 
 
-async def forget_sticky(user_id: str, component: str, client: aioredis.Redis | None = None) -> int:
-    """Drop ``component``'s sticky events of ``user_id`` (it was disabled for them)."""
-    return int(await run_script(client or get_redis(), _FORGET, [keys.sticky(user_id)], component + ":"))
+async def forget_sticky(
+    user_id: str, component: str, client: aioredis.Redis | None = None, token: int | None = None
+) -> int:
+    """Drop ``component``'s sticky events of ``user_id`` (it was disabled for them); -1 if
+    ``token`` is stale."""
+    keys_ = [keys.sticky(user_id), keys.fence_token(user_id), keys.fence_refused()]
+    return int(await run_script(client or get_redis(), _FORGET, keys_, component + ":", fencing.arg(token)))
 
 
 def reply_message(user_id: str, to: str, key: str, frame: str) -> str:
@@ -101,9 +116,28 @@ def reply_message(user_id: str, to: str, key: str, frame: str) -> str:
     return _encode({"type": REPLY, "user_id": user_id, "to": to, "key": key, "frame": frame})
 
 
+# KEYS: control channel, token, refused counter. ARGV: message, token.
+_REPLY = fencing.script(
+    "components.reply",
+    """
+if not fence_ok(KEYS[2], ARGV[2], KEYS[3]) then return -1 end
+return redis.call('PUBLISH', KEYS[1], ARGV[1])
+""",
+)
+
+
 async def send_reply(
-    user_id: str, to: str, key: str, frame: str, client: aioredis.Redis | None = None
+    user_id: str,
+    to: str,
+    key: str,
+    frame: str,
+    client: aioredis.Redis | None = None,
+    token: int | None = None,
 ) -> int:
-    """Publish a reply frame for the socket ``to`` of ``user_id``; daphne processes reached."""
+    """Publish a reply frame for the socket ``to`` of ``user_id``; daphne processes reached,
+    or -1 if ``token`` is stale (the reply is not sent)."""
     message = reply_message(user_id, to, key, frame)
-    return int(await (client or get_redis()).publish(keys.control(user_id), message))
+    if token is None:
+        return int(await (client or get_redis()).publish(keys.control(user_id), message))
+    keys_ = [keys.control(user_id), keys.fence_token(user_id), keys.fence_refused()]
+    return int(await run_script(client or get_redis(), _REPLY, keys_, message, fencing.arg(token)))

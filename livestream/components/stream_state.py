@@ -56,7 +56,8 @@ from redis.exceptions import RedisError
 from livestream import keys
 from livestream.components.base import CommandError, Component
 from livestream.conf import get_settings
-from livestream.redis import get_redis, run_script, script
+from livestream.ownership import fencing
+from livestream.redis import get_redis, run_script
 
 logger = logging.getLogger("livestream.stream_state")
 T = TypeVar("T")
@@ -64,13 +65,16 @@ T = TypeVar("T")
 OFFLINE, STARTING, LIVE, ENDING = "offline", "starting", "live", "ending"
 STAMPS = {STARTING: "started_at", LIVE: "live_at", ENDING: "ending_at", OFFLINE: "ended_at"}
 
-# KEYS: stream hash. ARGV: to, now, stamp field, reason ('' keeps it, '-' clears it), allowed from-states...
-# Returns {1, fields...} when it moved, {0, fields...} (unchanged) when the state was not allowed.
-_TRANSITION = script(
+# KEYS: stream hash, token, refused counter. ARGV: to, now, stamp field, reason ('' keeps it,
+# '-' clears it), fencing token, allowed from-states... Returns {1, fields...} when it moved,
+# {0, fields...} (unchanged) when the state was not allowed, {-1, fields...} (unchanged) when
+# the token is stale.
+_TRANSITION = fencing.script(
     "stream_state.transition",
     """
+if not fence_ok(KEYS[2], ARGV[5], KEYS[3]) then return {-1, redis.call('HGETALL', KEYS[1])} end
 local cur = redis.call('HGET', KEYS[1], 'state') or 'offline'
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   if ARGV[i] == cur then
     redis.call('HSET', KEYS[1], 'state', ARGV[1], 'since', ARGV[2], ARGV[3], ARGV[2])
     if ARGV[4] == '-' then redis.call('HDEL', KEYS[1], 'reason')
@@ -113,7 +117,7 @@ async def end_stream(user_id: str, reason: str) -> bool:
     moved, _ = await server._move(ENDING, STARTING, LIVE, reason=reason)
     if moved:
         server._changed.set()
-    return moved
+    return bool(moved)
 
 
 def snapshot(fields: dict[str, str]) -> dict[str, Any]:
@@ -179,7 +183,11 @@ class StreamStateServer(Component):
                     continue
                 except TimeoutError:
                     pass
-                await self._retrying(partial(self._move, LIVE if state == STARTING else OFFLINE, state))
+                moved, _ = await self._retrying(
+                    partial(self._move, LIVE if state == STARTING else OFFLINE, state)
+                )
+                if moved is None:  # our lease token is stale: this manager is about to be stopped
+                    await asyncio.sleep(get_settings().RECONCILE_INTERVAL)
             else:
                 await self._changed.wait()
 
@@ -217,28 +225,44 @@ class StreamStateServer(Component):
 
     async def _command(self, to: str, *allowed: str) -> dict[str, Any]:
         moved, data = await self._move(to, *allowed, reason="-" if to == STARTING else "")
+        if moved is None:
+            raise CommandError("this stream's manager is moving to another worker; try again")
         if not moved:
             verb = "go live" if to == STARTING else "end the stream"
             raise CommandError(f"cannot {verb} while the stream is {data['state']}")
         self._changed.set()
         return data
 
-    async def _move(self, to: str, *allowed: str, reason: str = "") -> tuple[bool, dict[str, Any]]:
-        """Compare-and-set the state; emit the new one; tell the participant. ``(moved, state data)``."""
+    async def _move(self, to: str, *allowed: str, reason: str = "") -> tuple[bool | None, dict[str, Any]]:
+        """Compare-and-set the state (fenced: refused for a stale lease token); emit the new
+        one; tell the participant. ``(moved, state data)``, moved None when refused."""
         async with self._lock:
+            fence = self.fence
             result = await run_script(
-                get_redis(), _TRANSITION, [self.key], to, f"{time.time():.3f}", STAMPS[to], reason, *allowed
+                get_redis(),
+                _TRANSITION,
+                [self.key, *fence.keys()],
+                to,
+                f"{time.time():.3f}",
+                STAMPS[to],
+                reason,
+                fence.arg(),
+                *allowed,
             )
             flat = [str(x) for x in result[1]]
             data = snapshot(dict(zip(flat[::2], flat[1::2], strict=True)))
             self.state = data["state"]
-            if int(result[0]):
+            outcome = int(result[0])
+            if outcome < 0:
+                fence.refused(f"stream {to}")
+                return None, data
+            if outcome:
                 logger.info("[UserStreamManager:%s] stream %s", self.user_id, to)
                 await self.emit("state", data, sticky=True)
                 participant = _participants.get(self.user_id)
                 if participant is not None:
                     participant.stream_state_changed(to)
-            return bool(int(result[0])), data
+            return bool(outcome), data
 
     def status(self) -> dict[str, Any]:
         return {"stream": self.state}

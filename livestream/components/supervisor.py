@@ -39,8 +39,10 @@ class ComponentSupervisor:
         user_id: str,
         on_running: Callable[[], None] | None = None,
         on_restart: Callable[[str], None] | None = None,
+        token: int | None = None,
     ) -> None:
         self.component_class = component_class
+        self.token = token  # the lease's fencing token: every instance carries it
         self.on_running = on_running  # told each time a fresh instance starts running
         self.on_restart = on_restart  # told the component's name at each restart (the metrics)
         self.user_id = user_id
@@ -62,6 +64,7 @@ class ComponentSupervisor:
         conf = get_settings()
         while True:
             self.component = self.component_class(self.user_id)
+            self.component.token = self.token  # before run(): its writes are fenced with it
             self.state = State.RUNNING
             if self.on_running is not None:
                 self.on_running()

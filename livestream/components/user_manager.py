@@ -39,8 +39,12 @@ class UserStreamManager:
         *,
         choose: Chooser | None = None,
         on_restart: Callable[[str], None] | None = None,
+        token: int | None = None,
     ) -> None:
         self.user_id = user_id
+        # The fencing token of the lease grant this manager runs under (livestream/ownership/
+        # fencing.py): every component gets it before its run().
+        self.token = token
         self.on_restart = on_restart  # a component restarted (its name): the worker counts them
         classes = component_classes() if components is None else components
         self.children = [self._supervisor(cls) for cls in classes]
@@ -52,7 +56,7 @@ class UserStreamManager:
         self.on_running: Callable[[], None] | None = None
 
     def _supervisor(self, cls: type[Component]) -> ComponentSupervisor:
-        return ComponentSupervisor(cls, self.user_id, self._child_running, self.on_restart)
+        return ComponentSupervisor(cls, self.user_id, self._child_running, self.on_restart, self.token)
 
     def _child_running(self) -> None:
         if self.on_running is not None and all(c.state == State.RUNNING for c in self.children):
@@ -107,7 +111,7 @@ class UserStreamManager:
         await asyncio.gather(*(child.stop() for child in gone))
         for child in gone:
             try:
-                await component_events.forget_sticky(self.user_id, child.name)
+                await component_events.forget_sticky(self.user_id, child.name, token=self.token)
             except Exception as exc:  # Redis down: a reconnecting tab may see its last state once
                 logger.warning(
                     "[UserStreamManager:%s] sticky events of %s kept: %r", self.user_id, child.name, exc

@@ -17,6 +17,10 @@ run (the process was frozen: SIGSTOP, a paused VM) renews nothing until the
 worker has fenced: a frozen worker's managers must stop before it touches its
 leases again.
 
+Effects outside Redis (livestream/ownership/fencing.py) are stopped from here, not from
+the worker's loop: those of a lost lease at once, and all of them once EFFECT_STOP_MARGIN
+is all that is left of the lease the last renewal that reached Redis bought.
+
 Results go back to the worker's loop with ``call_soon_threadsafe``; reading
 ``owned()`` here relies on ``tuple(dict)`` being one C call under the GIL.
 """
@@ -32,7 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from livestream.conf import get_settings
+from livestream.ownership import fencing
 from livestream.ownership.leases import LeaseStore
+from livestream.ownership.policy import fence_due
 
 logger = logging.getLogger("livestream.lease_keeper")
 
@@ -72,6 +78,7 @@ class LeaseKeeper:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.last_renewal = time.monotonic()
+        fencing.GATE.renewed(self.last_renewal)
         self._thread = threading.Thread(target=self._main, name="lease-keeper", daemon=True)
         self._thread.start()
 
@@ -79,12 +86,13 @@ class LeaseKeeper:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        fencing.GATE.keeper_stopped()
 
     def stale(self, now: float | None = None) -> bool:
         """No renewal reached Redis for LEASE_TTL - RECONCILE_INTERVAL: our leases may lapse soon."""
         conf = get_settings()
         now = time.monotonic() if now is None else now
-        return now - self.last_renewal >= conf.LEASE_TTL - conf.RECONCILE_INTERVAL
+        return fence_due(self.last_renewal, now, conf.LEASE_TTL, conf.RECONCILE_INTERVAL)
 
     def _main(self) -> None:
         asyncio.run(self._run())
@@ -92,9 +100,13 @@ class LeaseKeeper:
     async def _run(self) -> None:
         # Built here: a client belongs to the loop it was made on (livestream/redis.py).
         leases = LeaseStore(self.worker_leases.worker_id)
+        # The worker's tokens, by reference: a renewal that takes a lease back takes its token
+        # back too (renew copies the dict in one C call: the worker's loop writes it).
+        leases.tokens = self.worker_leases.tokens
         down_since: float | None = None
         while not self._stop.is_set():
             started = time.monotonic()
+            fencing.GATE.expire(started)
             if self.stale(started) and self.running() > 0:
                 self._notify(self.on_stale)  # frozen or cut off: the worker fences before we renew
                 self._stop.wait(0.02)
@@ -110,9 +122,14 @@ class LeaseKeeper:
                     logger.info("[PresenceManager] lease renewal back after %.1fs", started - down_since)
                     down_since = None
                 self.last_renewal = started
+                fencing.GATE.renewed(started)
+                fencing.GATE.lost(renewal.lost)
                 self._notify(self.on_renewal, renewal)
             interval = get_settings().RECONCILE_INTERVAL
-            self._stop.wait(max(0.0, started + interval - time.monotonic()))
+            wake, deadline = started + interval, fencing.GATE.deadline
+            if time.monotonic() < deadline < wake:
+                wake = deadline  # external effects stop on time, between two rounds
+            self._stop.wait(max(0.0, wake - time.monotonic()))
 
     async def _round(self, leases: LeaseStore, started: float) -> Renewal:
         live = await leases.beat(self.info(), load=self.running())

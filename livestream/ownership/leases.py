@@ -16,7 +16,8 @@ leases are free at once rather than after LEASE_TTL (livestream/ownership/livene
 workers take back the leases that vanished with the data (see _EPOCH).
 
 (Over 300 lines on purpose: half of it is its eight Lua scripts, each kept beside
-the method that runs it with its KEYS/ARGV header. Leases, placement and the
+the method that runs it with its KEYS/ARGV header; their rules are policy.py's, in
+the Lua of policy_lua.py. Leases, placement and the
 worker registry share those scripts' keys, which is why they are one store.)
 """
 
@@ -32,6 +33,8 @@ import redis.asyncio as aioredis
 from livestream import keys
 from livestream.conf import get_settings
 from livestream.ownership.liveness import is_dead
+from livestream.ownership.policy import failover_hold
+from livestream.ownership.policy_lua import GRANTS
 from livestream.redis import LUA_NOW, get_redis, run_script, script, text_map, text_or_none, texts
 
 if TYPE_CHECKING:
@@ -41,40 +44,47 @@ if TYPE_CHECKING:
 # (livestream/worker/control.py): a join ends it.
 HOLD_PREFIX = "held-by-staff:"
 
-# KEYS: lease, dead workers SET, epoch, epoch hold. ARGV: me, ttl ms, the epoch we know.
-# 1 if we hold the lease now. After Redis lost its data, a lease that vanished may
-# still be running on a worker that has not taken it back yet (see check_epoch):
-# no new lease is granted by a worker that has not seen Redis' current epoch (a
-# worker that never looked included: it cannot tell a loss from a first start), nor
-# during the hold. The same guard is in _PLACE and _CLAIM_ORPHANS.
+# Every grant composes policy_lua.GRANTS: the rules (livestream/ownership/policy.py's Lua
+# twin), the one epoch guard (may_grant) and the fencing token (grant).
+
+# KEYS: lease, dead workers SET, epoch, epoch hold, the user's token. ARGV: me, ttl ms, the
+# epoch we know, failover hold ms. Our token if we hold the lease now, else 0. A lease that
+# vanished after Redis lost its data may still be running on a worker that has not taken it
+# back yet (see check_epoch): may_grant refuses until that is over.
 _ACQUIRE = script(
     "leases.acquire",
-    """
+    GRANTS
+    + """
 local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if ARGV[3] == '' or redis.call('GET', KEYS[3]) ~= ARGV[3] then return 0 end
-if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
-if not cur or redis.call('SISMEMBER', KEYS[2], cur) == 1 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return redis.call('GET', KEYS[5]) or grant(KEYS[1], ARGV[1], ARGV[2], KEYS[5])
 end
+if not may_grant(KEYS[3], KEYS[4], ARGV[3], ARGV[4]) then return 0 end
+local function dead(w) return redis.call('SISMEMBER', KEYS[2], w) == 1 end
+local function never() return false end
+if claimable('', cur, never, dead, false, '') then return grant(KEYS[1], ARGV[1], ARGV[2], KEYS[5]) end
 return 0
 """,
 )
 
-# KEYS: epoch, epoch hold. ARGV: a new epoch, the epoch we know ("" if none), hold ms.
-# Returns {epoch, 1 if it is new or changed since we looked}. Redis losing its data
-# loses the epoch; the first worker to look makes a new one. A worker that knew the
-# old one (so knows it is a loss, not a first start) puts a hold on new leases for
+# KEYS: epoch, epoch hold. ARGV: a new epoch, the epoch we know ("" if none), hold ms,
+# failover hold ms. Returns {epoch, 1 if it is new or changed since we looked}. Redis
+# losing its data loses the epoch; the first worker to look makes a new one. A worker that
+# knew the old one (so knows it is a loss, not a first start) puts a hold on new leases for
 # LEASE_TTL: meanwhile every live worker takes its vanished leases back (renew does),
-# or has fenced itself because it could not.
+# or has fenced itself because it could not. A new master (same data) holds grants too
+# (master_changed), but is no loss: presence is not rebuilt.
 _EPOCH = script(
     "leases.epoch",
-    """
+    GRANTS
+    + """
 local cur = redis.call('GET', KEYS[1])
 if not cur then
   redis.call('SET', KEYS[1], ARGV[1])
   cur = ARGV[1]
 end
+master_changed(KEYS[1], KEYS[2], ARGV[4])
 if ARGV[2] ~= '' and cur ~= ARGV[2] then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[3], 'NX')
   return {cur, 1}
@@ -84,19 +94,34 @@ return {cur, 0}
 """,
 )
 
-# KEYS: leases. ARGV: me, ttl ms. Returns the indexes (1-based) of leases lost to another worker.
-# A lease that vanished (Redis restarted empty) is taken back: we are still running it.
+# KEYS: leases. ARGV: me, ttl ms. Returns {lost, taken back}: the indexes (1-based) of
+# leases lost to another worker, and of leases that had vanished (Redis restarted empty, or
+# a failover lost our last renewals) and were taken back: we are still running them.
+# Their tokens go back with _RESTORE_TOKENS (rare: not worth 10,000 tokens on every round).
 _RENEW = script(
     "leases.renew",
     """
-local lost = {}
+local lost, taken = {}, {}
 for i, lease in ipairs(KEYS) do
   local cur = redis.call('GET', lease)
   if cur == ARGV[1] then redis.call('PEXPIRE', lease, ARGV[2])
-  elseif not cur then redis.call('SET', lease, ARGV[1], 'PX', ARGV[2])
+  elseif not cur then redis.call('SET', lease, ARGV[1], 'PX', ARGV[2]) table.insert(taken, i)
   else table.insert(lost, i) end
 end
-return lost
+return {lost, taken}
+""",
+)
+
+# KEYS: the tokens of leases taken back. ARGV: our token of each. A token goes back unless
+# a newer grant's is there (then the take-back was of a lease granted since: the renewal
+# after this finds it held by another, or our writes are refused until it does).
+_RESTORE_TOKENS = script(
+    "leases.restore_tokens",
+    """
+for i, key in ipairs(KEYS) do
+  if tonumber(ARGV[i]) > tonumber(redis.call('GET', key) or '0') then redis.call('SET', key, ARGV[i]) end
+end
+return #KEYS
 """,
 )
 
@@ -120,34 +145,31 @@ return 1
 )
 
 # KEYS: present users SET, dead workers SET, epoch hold, epoch. ARGV: me, ttl ms, lease
-# prefix, live workers, managers I run, the epoch we know, rebuilt-marker prefix. Claims
-# present users nobody runs (no lease, or a dead worker's), at most what brings us up to
-# a fair share of all present users (at least one): after a worker dies, every survivor
-# takes its part in one tick. Nothing by a worker that has not seen Redis' current
-# epoch, nor during an epoch hold (see _ACQUIRE), and no user a heartbeat re-tracked in
-# the last LEASE_TTL (livestream/presence/store.py): right after Redis restarted empty, the
-# heartbeats re-track everyone while the leases are gone and their managers still run;
-# a worker that joined meanwhile has seen only the new epoch.
+# prefix, live workers, managers I run, the epoch we know, rebuilt-marker prefix, failover
+# hold ms, token prefix. Claims present users nobody runs (policy.claimable: no lease, or a
+# dead worker's; not one a heartbeat re-tracked in the last LEASE_TTL: right after Redis
+# restarted empty, the heartbeats re-track everyone while the leases are gone and their
+# managers still run), policy.fair_share of them. Returns {user, token, ...}.
 _CLAIM_ORPHANS = script(
     "leases.claim_orphans",
-    """
-if ARGV[6] == '' or redis.call('GET', KEYS[4]) ~= ARGV[6] then return {} end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {} end
+    GRANTS
+    + """
+if not may_grant(KEYS[4], KEYS[3], ARGV[6], ARGV[8]) then return {} end
+local function dead(w) return redis.call('SISMEMBER', KEYS[2], w) == 1 end
+local function rebuilt(uid) return redis.call('EXISTS', ARGV[7] .. uid) == 1 end
 local users = redis.call('SMEMBERS', KEYS[1])
 local orphans = {}
 for _, uid in ipairs(users) do
-  local owner = redis.call('GET', ARGV[3] .. uid)
-  if (not owner or redis.call('SISMEMBER', KEYS[2], owner) == 1)
-      and redis.call('EXISTS', ARGV[7] .. uid) == 0 then
+  if claimable(uid, redis.call('GET', ARGV[3] .. uid), rebuilt, dead, false, '') then
     table.insert(orphans, uid)
   end
 end
-local fair = math.ceil(#users / math.max(1, tonumber(ARGV[4])))
-local share = math.min(#orphans, math.max(1, fair - tonumber(ARGV[5])))
+local share = fair_share(#users, tonumber(ARGV[4]), tonumber(ARGV[5]), #orphans)
 local claimed = {}
 for i = 1, share do
-  redis.call('SET', ARGV[3] .. orphans[i], ARGV[1], 'PX', ARGV[2])
-  table.insert(claimed, orphans[i])
+  local uid = orphans[i]
+  table.insert(claimed, uid)
+  table.insert(claimed, grant(ARGV[3] .. uid, ARGV[1], ARGV[2], ARGV[9] .. uid))
 end
 return claimed
 """,
@@ -155,20 +177,17 @@ return claimed
 
 # KEYS: workers ZSET, worker loads HASH, dead workers SET, epoch, epoch hold.
 # ARGV: me, ttl ms, lease prefix, the epoch we know, horizon s, presence hash prefix,
-# start list prefix, held prefix, rebuilt-marker prefix, user ids...
-# Places each present user nobody runs (no lease, a dead worker's, or a staff hold,
-# which a join ends) on the least loaded live worker: its lease is set to that
-# worker, whose load goes up by one, and a worker other than us finds the user on
-# its start list. Returns the users to run here: placed here, or ours already.
-# Nothing is granted by a worker that has not seen Redis' current epoch, nor during
-# an epoch hold (see _EPOCH), nor for a user a heartbeat re-tracked lately (see
-# _CLAIM_ORPHANS): that user's lease goes back to its owner only, by its renewal.
+# start list prefix, held prefix, rebuilt-marker prefix, failover hold ms, token prefix,
+# user ids... Places each present user nobody runs (policy.claimable, where a join ends a
+# staff hold) on the least loaded live worker (policy.least_loaded): its lease is granted
+# to that worker, whose load goes up by one, and a worker other than us finds the user on
+# its start list. Returns {user, token, ...} to run here: placed here, or ours already.
 _PLACE = script(
     "leases.place",
-    LUA_NOW
+    GRANTS
+    + LUA_NOW
     + """
-if ARGV[4] == '' or redis.call('GET', KEYS[4]) ~= ARGV[4] then return {} end
-if redis.call('EXISTS', KEYS[5]) == 1 then return {} end
+if not may_grant(KEYS[4], KEYS[5], ARGV[4], ARGV[10]) then return {} end
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[5]), '+inf')
 local loads, me_live = {}, false
 for i, w in ipairs(live) do
@@ -176,23 +195,26 @@ for i, w in ipairs(live) do
   if w == ARGV[1] then me_live = true end
 end
 if not me_live then table.insert(live, ARGV[1]) table.insert(loads, 0) end
+local function dead(w) return redis.call('SISMEMBER', KEYS[3], w) == 1 end
+local function rebuilt(uid) return redis.call('EXISTS', ARGV[9] .. uid) == 1 end
 local mine = {}
-for i = 10, #ARGV do
+for i = 12, #ARGV do
   local uid = ARGV[i]
-  if redis.call('HLEN', ARGV[6] .. uid) > 0 and redis.call('EXISTS', ARGV[9] .. uid) == 0 then
-    local lease = ARGV[3] .. uid
+  if redis.call('HLEN', ARGV[6] .. uid) > 0 then
+    local lease, token_key = ARGV[3] .. uid, ARGV[11] .. uid
     local cur = redis.call('GET', lease)
     if cur == ARGV[1] then
       table.insert(mine, uid)
-    elseif not cur or string.sub(cur, 1, #ARGV[8]) == ARGV[8] or redis.call('SISMEMBER', KEYS[3], cur) == 1 then
-      local best = 1
-      for j = 2, #live do if loads[j] < loads[best] then best = j end end
+      table.insert(mine, redis.call('GET', token_key) or grant(lease, cur, ARGV[2], token_key))
+    elseif claimable(uid, cur, rebuilt, dead, true, ARGV[8]) then
+      local best = least_loaded(loads)
       local owner = live[best]
       loads[best] = loads[best] + 1
       redis.call('HINCRBY', KEYS[2], owner, 1)
-      redis.call('SET', lease, owner, 'PX', ARGV[2])
+      local token = grant(lease, owner, ARGV[2], token_key)
       if owner == ARGV[1] then
         table.insert(mine, uid)
+        table.insert(mine, token)
       else
         local starts = ARGV[7] .. owner .. ':starts'
         redis.call('RPUSH', starts, uid)
@@ -250,25 +272,50 @@ class LeaseStore:
         self.epoch_key = keys.epoch()
         self.hold_key = keys.epoch_hold()
         self.epoch = ""  # the Redis epoch this worker knows; "" until check_epoch
+        self.token_prefix = keys.fence_prefix()
+        # The fencing token of each lease this worker was granted (livestream/ownership/fencing.py):
+        # a manager started here carries its user's. Written on the worker's loop only; the
+        # lease keeper reads a copy (dict(tokens) is one C call under the GIL).
+        self.tokens: dict[str, int] = {}
 
     @property
     def ttl_ms(self) -> int:
         return int(get_settings().LEASE_TTL * 1000)
 
+    @property
+    def failover_hold_ms(self) -> int:
+        conf = get_settings()
+        return int(failover_hold(conf.LEASE_TTL, conf.RECONCILE_INTERVAL) * 1000)
+
+    def _granted(self, pairs: list[object]) -> list[str]:
+        """``[user, token, ...]`` from a grant script: the users, their tokens remembered."""
+        users = [str(u) for u in pairs[::2]]
+        for user_id, token in zip(users, pairs[1::2], strict=True):
+            self.tokens[user_id] = int(str(token))
+        return users
+
     def lease_key(self, user_id: str) -> str:
         return self.prefix + user_id
 
     async def acquire(self, user_id: str) -> bool:
-        return bool(
+        names = [
+            self.lease_key(user_id),
+            self.dead_key,
+            self.epoch_key,
+            self.hold_key,
+            self.token_key(user_id),
+        ]
+        token = int(
             await run_script(
-                self.redis,
-                _ACQUIRE,
-                [self.lease_key(user_id), self.dead_key, self.epoch_key, self.hold_key],
-                self.worker_id,
-                self.ttl_ms,
-                self.epoch,
+                self.redis, _ACQUIRE, names, self.worker_id, self.ttl_ms, self.epoch, self.failover_hold_ms
             )
         )
+        if token:
+            self.tokens[user_id] = token
+        return bool(token)
+
+    def token_key(self, user_id: str) -> str:
+        return self.token_prefix + user_id
 
     async def owner(self, user_id: str) -> str | None:
         """The lease's value as it is: a worker id, a staff hold (``held-by-staff:<id>``), or None."""
@@ -280,11 +327,17 @@ class LeaseStore:
         return None if held_by(owner) is not None else owner
 
     async def renew(self, user_ids: list[str]) -> list[str]:
-        """Extend our leases; returns the users whose lease another worker holds now."""
+        """Extend our leases; returns the users whose lease another worker holds now. Leases
+        that vanished are taken back, and their tokens with them."""
         if not user_ids:
             return []
         names = [self.lease_key(u) for u in user_ids]
-        lost = await run_script(self.redis, _RENEW, names, self.worker_id, self.ttl_ms)
+        lost, taken = await run_script(self.redis, _RENEW, names, self.worker_id, self.ttl_ms)
+        back = [(user_ids[int(i) - 1], self.tokens.get(user_ids[int(i) - 1])) for i in taken]
+        back = [(u, t) for u, t in back if t is not None]
+        if back:
+            keys_ = [self.token_key(u) for u, _ in back]
+            await run_script(self.redis, _RESTORE_TOKENS, keys_, *(t for _, t in back))
         return [user_ids[int(i) - 1] for i in lost]
 
     async def release(self, user_id: str) -> None:
@@ -296,7 +349,7 @@ class LeaseStore:
 
     async def claim_orphans(self, presence: PresenceStore, live_workers: int, running: int = 0) -> list[str]:
         """Present users to start here (see _CLAIM_ORPHANS); ``running``: managers we run now."""
-        return list(
+        return self._granted(
             await run_script(
                 self.redis,
                 _CLAIM_ORPHANS,
@@ -308,6 +361,8 @@ class LeaseStore:
                 running,
                 self.epoch,
                 presence.rebuilt_prefix,
+                self.failover_hold_ms,
+                self.token_prefix,
             )
         )
 
@@ -320,6 +375,7 @@ class LeaseStore:
             secrets.token_hex(8),
             self.epoch,
             self.ttl_ms,
+            self.failover_hold_ms,
         )
         self.epoch = epoch
         return bool(int(changed))
@@ -340,19 +396,31 @@ class LeaseStore:
             keys.worker(""),
             HOLD_PREFIX,
             presence.rebuilt_prefix,
+            self.failover_hold_ms,
+            self.token_prefix,
         ]
-        return list(await run_script(self.redis, _PLACE, names, *args, *user_ids))
+        return self._granted(await run_script(self.redis, _PLACE, names, *args, *user_ids))
 
     def starts_key(self, worker_id: str | None = None) -> str:
         """The LIST of users placed on ``worker_id`` (default: us) by another worker."""
         return keys.worker_starts(worker_id or self.worker_id)
 
     async def mine(self, user_ids: list[str]) -> list[str]:
-        """Those of ``user_ids`` whose lease we hold."""
+        """Those of ``user_ids`` whose lease we hold (their tokens remembered)."""
         if not user_ids:
             return []
-        owners = await self.redis.mget([self.lease_key(u) for u in user_ids])
-        return [u for u, owner in zip(user_ids, owners, strict=True) if owner == self.worker_id]
+        n = len(user_ids)
+        found = await self.redis.mget(
+            [self.lease_key(u) for u in user_ids] + [self.token_key(u) for u in user_ids]
+        )
+        owners, tokens = found[:n], found[n:]
+        mine = []
+        for user_id, owner, token in zip(user_ids, owners, tokens, strict=True):
+            if owner == self.worker_id:
+                mine.append(user_id)
+                if token:
+                    self.tokens[user_id] = int(token)
+        return mine
 
     async def beat(self, info: dict[str, str] | None = None, load: int = 0) -> int:
         """Mark this worker alive with ``load`` managers (and publish ``info``); returns the live workers."""

@@ -30,10 +30,96 @@ The rules:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import math
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from livestream.conf import LivestreamSettings
+
+# -- the grant rules, shared with the Lua that applies them atomically -------------------
+#
+# Each function below has a line-for-line twin in livestream/ownership/policy_lua.py (the
+# scripts in leases.py compose that Lua; none writes the rule itself).
+# tests/test_policy.py runs one table of cases through both, against a private redis-server,
+# so the two are the same policy; tests/test_ownership.py tests the Python side alone.
+
+
+def fence_threshold(lease_ttl: float, reconcile_interval: float) -> float:
+    """How long without a renewal reaching Redis before every manager is stopped: a
+    renewal round runs every ``reconcile_interval``, so this leaves one round of room
+    before LEASE_TTL, when the leases lapse and may be claimed."""
+    return lease_ttl - reconcile_interval
+
+
+def fence_due(last_renewal: float, now: float, lease_ttl: float, reconcile_interval: float) -> bool:
+    return now - last_renewal >= fence_threshold(lease_ttl, reconcile_interval)
+
+
+def effects_deadline(sent_at: float, lease_ttl: float, stop_margin: float) -> float:
+    """When the effects outside Redis of a worker whose last renewal was sent at ``sent_at``
+    must have stopped: Redis received that renewal no earlier than it was sent, so the
+    lease lasts at least until ``sent_at + lease_ttl``, and ``stop_margin`` before it
+    the effects are stopped (livestream/ownership/fencing.py)."""
+    return sent_at + lease_ttl - stop_margin
+
+
+def grants_open(known_epoch: str, current_epoch: str | None, on_hold: bool) -> bool:
+    """May a worker grant a lease now? Only one that has seen Redis' current epoch (a worker
+    that never looked cannot tell a data loss from a first start), and never during an
+    epoch hold (after a data loss or a change of master the running owners take their
+    leases back first)."""
+    return known_epoch != "" and current_epoch == known_epoch and not on_hold
+
+
+def claimable(
+    user_id: str,
+    owner: str | None,
+    rebuilt: Callable[[str], bool],
+    dead: Callable[[str], bool],
+    holds_end: bool,
+    hold_prefix: str,
+) -> bool:
+    """May a present user be granted to a worker (placement, orphan claim)? If nobody runs
+    them (no lease, a dead worker's, or with ``holds_end``, a join, a staff hold), and no
+    heartbeat re-tracked them lately (``rebuilt(user_id)``: their lease goes back to its
+    owner only). ``dead`` and ``rebuilt`` are asked only when needed: each is a Redis call
+    in the Lua twin, run for every present user each tick."""
+    nobody_runs = owner is None or (holds_end and owner.startswith(hold_prefix)) or dead(owner)
+    return nobody_runs and not rebuilt(user_id)
+
+
+def failover_hold(lease_ttl: float, reconcile_interval: float) -> float:
+    """No grant for this long after Redis' master changed (a failover, a switchover, a
+    restart): an owner whose last renewals went to the old master renews on the new one
+    within a round or two of the sentinels naming it, and fences itself otherwise."""
+    return lease_ttl + 2 * reconcile_interval
+
+
+def least_loaded(loads: Sequence[int]) -> int:
+    """The index of the least loaded worker (the first of equals)."""
+    best = 0
+    for j in range(1, len(loads)):
+        if loads[j] < loads[best]:
+            best = j
+    return best
+
+
+def place(count: int, loads: list[int]) -> list[int]:
+    """Where ``count`` users go, one after the other, each on the least loaded worker then:
+    their indexes into ``loads`` (which is updated as it goes)."""
+    chosen = []
+    for _ in range(count):
+        best = least_loaded(loads)
+        loads[best] += 1
+        chosen.append(best)
+    return chosen
+
+
+def fair_share(present: int, live_workers: int, running: int, orphans: int) -> int:
+    """How many orphans a worker claims in one tick: up to a fair share of all present
+    users (at least one), so that after a worker dies every survivor takes its part."""
+    fair = math.ceil(present / max(1, live_workers))
+    return min(orphans, max(1, fair - running))
 
 
 @dataclass(frozen=True)
@@ -96,7 +182,7 @@ class Ownership:
 
     def fence_due(self, last_renewal: float, now: float) -> bool:
         """Our leases may lapse soon: no renewal reached Redis for LEASE_TTL - RECONCILE_INTERVAL."""
-        return now - last_renewal >= self.conf.LEASE_TTL - self.conf.RECONCILE_INTERVAL
+        return fence_due(last_renewal, now, self.conf.LEASE_TTL, self.conf.RECONCILE_INTERVAL)
 
     def fence(self, running: Iterable[str], last_renewal: float, now: float) -> list[Action]:
         """Stop every running manager if the fence is due; they are remembered as fenced."""

@@ -24,6 +24,7 @@ from livestream import logformats
 from livestream.components import choices
 from livestream.components.user_manager import UserStreamManager, component_classes
 from livestream.observe import metrics
+from livestream.ownership import history
 from livestream.ownership.holds import release_hold
 from livestream.ownership.keeper import Renewal
 from livestream.ownership.leases import LeaseStore
@@ -58,12 +59,18 @@ class LocalManagers:
 
     def start(self, user_id: str) -> UserStreamManager:
         self.core.started(user_id)
+        token = self.leases.tokens.get(user_id)  # of the grant that made us its owner
         manager = self.managers[user_id] = UserStreamManager(
-            user_id, self._components, choose=choices.for_user, on_restart=self.series.count_restart
+            user_id,
+            self._components,
+            choose=choices.for_user,
+            on_restart=self.series.count_restart,
+            token=token,
         )
         manager.start()
         self.status.announce(user_id)
         logger.info(logformats.MANAGER_STARTED, user_id)
+        history.record("run", event="start", user=user_id, worker=self.leases.worker_id, token=token)
         return manager
 
     async def start_many(self, user_ids: list[str], received: float) -> None:
@@ -83,7 +90,9 @@ class LocalManagers:
         await manager.stop()
         self.status.announce(user_id, "stopped", manager)
         logger.info(logformats.MANAGER_STOPPED, user_id)
+        history.record("run", event="stop", user=user_id, worker=self.leases.worker_id, token=manager.token)
         if release:
+            self.leases.tokens.pop(user_id, None)
             try:
                 await self.leases.release(user_id)
             except Exception as exc:
@@ -102,8 +111,16 @@ class LocalManagers:
             if not seen_absent and await self.store.sessions(user_id) > 0:
                 return
             await self.stop(user_id, release=False)
-            if not await self.leases.release_if_absent(user_id, self.store.user_prefix + user_id):
+            try:
+                released = await self.leases.release_if_absent(user_id, self.store.user_prefix + user_id)
+            except Exception as exc:  # Redis away: the lease, no longer renewed, lapses by itself
+                logger.warning("[PresenceManager] lease of %s not released: %r", user_id, exc)
+                self.leases.tokens.pop(user_id, None)
+                return
+            if not released:
                 self.start(user_id)
+            else:
+                self.leases.tokens.pop(user_id, None)
 
     # -- what the core decided ---------------------------------------------------
 
@@ -115,11 +132,13 @@ class LocalManagers:
                 self.scope.spawn(self.stop_if_absent(user_id, seen_absent=True), f"stop:{user_id}")
             case Stop(user_id, why):
                 if why == "lost":
+                    self.leases.tokens.pop(user_id, None)
                     logger.warning(
                         "[PresenceManager] lease of %s taken by another worker; stopping here", user_id
                     )
                 self.scope.spawn(self.stop(user_id, release=False), f"{why}:{user_id}")
             case Release(user_id):
+                self.leases.tokens.pop(user_id, None)
                 await self.leases.release(user_id)
             case ReleaseHold(user_id):
                 await release_hold(self.leases, user_id)  # their cleanup ends a staff stop
@@ -145,8 +164,15 @@ class LocalManagers:
         for user_id in user_ids:
             async with self.lock(user_id):
                 if user_id not in self.managers:
-                    present = await self.store.sessions(user_id) > 0
-                    await self.apply(self.core.resume(user_id, present, time.monotonic()))
+                    try:
+                        present = await self.store.sessions(user_id) > 0
+                    except Exception as exc:  # Redis away again: still fenced, offered at the next renewal
+                        logger.warning("[PresenceManager] fenced %s not resumed yet: %r", user_id, exc)
+                        continue
+                    try:
+                        await self.apply(self.core.resume(user_id, present, time.monotonic()))
+                    except Exception as exc:  # a Release that did not reach Redis: the lease lapses
+                        logger.warning("[PresenceManager] lease of %s not released: %r", user_id, exc)
 
     def fence(self, last_renewal: float) -> None:
         """Unable to renew: stop everything before our leases can expire and be claimed."""
