@@ -18,6 +18,7 @@ def test_favicon_ico_is_served(client):
     assert response.content.startswith(b"<svg")
 
 
+@pytest.mark.django_db  # allauth's social providers (platforms/) are read from the database
 @pytest.mark.parametrize("url", ["/accounts/login/", "/accounts/signup/"])
 def test_sign_in_and_sign_up_use_the_sites_layout(client, url):
     body = client.get(url).content.decode()
