@@ -141,6 +141,21 @@ async def test_helix_channel_update_sends_title_and_category(twitch):
     assert twitch.calls("GET", "/helix/games")[-1].query == {"name": "Science & Technology"}
 
 
+async def test_youtube_title_update_keeps_the_rest_of_the_snippet(yt):
+    import httpx
+
+    row = await make_connection("youtube", "ya29.old", "1//refresh", expires_in=None)
+    async with httpx.AsyncClient() as http:
+        await youtube.update_title(creds(row), http, "Building a chat client")
+    assert yt.broadcast_snippet["title"] == "Building a chat client"
+    assert yt.broadcast_snippet["scheduledStartTime"] == "2026-12-06T18:00:00Z"  # sent back as read
+    assert yt.broadcast_snippet["description"] == "my stream"
+    yt.live = False
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(youtube.ApiError, match="no active live broadcast"):
+            await youtube.update_title(creds(row), http, "x")
+
+
 async def test_youtube_chat_polls_at_the_interval_with_the_page_token_and_sends(yt):
     from platforms.clients import Connection
     from platforms.youtube.chat import YouTubeClient
@@ -209,6 +224,23 @@ async def test_quota_exhausted_shows_in_the_platforms_state(yt):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         assert state["error"] == "YouTube API quota exhausted (quotaExceeded)", state
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_set_stream_info_sets_the_youtube_broadcast_title(yt):
+    from livestream.components.platform_supervisor import PlatformSupervisor
+
+    row = await make_connection("youtube", "ya29.old", "1//refresh", expires_in=None)
+    supervisor = PlatformSupervisor(str(row.user_id))
+    task = asyncio.create_task(supervisor.run())
+    try:
+        await wait_until(lambda: row.pk in supervisor.children, 5, "the YouTube child")
+        result = await supervisor.on_command("set_stream_info", {"title": "Go!", "category": "Music"})
+        assert result == {"results": {f"youtube:{row.pk}": {"ok": True}}}
+        assert yt.broadcast_snippet["title"] == "Go!"
+        assert len(yt.calls("PUT", "/youtube/v3/liveBroadcasts")) == 1
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -41,6 +41,7 @@ import time
 from collections import deque
 from typing import Any
 
+import httpx
 from redis.exceptions import RedisError
 
 from livestream import logformats
@@ -309,9 +310,11 @@ class PlatformSupervisor(Component):
         return {"results": results}
 
     async def set_stream_info(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Send the stream's title and category to every enabled Twitch connection (the page
-        sends it with "Go live"). YouTube's title is the broadcast's own (set in YouTube)."""
+        """Send the stream's title and category to every enabled connection that has them (the
+        page sends it with "Go live"): Twitch's channel title and category, the title of
+        YouTube's active broadcast (YouTube broadcasts have no category)."""
         from platforms.twitch import helix
+        from platforms.youtube import api as youtube
 
         title, category = args.get("title", ""), args.get("category", "")
         if (
@@ -326,13 +329,18 @@ class PlatformSupervisor(Component):
         results: dict[str, Any] = {}
         failed: list[str] = []
         for child in list(self.children.values()):
-            if child.conn.platform != "twitch":
+            platform = child.conn.platform
+            if platform not in ("twitch", "youtube") or (platform == "youtube" and not title.strip()):
                 continue
             if not self.may_act():
                 failed.append(f"{child.conn.public_id}: {NOT_OWNER}")
                 continue
             try:
-                await helix.update_channel(child.client.creds, title.strip(), category.strip())
+                if platform == "twitch":
+                    await helix.update_channel(child.client.creds, title.strip(), category.strip())
+                else:
+                    async with httpx.AsyncClient(timeout=10) as http:
+                        await youtube.update_title(child.client.creds, http, title.strip())
                 results[child.conn.public_id] = {"ok": True}
             except Exception as exc:  # one platform's refusal does not stop the others
                 failed.append(f"{child.conn.public_id}: {exc}")

@@ -7,6 +7,9 @@
                                   -> {pollingIntervalMillis, nextPageToken, items: [...]}
   POST /liveChat/messages?part=snippet  {"snippet": {"liveChatId", "type": "textMessageEvent",
                                           "textMessageDetails": {"messageText"}}}
+  PUT  /liveBroadcasts?part=snippet  {"id", "snippet": {"title", "scheduledStartTime", ...}}
+                                  -> the broadcast; a snippet update must carry the title and
+                                     the scheduledStartTime (kept as they were, but the title)
 
 An exhausted daily quota is a 403 whose error reason is ``quotaExceeded``: QuotaExceeded,
 shown on the page as the platform's error.
@@ -43,16 +46,40 @@ def _body(response: httpx.Response, what: str) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-async def active_chat_id(creds: Credentials, client: httpx.AsyncClient) -> str | None:
+async def active_broadcast(creds: Credentials, client: httpx.AsyncClient) -> dict[str, Any] | None:
+    """The channel's active live broadcast (``id``, ``snippet``), or None."""
     params = {"part": "snippet", "broadcastStatus": "active", "broadcastType": "all"}
     body = _body(
         await request(creds, "GET", _url("/liveBroadcasts"), client=client, params=params), "broadcasts"
     )
     for item in body.get("items") or []:
-        chat_id = (item.get("snippet") or {}).get("liveChatId")
-        if chat_id:
-            return str(chat_id)
+        if isinstance(item, dict) and item.get("id"):
+            return item
     return None
+
+
+async def active_chat_id(creds: Credentials, client: httpx.AsyncClient) -> str | None:
+    broadcast = await active_broadcast(creds, client)
+    chat_id = ((broadcast or {}).get("snippet") or {}).get("liveChatId")
+    return str(chat_id) if chat_id else None
+
+
+async def update_title(creds: Credentials, client: httpx.AsyncClient, title: str) -> None:
+    """Set the active broadcast's title. YouTube replaces the whole snippet on update, so the
+    rest of it (scheduled start, description) is sent back as read. YouTube broadcasts have no
+    category (a video's is set elsewhere): the page's category goes to Twitch only."""
+    broadcast = await active_broadcast(creds, client)
+    if broadcast is None:
+        raise ApiError("YouTube: no active live broadcast to set the title of")
+    old = broadcast.get("snippet") or {}
+    snippet = {"title": title[:100], "scheduledStartTime": old.get("scheduledStartTime")}
+    if old.get("description"):
+        snippet["description"] = old["description"]
+    body = {"id": broadcast["id"], "snippet": snippet}
+    response = await request(
+        creds, "PUT", _url("/liveBroadcasts"), client=client, params={"part": "snippet"}, json=body
+    )
+    _body(response, "title")
 
 
 async def ingestion(creds: Credentials) -> tuple[str, str]:

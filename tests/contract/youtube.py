@@ -11,6 +11,9 @@ developers.google.com/youtube/v3/live/docs).
        {"kind": "youtube#liveChatMessageListResponse", "pollingIntervalMillis", "nextPageToken",
         "items": [liveChatMessage...]}
   POST /youtube/v3/liveChat/messages?part=snippet   -> the inserted liveChatMessage
+  PUT  /youtube/v3/liveBroadcasts?part=snippet {"id", "snippet": {"title", "scheduledStartTime", ...}}
+       -> the updated liveBroadcast; 400 when the title or the scheduledStartTime is missing
+       ("invalidScheduledStartTime") or the title is over 100 characters; 404 for another id
   Errors: 401 {"error": {"code": 401, "errors": [{"reason": "authError"}]}};
           403 {"error": {"code": 403, "errors": [{"domain": "youtube.quota", "reason": "quotaExceeded"}]}}
 """
@@ -52,11 +55,18 @@ class YouTubeContract(ContractServer):
         self.messages: list[dict[str, Any]] = []
         self.quota_exhausted = False
         self.live = True
+        self.broadcast_snippet: dict[str, Any] = {
+            "title": "Live",
+            "description": "my stream",
+            "scheduledStartTime": "2026-12-06T18:00:00Z",
+            "liveChatId": CHAT_ID,
+        }
         self._lock = threading.Lock()
         self._n = 0
         self.routes = {
             ("POST", "/token"): self.token,
             ("GET", "/youtube/v3/liveBroadcasts"): self.authed(self.broadcasts),
+            ("PUT", "/youtube/v3/liveBroadcasts"): self.authed(self.update_broadcast),
             ("GET", "/youtube/v3/liveStreams"): self.authed(self.streams),
             ("GET", "/youtube/v3/liveChat/messages"): self.authed(self.list_messages),
             ("POST", "/youtube/v3/liveChat/messages"): self.authed(self.insert),
@@ -143,13 +153,30 @@ class YouTubeContract(ContractServer):
                 {
                     "kind": "youtube#liveBroadcast",
                     "id": "bc1",
-                    "snippet": {"title": "Live", "liveChatId": CHAT_ID},
+                    "snippet": dict(self.broadcast_snippet),
                 }
             ]
             if self.live
             else []
         )
         return Reply(200, {"kind": "youtube#liveBroadcastListResponse", "items": items})
+
+    def update_broadcast(self, request: Request) -> Reply:
+        body = request.json() or {}
+        snippet = body.get("snippet") or {}
+        if request.query.get("part") != "snippet":
+            return google_error(400, "invalidPart", "The part parameter must name the parts sent.")
+        if body.get("id") != "bc1" or not self.live:
+            return google_error(404, "liveBroadcastNotFound", "The broadcast does not exist.")
+        title = snippet.get("title")
+        if not isinstance(title, str) or not title or len(title) > 100:
+            return google_error(400, "invalidTitle", "The broadcast's title is missing or too long.")
+        if not snippet.get("scheduledStartTime"):
+            return google_error(400, "invalidScheduledStartTime", "The scheduled start time is required.")
+        with self._lock:
+            # A snippet update replaces the snippet: what was not sent is gone (liveChatId stays).
+            self.broadcast_snippet = {"liveChatId": CHAT_ID, **snippet}
+        return Reply(200, {"kind": "youtube#liveBroadcast", "id": "bc1", "snippet": self.broadcast_snippet})
 
     def streams(self, request: Request) -> Reply:
         info = {
