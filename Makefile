@@ -7,7 +7,9 @@ STAMP     := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' '
 DEV_STAMP := $(VENV)/.installed-dev-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 # Debian packages the tests and `make run` need (installed by `make system-deps` when root).
 # Chromium: the browser tests (tests/browser.py); they skip with the reason without it.
-SYSTEM_PACKAGES := chromium
+# nginx + its RTMP module: the self-hosted RTMP ingest (broadcast/ingest.py, docs/broadcast.md);
+# without them `make run` runs everything else and the Stream page says streaming is unavailable.
+SYSTEM_PACKAGES := chromium nginx libnginx-mod-rtmp
 
 .PHONY: install install-dev system-deps run test test-fast lint bench clean nemesis
 

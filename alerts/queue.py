@@ -100,7 +100,8 @@ return out
 # reach Redis): it is returned as ``previous`` (the component logs it) and replaced.
 # No connection in the user's presence (their last tab closed and the manager waits out
 # CLEANUP_TIMEOUT, or their tabs are reconnecting after a deploy): nothing is taken, the
-# alerts wait for a tab (AWAY).
+# alerts wait for a tab (AWAY). A live stream's own presence connection (ref "stream-...",
+# broadcast/inputs.py) is not a tab: it keeps the manager running, not the alerts flowing.
 # KEYS: owner, queue, inflight, presence, token, refused counter. ARGV: claim token, fencing token.
 _TAKE = fencing.script(
     "alerts.take",
@@ -109,7 +110,11 @@ if not fence_ok(KEYS[5], ARGV[2], KEYS[6]) then return {'fenced', 0, false} end
 local owner = redis.call('GET', KEYS[1])
 if not owner then redis.call('SET', KEYS[1], ARGV[1])
 elseif owner ~= ARGV[1] then return {'superseded', 0, false} end
-if redis.call('EXISTS', KEYS[4]) == 0 then return {'away', redis.call('LLEN', KEYS[2]), false} end
+local tab = false
+for _, ref in ipairs(redis.call('HKEYS', KEYS[4])) do
+  if string.sub(ref, 1, 7) ~= 'stream-' then tab = true; break end
+end
+if not tab then return {'away', redis.call('LLEN', KEYS[2]), false} end
 local previous = redis.call('GET', KEYS[3])
 local alert = redis.call('LPOP', KEYS[2])
 if alert then redis.call('SET', KEYS[3], alert) else redis.call('DEL', KEYS[3]) end

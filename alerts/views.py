@@ -52,6 +52,7 @@ from alerts.queue import AlertQueue
 from alerts.validation import Invalid, parse
 from dashboard.ws.limits import Throttled
 from livestream.conf import get_settings
+from streampai.bodies import capped_body
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ async def webhook(request: HttpRequest, user_id: str, secret: str) -> HttpRespon
         response["Allow"] = "POST"
         return response
     limit = get_settings().ALERT_MAX_BODY_BYTES
-    body = _body(request, limit)
+    body = capped_body(request, limit)
     if body is None:
         return _error(413, f"body too large: at most {limit} bytes")
     pk = await _authenticated(user_id, secret)
@@ -124,18 +125,6 @@ def _log_refusal(user_id: str, what: str, why: str) -> None:
     if held is not None:
         more = f" ({held} more since the last line)" if held else ""
         logger.warning("[alerts] %s for user %s: %s%s", what, user_id, why, more)
-
-
-def _body(request: HttpRequest, limit: int) -> bytes | None:
-    """The body, or None if it is over ``limit`` bytes (read no further than that)."""
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    if declared > limit:
-        return None
-    body = request.read(limit + 1)
-    return None if len(body) > limit else body
 
 
 async def _authenticated(user_id: str, secret: str) -> str | None:

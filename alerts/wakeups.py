@@ -5,9 +5,9 @@ thousands. Nothing here costs Redis a command per idle AlertManager:
 
 * **Wake-ups.** The webhook's push script PUBLISHes the user id on ``alerts:wake``
   (livestream/keys.py) in the same step as the RPUSH. Each process keeps ONE
-  subscriber connection to that channel (per event loop), open while at least one
-  AlertManager is registered here, and sets that user's event; a wake-up for a user
-  with no manager here is ignored.
+  subscriber connection to that channel (per event loop; livestream/pushes/wakeups.py),
+  open while at least one AlertManager is registered here, and sets that user's event;
+  a wake-up for a user with no manager here is ignored.
 * **Missed wake-ups.** Messages published while the subscriber was not connected are
   lost (pub/sub). So each time the subscription is confirmed (first start, after a
   reconnect), and every ALERT_RECHECK_INTERVAL as a safety net, the listener reads the
@@ -26,40 +26,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 import redis.asyncio as aioredis
 
 from alerts.queue import Claimed, claim_many, lengths
 from livestream import keys
 from livestream.conf import get_settings
-from livestream.tasks import per_loop
+from livestream.pushes.wakeups import WakeSubscriber
+from livestream.tasks import per_loop, stop_requested
 
 logger = logging.getLogger("livestream.alert_wakeups")
 
 # Users per claim script call / per pipelined LLEN round trip.
 BATCH = 500
-# Reconnect backoff after the subscriber connection failed (seconds).
-BACKOFF_MIN = 0.1
-BACKOFF_MAX = 2.0
 
 
-def stop_requested() -> bool:
-    """True once this task was asked to stop, even if a library turned the cancellation into
-    another error on the way (redis-py's connect and pool waits can report a cancel that
-    lands in their timeout as a ConnectionError): a retry loop must then stop, not retry."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-class WakeListener:
+class WakeListener(WakeSubscriber):
     """The registered AlertManagers of one event loop, and the tasks that serve them."""
 
     def __init__(self) -> None:
-        self.waiters: dict[str, set[asyncio.Event]] = {}
-        self.task: asyncio.Task[None] | None = None
-        # Set each time the subscription is confirmed (tests await it).
-        self.subscribed = asyncio.Event()
+        super().__init__(keys.alerts_wake, "alerts", logger)
         # Claims and re-checks go through a client of their own: a burst of other
         # components' commands on the shared pool cannot starve them.
         self.client: aioredis.Redis | None = None
@@ -67,32 +53,12 @@ class WakeListener:
         self._claimer: asyncio.Task[None] | None = None
         self._recheck_now = asyncio.Event()
 
-    # -- registration ---------------------------------------------------------
-
     def register(self, user_id: str) -> asyncio.Event:
-        event = asyncio.Event()
-        self.waiters.setdefault(user_id, set()).add(event)
         if self.task is None or self.task.done():
             from streampai.redisconf import redis_client
 
-            self.subscribed.clear()
-            self.client = redis_client()
-            self.task = asyncio.create_task(self._serve(self.client), name="alerts:wake")
-        return event
-
-    def unregister(self, user_id: str, event: asyncio.Event) -> None:
-        events = self.waiters.get(user_id)
-        if events is not None:
-            events.discard(event)
-            if not events:
-                del self.waiters[user_id]
-        if not self.waiters and self.task is not None:
-            self.task.cancel()
-            self.task = None
-
-    def wake(self, user_id: str) -> None:
-        for event in self.waiters.get(user_id, ()):
-            event.set()
+            self.client = redis_client()  # closed by serve() when the last waiter leaves
+        return super().register(user_id)
 
     # -- batched claims ---------------------------------------------------------
 
@@ -134,56 +100,22 @@ class WakeListener:
 
     # -- the subscriber and the re-checks ----------------------------------------
 
-    async def _serve(self, client: aioredis.Redis) -> None:
+    async def serve(self) -> None:
+        client = self.client
         recheck = asyncio.create_task(self._recheck_loop(), name="alerts:recheck")
         try:
-            await self._listen()
+            await self.listen()
         finally:
             recheck.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait({recheck}, timeout=1.0)  # it stops before its client closes
-            with contextlib.suppress(Exception):
-                await client.aclose()
-
-    async def _listen(self) -> None:
-        from streampai.redisconf import redis_client
-
-        backoff = BACKOFF_MIN
-        while True:
-            client = redis_client()
-            pubsub = client.pubsub()
-            try:
-                await pubsub.subscribe(keys.alerts_wake())
-                while True:
-                    # A bounded wait, so an idle subscriber never trips the socket timeout.
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        backoff = BACKOFF_MIN
-                        self._handle(message)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if stop_requested():
-                    raise asyncio.CancelledError from exc
-                logger.warning("[alerts] wake-up subscriber lost (%r); reconnecting in %.1fs", exc, backoff)
-                self.subscribed.clear()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+            if client is not None:
                 with contextlib.suppress(Exception):
                     await client.aclose()
 
-    def _handle(self, message: dict[str, Any]) -> None:
-        if message.get("type") == "subscribe":
-            # Anything published before this moment was missed: look at every queue.
-            self.subscribed.set()
-            self._recheck_now.set()
-        elif message.get("type") == "message":
-            data = message.get("data")
-            if isinstance(data, str):
-                self.wake(data)
+    def resubscribed(self) -> None:
+        # Anything published before this moment was missed: look at every queue.
+        self._recheck_now.set()
 
     async def _recheck_loop(self) -> None:
         while True:

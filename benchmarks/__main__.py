@@ -46,6 +46,7 @@ BENCHMARKS = [
     ("components", 300),
     ("webhook_flood", 240),
     ("platform_chat", 600),
+    ("broadcast", 600),
 ]
 
 

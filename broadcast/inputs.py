@@ -5,6 +5,8 @@
   state   "connected" | "disconnected"
   since   unix seconds of the last change
   ref     the presence ref the stream holds for the user (see below), while it holds one
+  publishers  the self-hosted ingest's publishes in progress (a second OBS on the same
+          key is refused by nginx but still reported to us, and must not end the first)
 
 Both backends report through ``set_input`` (the self-hosted ingest's callbacks, Cloudflare's
 webhooks and polling). One script stores the change and PUBLISHes the user id on
@@ -48,6 +50,50 @@ redis.call('PUBLISH', KEYS[2], ARGV[3])
 return 1
 """,
 )
+
+
+# KEYS: publishers hash (client -> user), the user's input hash. ARGV: client, user.
+_STARTED = script(
+    "broadcast.publish_started",
+    """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('HINCRBY', KEYS[2], 'publishers', 1)
+""",
+)
+
+# KEYS: publishers hash. ARGV: client, input hash prefix. Returns {user, publishes left} or false.
+_ENDED = script(
+    "broadcast.publish_ended",
+    """
+local user = redis.call('HGET', KEYS[1], ARGV[1])
+if not user then return false end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local left = redis.call('HINCRBY', ARGV[2] .. user, 'publishers', -1)
+if left < 0 then redis.call('HSET', ARGV[2] .. user, 'publishers', 0); left = 0 end
+return {user, left}
+""",
+)
+
+
+async def publish_started(user_id: str, client_id: str, *, client: aioredis.Redis | None = None) -> int:
+    """An ingest accepted a publish (connection ``client_id``) for the user; publishes now."""
+    keys_ = [keys.broadcast_publishers(), keys.broadcast_input(user_id)]
+    return int(await run_script(client or get_redis(), _STARTED, keys_, client_id, user_id))
+
+
+async def publish_ended(client_id: str, *, client: aioredis.Redis | None = None) -> tuple[str | None, int]:
+    """Connection ``client_id`` stopped publishing: (its user, their publishes left), or (None, 0)."""
+    prefix = keys.broadcast_input("")
+    found = await run_script(client or get_redis(), _ENDED, [keys.broadcast_publishers()], client_id, prefix)
+    if not found:
+        return None, 0
+    return str(found[0]), int(found[1])
+
+
+async def forget_publishes(user_id: str, *, client: aioredis.Redis | None = None) -> None:
+    """The ingest says nobody publishes for the user (a poll): drop what callbacks left behind
+    (an ingest restarted without reporting its publishes done)."""
+    await (client or get_redis()).hset(keys.broadcast_input(user_id), "publishers", 0)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from broadcast.backends.base import OutputSpec
+from broadcast.db import run_db
 from streampai import secrets
 
 __all__ = ["OutputSpec", "Source", "outputs_for", "register_source", "row_outputs", "unregister_source"]
@@ -39,12 +40,11 @@ def unregister_source(fn: Source) -> None:
         _sources.remove(fn)
 
 
-async def row_outputs(user_id: str) -> list[OutputSpec]:
-    """The user's StreamOutput rows as specs (keys decrypted)."""
+def _row_specs(user_id: str) -> list[OutputSpec]:
     from broadcast.models import StreamOutput
 
     specs = []
-    async for row in StreamOutput.objects.filter(user_id=int(user_id)).order_by("id"):
+    for row in StreamOutput.objects.filter(user_id=int(user_id)).order_by("id"):
         try:
             key, enabled = row.key, row.enabled
         except secrets.SecretError:
@@ -54,6 +54,11 @@ async def row_outputs(user_id: str) -> list[OutputSpec]:
             key, enabled = "", False
         specs.append(OutputSpec(id=str(row.pk), name=row.name, url=row.url, key=key, enabled=enabled))
     return specs
+
+
+async def row_outputs(user_id: str) -> list[OutputSpec]:
+    """The user's StreamOutput rows as specs (keys decrypted), read on the broadcast DB thread."""
+    return await run_db(lambda: _row_specs(user_id))
 
 
 async def outputs_for(user_id: str) -> list[OutputSpec]:

@@ -144,6 +144,9 @@ class Stack:
         # self.env may name another DATABASE_URL (PostgreSQL, tests/test_postgres.py).
         return base_env(
             **{
+                # Tests of the stream state alone go live without an RTMP input or outputs
+                # (issue 18's rule); the broadcast tests set "1".
+                "LIVESTREAM_BROADCAST_REQUIRED": "0",
                 "DATABASE_URL": f"sqlite:///{self.db_path}",
                 "LIVESTREAM_KEY_PREFIX": self.key_prefix,
                 **self.env,

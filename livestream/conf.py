@@ -35,7 +35,7 @@ class LivestreamSettings:
     # registry (livestream/components/registry.py; a name is the class name).
     # A user's rows in livestream.models.UserComponent enable or disable single
     # components on top of this list (livestream/components/choices.py).
-    COMPONENTS: tuple[str, ...] = ("ConsoleLogger", "StreamStateServer", "AlertManager")
+    COMPONENTS: tuple[str, ...] = ("ConsoleLogger", "StreamStateServer", "AlertManager", "CloudflareManager")
     # More registry entries, {name: dotted path}: a dict written in a settings
     # module (the tests' fixtures use it), never from the environment or a form.
     EXTRA_COMPONENTS: dict[str, str] = field(default_factory=dict)
@@ -209,9 +209,9 @@ class LivestreamSettings:
     # and the host OBS is told to publish to (the Stream page's "Server").
     RTMP_PORT: int = 1935
     RTMP_PUBLIC_HOST: str = "localhost"
-    # Where the ingest's callbacks reach daphne (on_publish/on_publish_done); set by
-    # the process that starts the ingest (streampai/devstack.py) from PORT.
-    INGEST_CALLBACK_URL: str = "http://127.0.0.1:8000"
+    # The self-hosted ingest's private directory (nginx.conf, logs, its control socket);
+    # "" = <var>/ingest. The worker finds the ingest's /stat and /control there.
+    INGEST_DIR: str = ""
     # An output's relay restarts after a failure with backoff from RELAY_BACKOFF up to
     # RELAY_BACKOFF_MAX seconds (livestream.tasks.retry_delay).
     RELAY_BACKOFF: float = 0.5
@@ -219,6 +219,32 @@ class LivestreamSettings:
     # The CloudflareManager asks the backend whether the input is connected this often
     # (seconds), in case a callback/webhook was lost; pushes normally arrive at once.
     INPUT_POLL_INTERVAL: float = 5.0
+
+    # --- Cloudflare Stream (BROADCAST_BACKEND "cloudflare"; docs/cloudflare.md) ---
+    # The account that owns the live inputs, and an API token with Account > Stream >
+    # Edit on it (environment: CLOUDFLARE_ACCOUNT_ID, CLOUDFLARE_API_TOKEN). Secrets:
+    # never logged.
+    CLOUDFLARE_ACCOUNT_ID: str = ""
+    CLOUDFLARE_API_TOKEN: str = ""
+    # The API's base URL; empty: the SDK's https://api.cloudflare.com/client/v4 (the
+    # contract tests point it at a local server).
+    CLOUDFLARE_API_BASE_URL: str = ""
+    # The secret Cloudflare signs webhooks with (Webhook-Signature) or sends as
+    # cf-webhook-auth (a Notifications webhook destination): POST /hooks/cloudflare/.
+    CLOUDFLARE_WEBHOOK_SECRET: str = ""
+    # A webhook whose signature time is further than this from our clock (seconds) is
+    # refused: an old one replayed cannot flip the input's state.
+    CLOUDFLARE_WEBHOOK_TOLERANCE: float = 300.0
+    # Largest webhook body accepted (bytes); a live input notification is ~400.
+    CLOUDFLARE_WEBHOOK_MAX_BODY_BYTES: int = 16384
+    # Cloudflare is asked at most this often (seconds) per running output (is its live
+    # output still there and enabled?) and per user (input_connected, the polling
+    # fallback of webhooks). Cloudflare allows 1,200 API calls per 5 minutes per token
+    # for the whole account: at 30 s, ~40 users streaming to two outputs each, or ~150
+    # users with a dashboard open. Input changes and new keys need no poll (webhooks).
+    CLOUDFLARE_POLL_INTERVAL: float = 30.0
+    # Seconds one Cloudflare API call may take (connecting: at most 5).
+    CLOUDFLARE_TIMEOUT: float = 10.0
 
 
 _DEFAULTS: dict[str, Any] = {
@@ -382,6 +408,24 @@ def validate(conf: LivestreamSettings) -> None:
         f"need 0 < RELAY_BACKOFF ({conf.RELAY_BACKOFF}) <= RELAY_BACKOFF_MAX ({conf.RELAY_BACKOFF_MAX})",
     )
     need(conf.INPUT_POLL_INTERVAL > 0, f"INPUT_POLL_INTERVAL must be > 0 (is {conf.INPUT_POLL_INTERVAL})")
+    if conf.BROADCAST_BACKEND == "cloudflare":
+        # Names only: these values are secrets.
+        for name in ("CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_WEBHOOK_SECRET"):
+            need(
+                bool(str(getattr(conf, name)).strip()),
+                f"{name} must be set when BROADCAST_BACKEND is 'cloudflare' (environment: {name})",
+            )
+        base_url = conf.CLOUDFLARE_API_BASE_URL
+        need(
+            not base_url or base_url.startswith(("https://", "http://")),
+            f"CLOUDFLARE_API_BASE_URL must be an http(s) URL (is {base_url!r})",
+        )
+    for name in ("CLOUDFLARE_WEBHOOK_TOLERANCE", "CLOUDFLARE_POLL_INTERVAL", "CLOUDFLARE_TIMEOUT"):
+        need(getattr(conf, name) > 0, f"{name} must be > 0 (is {getattr(conf, name)})")
+    need(
+        1024 <= conf.CLOUDFLARE_WEBHOOK_MAX_BODY_BYTES <= 1048576,
+        f"CLOUDFLARE_WEBHOOK_MAX_BODY_BYTES must be between 1024 and 1048576 (is {conf.CLOUDFLARE_WEBHOOK_MAX_BODY_BYTES})",
+    )
     for name in ("STREAM_START_DELAY", "STREAM_END_DELAY"):
         need(getattr(conf, name) >= 0, f"{name} must be >= 0 (is {getattr(conf, name)})")
     for name in (

@@ -40,6 +40,9 @@
   stream:<user>                   HASH   StreamStateServer's state and timestamps  components/stream_state.py
   broadcast:input:<user>          HASH   the user's ingest input: state, since, presence ref  broadcast/inputs.py
   broadcast:wake                  pub/sub channel: "<user>" after each input change
+  broadcast:publishers            HASH   ingest client id -> user, per publish in progress  broadcast/inputs.py
+  broadcast:cf:event:<input uid>  STRING time of the last Cloudflare webhook event applied for that
+                                         live input (older ones are dropped)  broadcast/cloudflare_webhook.py
 
 The channel layer's keys live under ``<KEY_PREFIX>:asgi`` (channels-redis' own
 layout). None of these are Redis Cluster ready: scripts touch keys of several users.
@@ -195,3 +198,13 @@ def platform_chat_page(connection_pk: str) -> str:
     """STRING (EX 120 s): the next YouTube liveChatMessages page token of a connection, so the
     next owner of the user (a failover) continues where the last one stopped."""
     return key("platforms", "chatpage", connection_pk)
+
+
+def broadcast_publishers() -> str:
+    """The self-hosted ingest's publishes in progress: nginx client id -> user (broadcast/inputs.py)."""
+    return key("broadcast", "publishers")
+
+
+def cloudflare_event(input_uid: str) -> str:
+    """When the last webhook event applied for a Cloudflare live input happened (broadcast/cloudflare_webhook.py)."""
+    return key("broadcast", "cf", "event", input_uid)

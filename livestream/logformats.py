@@ -35,3 +35,9 @@ PLATFORM_CONNECTED = "[UserStreamManager:%s] platform %s connected"  # user id, 
 PLATFORM_RETRY = "[UserStreamManager:%s] platform %s disconnected (%s); retrying in %.2fs"  # user, id, why, s
 PLATFORM_FAILED = "[UserStreamManager:%s] platform %s failed: %s"  # user id, connection id, reason
 PLATFORM_STOPPED = "[UserStreamManager:%s] platform %s stopped"  # user id, connection id
+
+# The CloudflareManager (issue 18: livestream/components/cloudflare_manager.py); pinned by the issue.
+INPUT_CHANGED = "[UserStreamManager:%s] input %s"  # user id, "connected" | "disconnected"
+OUTPUT_LIVE = "[UserStreamManager:%s] output %s live"  # user id, output id
+OUTPUT_FAILED = "[UserStreamManager:%s] output %s failed: %s"  # user id, output id, reason (no key)
+STREAM_ENDED = "[UserStreamManager:%s] stream ended: %s"  # user id, reason

@@ -28,6 +28,14 @@ V = TypeVar("V")
 MAX_BACKOFF = 5.0
 
 
+def stop_requested() -> bool:
+    """True once this task was asked to stop, even if a library turned the cancellation into
+    another error on the way (redis-py's connect and pool waits can report a cancel that
+    lands in their timeout as a ConnectionError): a retry loop must then stop, not retry."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def retry_delay(failures: int, first: float = 0.1, cap: float = MAX_BACKOFF) -> float:
     """How long to wait after ``failures`` failures in a row (1 or more) before trying again."""
     return min(first * 2 ** (max(failures, 1) - 1), cap)

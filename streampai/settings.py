@@ -6,7 +6,8 @@ Deploy-time values come from the environment:
 
     SECRET_KEY, DEBUG, ALLOWED_HOSTS (comma separated), DATABASE_URL, REDIS_URL,
     and LIVESTREAM_<KEY> for any key of livestream/conf.py (LIVESTREAM_CLEANUP_TIMEOUT,
-    LIVESTREAM_PRESENCE_TTL, LIVESTREAM_KEY_PREFIX, ...);
+    LIVESTREAM_PRESENCE_TTL, LIVESTREAM_KEY_PREFIX, ...); CLOUDFLARE_ACCOUNT_ID,
+    CLOUDFLARE_API_TOKEN, CLOUDFLARE_API_BASE_URL, CLOUDFLARE_WEBHOOK_SECRET;
     behind TLS: SECURE_SSL_REDIRECT, SESSION_COOKIE_SECURE, CSRF_COOKIE_SECURE (on by
     default when DEBUG is off), SECURE_HSTS_SECONDS, SECURE_HSTS_INCLUDE_SUBDOMAINS,
     SECURE_HSTS_PRELOAD, SECURE_PROXY_SSL_HEADER ("X-Forwarded-Proto: https"),
@@ -100,6 +101,8 @@ def proxy_ssl_header(value: str) -> tuple[str, str] | None:
 
 
 # Only set this behind a proxy that always sets (and strips incoming) the header.
+# The RTMP ingest calls daphne over plain HTTP on loopback (broadcast/views.py): never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^broadcast/ingest/"]
 SECURE_PROXY_SSL_HEADER = proxy_ssl_header(os.environ.get("SECURE_PROXY_SSL_HEADER", ""))
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 for _origin in CSRF_TRUSTED_ORIGINS:
@@ -281,6 +284,16 @@ LIVESTREAM = {
 # The RTMP ingest's port, as PORT is daphne's (LIVESTREAM_RTMP_PORT wins if both are set).
 if os.environ.get("RTMP_PORT") and "RTMP_PORT" not in LIVESTREAM:
     LIVESTREAM["RTMP_PORT"] = os.environ["RTMP_PORT"]
+# Cloudflare Stream (BROADCAST_BACKEND "cloudflare", docs/cloudflare.md) under the names
+# Cloudflare's own tools use; LIVESTREAM_CLOUDFLARE_* wins if both are set.
+for _name in (
+    "CLOUDFLARE_ACCOUNT_ID",
+    "CLOUDFLARE_API_TOKEN",
+    "CLOUDFLARE_API_BASE_URL",
+    "CLOUDFLARE_WEBHOOK_SECRET",
+):
+    if os.environ.get(_name) and _name not in LIVESTREAM:
+        LIVESTREAM[_name] = os.environ[_name]
 # Secrets at rest (streampai/secrets.py): a Fernet key or passphrase; derived from
 # SECRET_KEY when unset. Changing it makes stored stream keys unreadable.
 SECRETS_KEY = os.environ.get("STREAMPAI_SECRETS_KEY", "")
@@ -311,6 +324,7 @@ LOGGING = {
         "livestream": {"level": os.environ.get("LIVESTREAM_LOG_LEVEL", "INFO")},
         "dashboard": {"level": "INFO"},
         "alerts": {"level": "INFO"},
+        "broadcast": {"level": "INFO"},
         "django.channels": {"level": "INFO"},
         "daphne": {"level": "INFO"},
         # Django's default config gives these loggers handlers of their own (a plain console

@@ -14,5 +14,7 @@ urlpatterns = [
     path("hijack/", include("hijack.urls")),
     path("admin/", admin.site.urls),
     path("", include("alerts.urls")),  # /hooks/alerts/...
+    path("", include("broadcast.cloudflare_urls")),  # /hooks/cloudflare/
     path("", include("livestream.urls")),  # /metrics
+    path("", include("broadcast.urls")),  # /broadcast/ingest/... (the RTMP ingest's callbacks)
 ]

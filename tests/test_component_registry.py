@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from devtools.processes import BASE_DIR, PYTHON, base_env
 from livestream.components import choices, registry
 from livestream.components.alert_manager import AlertManager
+from livestream.components.cloudflare_manager import CloudflareManager
 from livestream.components.console_logger import ConsoleLogger
 from livestream.components.stream_state import StreamStateServer
 from livestream.conf import LivestreamSettings, get_settings, validate
@@ -23,7 +24,14 @@ def test_the_builtins_are_registered_by_class_name():
     assert registry.get("ConsoleLogger") is ConsoleLogger
     assert registry.get("StreamStateServer") is StreamStateServer
     assert registry.get("AlertManager") is AlertManager
-    assert get_settings().COMPONENTS == ("ConsoleLogger", "StreamStateServer", "AlertManager")
+    assert registry.get("CloudflareManager") is CloudflareManager
+    # Issue 18 added the CloudflareManager to the defaults.
+    assert get_settings().COMPONENTS == (
+        "ConsoleLogger",
+        "StreamStateServer",
+        "AlertManager",
+        "CloudflareManager",
+    )
     with pytest.raises(registry.UnknownComponent, match=r"'livestream\.components\.console_logger"):
         registry.get("livestream.components.console_logger.ConsoleLogger")
 

@@ -22,6 +22,7 @@ from livestream.components import choices, commands
 from livestream.components import emitter as component_events
 from livestream.components.alert_manager import AlertManager
 from livestream.components.base import CommandError, Component
+from livestream.components.cloudflare_manager import CloudflareManager
 from livestream.components.console_logger import ConsoleLogger
 from livestream.components.stream_state import StreamStateServer
 from livestream.components.user_manager import UserStreamManager
@@ -350,8 +351,9 @@ async def test_for_user_reads_the_rows_in_one_batch(django_user_model):
     await sync_to_async(UserComponent.objects.create)(user=user, name=name, enabled=False)
     await sync_to_async(UserComponent.objects.create)(user=user, name="Echo")
     found = await asyncio.gather(choices.for_user(str(user.pk)), choices.for_user("999999"))
-    assert found[0] == [ConsoleLogger, AlertManager, Echo]
-    assert found[1] == [ConsoleLogger, StreamStateServer, AlertManager]
+    # Issue 18 added the CloudflareManager to the defaults.
+    assert found[0] == [ConsoleLogger, AlertManager, CloudflareManager, Echo]
+    assert found[1] == [ConsoleLogger, StreamStateServer, AlertManager, CloudflareManager]
 
 
 # -- settings ---------------------------------------------------------------------

@@ -64,7 +64,12 @@ async def test_components_come_from_settings(configure_livestream):
 
 async def test_default_components_are_the_console_logger_stream_state_and_alerts():
     manager = UserStreamManager("1")
-    assert [c.name for c in manager.children] == ["ConsoleLogger", "StreamStateServer", "AlertManager"]
+    assert [c.name for c in manager.children] == [
+        "ConsoleLogger",
+        "StreamStateServer",
+        "AlertManager",
+        "CloudflareManager",
+    ]
     assert manager.children[0].component_class is ConsoleLogger
 
 

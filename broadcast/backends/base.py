@@ -49,6 +49,11 @@ OUTPUT_STATES = (OFF, STARTING, LIVE, FAILED)
 Report = Callable[[str, str | None], None]
 
 
+class BackendError(RuntimeError):
+    """ingest/new_key/input_connected failed for a reason worth showing: str() is short and
+    never a secret (e.g. "Cloudflare refused the API token")."""
+
+
 @dataclass(frozen=True)
 class Ingest:
     """What OBS needs: "Server" and "Stream Key" (a publisher sends to server_url/stream_key)."""

@@ -31,6 +31,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from streampai.internals import SKIP, Requirements, describe, missing_features
+
 logger = logging.getLogger("dashboard.daphne")
 
 # Kernel receive buffer of a dashboard socket (bytes; see small_receive_buffer).
@@ -83,15 +85,11 @@ def _channels_wrapper() -> Any:
 def _daphne_server() -> Any:
     """daphne's Server class, only where daphne is running (importing it installs a reactor)."""
     server = sys.modules.get("daphne.server")
-    return getattr(server, "Server", None) if server is not None else _Skip
-
-
-class _Skip:
-    """Not under daphne: the requirement is not checked."""
+    return getattr(server, "Server", None) if server is not None else SKIP  # not under daphne: not checked
 
 
 # feature -> [(where the attribute lives, a function returning its owner, attribute)]
-REQUIREMENTS: dict[str, list[tuple[str, Callable[[], Any], str]]] = {
+REQUIREMENTS: Requirements = {
     SLOW_TAB: [
         ("twisted FileDescriptor", _file_descriptor, "dataBuffer"),
         ("twisted FileDescriptor", _file_descriptor, "offset"),
@@ -124,25 +122,12 @@ def check(*, force: bool = False) -> dict[str, str]:
     global _off
     if _off is not None and not force:
         return _off
-    off: dict[str, str] = {}
-    for feature, needs in REQUIREMENTS.items():
-        for where, owner_of, name in needs:
-            try:
-                owner = owner_of()
-                if owner is _Skip:
-                    continue
-                missing = owner is None or not hasattr(owner, name)
-            except Exception as exc:  # an import that fails is the same thing as a missing attribute
-                off[feature] = f"{where} unavailable: {exc!r}"
-                break
-            if missing:
-                off[feature] = f"{where}.{name} missing"
-                break
+    off = missing_features(REQUIREMENTS)
     _off = off
     if off:
         logger.warning(
             "daphne adapter: switched off %s (daphne/autobahn/Twisted differ from the pinned versions)",
-            "; ".join(f"{feature} ({why})" for feature, why in off.items()),
+            describe(off),
         )
     return off
 

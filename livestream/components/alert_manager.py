@@ -55,9 +55,10 @@ import secrets
 from typing import Any
 
 from alerts.queue import AWAY, SUPERSEDED, Alert, AlertQueue
-from alerts.wakeups import WakeListener, listener, stop_requested
+from alerts.wakeups import WakeListener, listener
 from livestream.components.base import Component
 from livestream.conf import get_settings
+from livestream.tasks import stop_requested
 
 logger = logging.getLogger(__name__)
 

@@ -7,6 +7,13 @@ reset once connected); a refused login stops that child only, shown as ``failed`
 with the reason until the connection is saved again. No child's failure reaches
 its siblings, this component or the manager.
 
+A chat session is an effect outside Redis (issue 19, livestream/ownership/fencing.py): each
+child registers with ``register_external_effect``, so the lease keeper cancels it (closing
+its connection) before the lease can lapse unrenewed or when another worker holds it; and
+every send to a platform (chat, the stream's title) is made only while ``may_act()``, checked
+right before it: a worker woken from a freeze past its lease sends nothing for a user another
+worker runs by now.
+
 A connection added, changed, disabled or removed while this runs starts or stops
 its child at once: platforms/signals.py sends ``component.config`` naming this
 component, and the owner's worker calls ``reconfigure()`` (livestream/components/choices.py).
@@ -28,6 +35,7 @@ Wire format (pinned, issue 21):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -44,6 +52,8 @@ logger = logging.getLogger("livestream.platforms")
 
 CONNECTING, CONNECTED, FAILED, OFF = "connecting", "connected", "failed", "off"
 RECENT = 100
+# A send refused because this worker's lease may have lapsed (it was frozen or cut off).
+NOT_OWNER = "this worker may no longer run your stream; try again in a moment"
 PLATFORM_NAMES = {"twitch": "Twitch", "youtube": "YouTube", "custom": "Custom RTMP"}
 
 
@@ -70,7 +80,15 @@ class Child:
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.task = asyncio.create_task(self._supervise(), name=f"platform:{self.conn.public_id}")
+        task = self.task = asyncio.create_task(self._supervise(), name=f"platform:{self.conn.public_id}")
+        loop = asyncio.get_running_loop()
+
+        def close() -> None:  # from the lease keeper's thread
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing runs
+                loop.call_soon_threadsafe(task.cancel)
+
+        unregister = self.owner.register_external_effect(close)
+        task.add_done_callback(lambda _: unregister())
 
     async def _set(self, state: str, error: str = "") -> None:
         if (state, error) != (self.state, self.error):
@@ -278,6 +296,9 @@ class PlatformSupervisor(Component):
         results: dict[str, Any] = {}
         failed: list[str] = []
         for child in targets:
+            if not self.may_act():  # right before the send: no await in between
+                failed.append(f"{child.conn.public_id} not sent: {NOT_OWNER}")
+                continue
             try:
                 results[child.conn.public_id] = await child.client.send(text)
             except (OSError, ConnectionError) as exc:
@@ -306,6 +327,9 @@ class PlatformSupervisor(Component):
         failed: list[str] = []
         for child in list(self.children.values()):
             if child.conn.platform != "twitch":
+                continue
+            if not self.may_act():
+                failed.append(f"{child.conn.public_id}: {NOT_OWNER}")
                 continue
             try:
                 await helix.update_channel(child.client.creds, title.strip(), category.strip())

@@ -25,6 +25,21 @@ connects later gets it at once:
 Commands: ``go_live`` (from offline) and ``end_stream`` (from starting or live);
 any other transition is refused with a CommandError naming the current state. Both
 reply with the new state's data.
+
+**Going live for real (issue 18).** A sibling component of the same manager that takes
+part in the stream (the CloudflareManager: the ingest and the outputs) registers itself
+for its user with ``register_participant`` while it runs; nothing else crosses between
+components, and none of it leaves the process:
+
+* ``go_live`` first asks ``participant.can_go_live()``: a reason to refuse (no input
+  connected, no output enabled, streaming unavailable) becomes the CommandError. With
+  no participant (the component disabled for the user), or BROADCAST_REQUIRED off,
+  going live only changes the state, as before.
+* every change reached is told to ``participant.stream_state_changed(state)`` (after it
+  is stored and emitted), so "live" starts the outputs and "ending" stops them.
+* ``end_stream(user_id, reason)`` ends the stream from the component side (OBS gone for
+  longer than DISCONNECT_TIMEOUT): the state event then carries ``ended_reason``
+  (None otherwise; cleared by the next go_live).
 """
 
 from __future__ import annotations
@@ -34,7 +49,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -50,17 +65,20 @@ T = TypeVar("T")
 OFFLINE, STARTING, LIVE, ENDING = "offline", "starting", "live", "ending"
 STAMPS = {STARTING: "started_at", LIVE: "live_at", ENDING: "ending_at", OFFLINE: "ended_at"}
 
-# KEYS: stream hash, token, refused counter. ARGV: to, now, stamp field, fencing token,
-# allowed from-states... Returns {1, fields...} when it moved, {0, fields...} (unchanged) when
-# the state was not allowed, {-1, fields...} (unchanged) when the token is stale.
+# KEYS: stream hash, token, refused counter. ARGV: to, now, stamp field, reason ('' keeps it,
+# '-' clears it), fencing token, allowed from-states... Returns {1, fields...} when it moved,
+# {0, fields...} (unchanged) when the state was not allowed, {-1, fields...} (unchanged) when
+# the token is stale.
 _TRANSITION = fencing.script(
     "stream_state.transition",
     """
-if not fence_ok(KEYS[2], ARGV[4], KEYS[3]) then return {-1, redis.call('HGETALL', KEYS[1])} end
+if not fence_ok(KEYS[2], ARGV[5], KEYS[3]) then return {-1, redis.call('HGETALL', KEYS[1])} end
 local cur = redis.call('HGET', KEYS[1], 'state') or 'offline'
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   if ARGV[i] == cur then
     redis.call('HSET', KEYS[1], 'state', ARGV[1], 'since', ARGV[2], ARGV[3], ARGV[2])
+    if ARGV[4] == '-' then redis.call('HDEL', KEYS[1], 'reason')
+    elseif ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'reason', ARGV[4]) end
     return {1, redis.call('HGETALL', KEYS[1])}
   end
 end
@@ -69,12 +87,46 @@ return {0, redis.call('HGETALL', KEYS[1])}
 )
 
 
+class Participant(Protocol):
+    """A sibling component taking part in the user's stream (see the module docstring)."""
+
+    async def can_go_live(self) -> str | None: ...
+
+    def stream_state_changed(self, state: str) -> None: ...
+
+
+# This process' participants and running servers, by user (one manager per user per process).
+_participants: dict[str, Participant] = {}
+_servers: dict[str, StreamStateServer] = {}
+
+
+def register_participant(user_id: str, participant: Participant) -> None:
+    _participants[user_id] = participant
+
+
+def unregister_participant(user_id: str, participant: Participant) -> None:
+    if _participants.get(user_id) is participant:
+        del _participants[user_id]
+
+
+async def end_stream(user_id: str, reason: str) -> bool:
+    """End the user's stream (starting or live -> ending) with ``reason``; True if it moved.
+    Through the user's running StreamStateServer in this process, or, if none runs here,
+    with the same compare-and-set (its next owner completes the end)."""
+    server = _servers.get(user_id) or StreamStateServer(user_id)
+    moved, _ = await server._move(ENDING, STARTING, LIVE, reason=reason)
+    if moved:
+        server._changed.set()
+    return bool(moved)
+
+
 def snapshot(fields: dict[str, str]) -> dict[str, Any]:
     """The ``state`` event's data from the stored HASH (stamps as floats or None)."""
     data: dict[str, Any] = {"state": fields.get("state", OFFLINE)}
     for name in ("since", *STAMPS.values()):
         value = fields.get(name)
         data[name] = float(value) if value else None
+    data["ended_reason"] = fields.get("reason") or None
     return data
 
 
@@ -97,6 +149,14 @@ class StreamStateServer(Component):
         return {str(k): str(v) for k, v in fields.items()}
 
     async def run(self) -> None:
+        _servers[self.user_id] = self
+        try:
+            await self._serve()
+        finally:
+            if _servers.get(self.user_id) is self:
+                del _servers[self.user_id]
+
+    async def _serve(self) -> None:
         fields = await self._retrying(self._load)
         self.state = fields.get("state", OFFLINE)
         if fields and self.state != OFFLINE:
@@ -153,13 +213,18 @@ class StreamStateServer(Component):
         if args:
             raise CommandError(f"{name} takes no arguments")
         if name == "go_live":
+            participant = _participants.get(self.user_id)
+            if participant is not None and get_settings().BROADCAST_REQUIRED and self.state == OFFLINE:
+                refused = await participant.can_go_live()
+                if refused:
+                    raise CommandError(refused)
             return await self._command(STARTING, OFFLINE)
         if name == "end_stream":
             return await self._command(ENDING, STARTING, LIVE)
         raise CommandError(f"unknown command {name!r}")
 
     async def _command(self, to: str, *allowed: str) -> dict[str, Any]:
-        moved, data = await self._move(to, *allowed)
+        moved, data = await self._move(to, *allowed, reason="-" if to == STARTING else "")
         if moved is None:
             raise CommandError("this stream's manager is moving to another worker; try again")
         if not moved:
@@ -168,9 +233,9 @@ class StreamStateServer(Component):
         self._changed.set()
         return data
 
-    async def _move(self, to: str, *allowed: str) -> tuple[bool | None, dict[str, Any]]:
+    async def _move(self, to: str, *allowed: str, reason: str = "") -> tuple[bool | None, dict[str, Any]]:
         """Compare-and-set the state (fenced: refused for a stale lease token); emit the new
-        one. ``(moved, state data)``, moved None when refused."""
+        one; tell the participant. ``(moved, state data)``, moved None when refused."""
         async with self._lock:
             fence = self.fence
             result = await run_script(
@@ -180,6 +245,7 @@ class StreamStateServer(Component):
                 to,
                 f"{time.time():.3f}",
                 STAMPS[to],
+                reason,
                 fence.arg(),
                 *allowed,
             )
@@ -193,6 +259,9 @@ class StreamStateServer(Component):
             if outcome:
                 logger.info("[UserStreamManager:%s] stream %s", self.user_id, to)
                 await self.emit("state", data, sticky=True)
+                participant = _participants.get(self.user_id)
+                if participant is not None:
+                    participant.stream_state_changed(to)
             return bool(outcome), data
 
     def status(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ and woken up after its lease lapsed sees it has, before anything else runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -112,6 +113,7 @@ class EffectGate:
         self._lock = threading.Lock()
         self._effects: dict[int, tuple[str, Callable[[], None]]] = {}
         self._next = 0
+        self._listeners: list[Callable[[float], None]] = []
 
     def open(self, now: float | None = None) -> bool:
         return (time.monotonic() if now is None else now) < self.deadline
@@ -125,11 +127,37 @@ class EffectGate:
         """A renewal sent at ``sent_at`` reached Redis (the lease keeper's thread)."""
         conf = get_settings()
         self.deadline = effects_deadline(sent_at, conf.LEASE_TTL, conf.EFFECT_STOP_MARGIN)
+        self._tell(self.deadline)
 
     def keeper_stopped(self) -> None:
         """The lease keeper stopped (its worker's managers are stopped): no deadline until
         another starts (several workers in one process, as the tests run them)."""
         self.deadline = math.inf
+        self._tell(self.deadline)
+
+    def on_renewed(self, callback: Callable[[float], None]) -> Callable[[], None]:
+        """Have ``callback(deadline)`` called (on the lease keeper's thread) each time the
+        deadline moves: after every renewal, and when the keeper stops (inf). For an effect
+        in a child process that must stop by itself when this one is frozen (the relay
+        warden, broadcast/warden.py). It must be quick and never block: it runs between
+        two renewals. Returns a function that removes it."""
+        with self._lock:
+            self._listeners.append(callback)
+
+        def remove() -> None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._listeners.remove(callback)
+
+        return remove
+
+    def _tell(self, deadline: float) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for callback in listeners:
+            try:
+                callback(deadline)
+            except Exception:
+                logger.exception("[PresenceManager] a deadline listener failed")
 
     def register(self, user_id: str, stop: Callable[[], None]) -> Callable[[], None]:
         """``stop`` (thread-safe, quick) ends an effect of ``user_id``; returns its unregister."""
