@@ -69,7 +69,7 @@ from broadcast.backends.base import (
     Report,
 )
 from livestream.conf import get_settings
-from livestream.tasks import Backoff, per_loop
+from livestream.tasks import Backoff, per_loop, stop_requested
 from streampai import secrets
 
 logger = logging.getLogger("broadcast.cloudflare")
@@ -323,7 +323,9 @@ class CloudflareBackend(BroadcastBackend):
                 raise CloudflareError(REFUSED_TOKEN) from None
             except PermissionDeniedError:
                 raise CloudflareError(NO_PERMISSION) from None
-            except APIConnectionError:
+            except APIConnectionError as exc:
+                if stop_requested():  # our cancel, as httpx reports one that lands mid-request
+                    raise asyncio.CancelledError from exc
                 raise CloudflareError(UNREACHABLE) from None
             except APIStatusError as exc:
                 raise CloudflareError(f"Cloudflare answered {exc.status_code}: {_api_message(exc)}") from None
@@ -491,6 +493,8 @@ class _OutputRun:
         checked_at = float("-inf")
         self.report(STARTING)
         while True:
+            if stop_requested():  # a cancel the SDK (httpx) reported as an error: stop now
+                raise asyncio.CancelledError
             wakeup = self.backend._st().wakeup(self.user_id)
             try:
                 uid = await self.backend._input_uid(self.user_id)

@@ -47,7 +47,7 @@ from redis.exceptions import RedisError
 from livestream import logformats
 from livestream.components.base import CommandError, Component
 from livestream.conf import get_settings
-from livestream.tasks import Backoff, cancel_and_wait
+from livestream.tasks import Backoff, cancel_and_wait, stop_requested
 
 logger = logging.getLogger("livestream.platforms")
 
@@ -130,6 +130,8 @@ class Child:
                 await asyncio.sleep(exc.retry_after)
                 continue
             except Exception as exc:  # network, protocol, quota, a bug: this child only, with backoff
+                if stop_requested():  # our cancel, as an HTTP client reports one mid-request
+                    raise asyncio.CancelledError from exc
                 why = str(exc) or type(exc).__name__
                 why_kind = "wait" if isinstance(exc, Waiting) else "api" if isinstance(exc, ApiError) else ""
                 if not isinstance(exc, (OSError, ConnectionError, TimeoutError, ApiError)):
