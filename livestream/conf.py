@@ -195,8 +195,9 @@ class LivestreamSettings:
 
     # --- Broadcast (issue 18: the ingest and the outputs, broadcast/ and docs/broadcast.md) ---
     # Where streams come in and how they are sent on: "selfhosted" (nginx-rtmp ingest +
-    # local ffmpeg relays), "cloudflare" (Cloudflare Stream), or a dotted path to a
-    # broadcast.backends.base.BroadcastBackend subclass.
+    # local ffmpeg relays) or "cloudflare" (Cloudflare Stream); a name from the table in
+    # broadcast/backends/__init__.py, never a dotted path (nothing is imported from a string
+    # an environment variable carries).
     BROADCAST_BACKEND: str = "selfhosted"
     # go_live is refused unless the input is connected and an output is enabled. False
     # lets go_live change only the stream state (the behaviour before issue 18; the
@@ -408,6 +409,10 @@ def validate(conf: LivestreamSettings) -> None:
         f"need 0 < RELAY_BACKOFF ({conf.RELAY_BACKOFF}) <= RELAY_BACKOFF_MAX ({conf.RELAY_BACKOFF_MAX})",
     )
     need(conf.INPUT_POLL_INTERVAL > 0, f"INPUT_POLL_INTERVAL must be > 0 (is {conf.INPUT_POLL_INTERVAL})")
+    need(
+        conf.BROADCAST_BACKEND in ("selfhosted", "cloudflare"),
+        f"BROADCAST_BACKEND must be 'selfhosted' or 'cloudflare' (is {conf.BROADCAST_BACKEND!r})",
+    )
     if conf.BROADCAST_BACKEND == "cloudflare":
         # Names only: these values are secrets.
         for name in ("CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_WEBHOOK_SECRET"):

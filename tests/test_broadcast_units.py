@@ -75,10 +75,18 @@ def test_stat_parsing():
     assert publishing("not xml") == set()
 
 
-def test_backend_is_chosen_by_the_setting(configure_livestream):
+def test_backend_is_chosen_by_the_setting_by_name_only(configure_livestream):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from livestream.conf import get_settings, validate
+
     assert isinstance(get_backend(), SelfHostedBackend)
+    # A dotted path is never imported (issue 20: nothing from a string an environment carries).
     configure_livestream(BROADCAST_BACKEND="broadcast.backends.selfhosted.SelfHostedBackend")
-    assert get_backend().name == "selfhosted"
+    with pytest.raises(ImproperlyConfigured, match="not one of selfhosted, cloudflare"):
+        get_backend()
+    with pytest.raises(ImproperlyConfigured, match="BROADCAST_BACKEND must be"):
+        validate(get_settings())
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,17 +1,19 @@
-"""The broadcast backend chosen by LIVESTREAM["BROADCAST_BACKEND"]: "selfhosted" (default),
-"cloudflare", or a dotted path to a BroadcastBackend subclass."""
+"""The broadcast backend chosen by LIVESTREAM["BROADCAST_BACKEND"], by name: "selfhosted"
+(default) or "cloudflare". A new backend is one line in BACKENDS (livestream/conf.py checks
+the name at start)."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from broadcast.backends.base import BroadcastBackend
 
-ALIASES = {
+BACKENDS = {
     "selfhosted": "broadcast.backends.selfhosted.SelfHostedBackend",
     "cloudflare": "broadcast.backends.cloudflare.CloudflareBackend",
 }
@@ -19,7 +21,10 @@ ALIASES = {
 
 @lru_cache(maxsize=1)
 def _load(name: str) -> BroadcastBackend:
-    cls = import_string(ALIASES.get(name, name))
+    path = BACKENDS.get(name)
+    if path is None:
+        raise ImproperlyConfigured(f"BROADCAST_BACKEND {name!r} is not one of {', '.join(BACKENDS)}")
+    cls = import_string(path)  # a path written here, in code
     return cls()
 
 
