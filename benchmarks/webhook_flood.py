@@ -29,21 +29,19 @@ from collections import Counter
 from typing import Any
 
 from benchmarks.common import (
-    amake_users,
     configure_django,
     cpu_percent,
-    flushall,
     migrated_template,
     new_prefix,
     new_stack,
     open_all,
-    private_redis,
     sample,
-    start_worker_ready,
     summary,
-    unix_url,
     workdir,
 )
+from devtools.clients import amake_users
+from devtools.processes import start_worker_ready
+from devtools.redis import flushall, private_redis, unix_url
 
 FLOOD_RATE = 150.0  # POSTs per second (the issue measured ~120)
 CONNECTIONS = 8
