@@ -8,11 +8,10 @@ streampai/channel_layer.py, the hub's connection names).
 ``check()`` looks once, at start (livestream/apps.py), for every attribute used and, if
 one is missing, switches off only what needs it, in ONE warning line::
 
-    redis adapter: switched off wake-every-waiter release (redis-py BlockingConnectionPool._condition missing)
+    redis adapter: switched off sentinel master check (redis-py asyncio SentinelConnectionPool.is_master missing)
 
-A switched-off feature falls back to the library's own behaviour: the stock release
-(which can lose a wake-up when a waiter is cancelled), no master check per checkout,
-unnamed connections. Nothing here raises.
+A switched-off feature falls back to the library's own behaviour: no master check per
+checkout, channels-redis' own pools, unnamed connections. Nothing here raises.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from streampai.internals import Requirements, describe, missing_features
 
 logger = logging.getLogger("streampai.redis")
 
-WAKE_ALL = "wake-every-waiter release"  # streampai/redisconf.py BoundedConnectionPool
 FOLLOW_MASTER = "sentinel master check"  # streampai/redisconf.py *SentinelConnectionPool
 LAYER_POOLS = "bounded channel-layer pools"  # streampai/channel_layer.py create_pool
 CONNECTION_NAMES = "connection names"  # dashboard/ws/hub.py named_client
@@ -68,7 +66,6 @@ def _connection_class() -> Any:
 
 # feature -> [(where, a function returning the attribute's owner, attribute)]
 REQUIREMENTS: Requirements = {
-    WAKE_ALL: [("redis-py BlockingConnectionPool", _blocking_pool, "_condition")],
     FOLLOW_MASTER: [
         ("redis-py asyncio SentinelConnectionPool", _sentinel_pools, "is_master"),
         ("redis-py asyncio SentinelConnectionPool", _sentinel_pools, "master_address"),

@@ -21,6 +21,7 @@ they rely on are checked at start by streampai/redis_internals.py.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from typing import Any
@@ -100,28 +101,84 @@ def _sentinel_kwargs(target: RedisTarget) -> dict[str, Any]:
     }
 
 
-class BoundedConnectionPool(aioredis.BlockingConnectionPool):
-    """redis-py's BlockingConnectionPool without its lost wake-ups.
+class _Permits:
+    """A FIFO counting semaphore that hands each freed permit to exactly one live waiter."""
 
-    release() notifies one waiter. On Python < 3.13 a waiter that is notified and
-    then cancelled before it runs (daphne cancels consumers of closed sockets all
-    the time) swallows that notification: the other waiters sleep on although a
-    connection is free, until their timeout ("No connection available.";
-    seen in the churn soak). Waking every waiter costs a re-check each and cannot
-    lose one. The release is shielded so that a cancellation landing in it
-    cannot leave the connection counted as in use for ever.
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self, timeout: float | None) -> None:
+        while self._waiters and self._waiters[0].done():  # left by waiters that gave up
+            self._waiters.popleft()
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a permit, but leaving (cancelled, timed out): pass it on
+            else:
+                waiter.cancel()
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
+class BoundedConnectionPool(aioredis.BlockingConnectionPool):
+    """At most ``max_connections`` in use; a checkout beyond waits, first come first served,
+    up to ``timeout`` ("No connection available.").
+
+    redis-py's own wait is an asyncio.Condition whose release notifies one waiter; on
+    Python < 3.13 a waiter notified and then cancelled before it runs (daphne cancels
+    consumers of closed sockets all the time) swallows the notification, and the others
+    sleep on until their timeout although a connection is free (seen in the churn soak).
+    Waking every waiter on each release fixed that at O(waiters) per release, which a
+    worker starting thousands of managers at once could not afford (docs/benchmarks.md,
+    worker capacity). Here a release hands its permit to exactly one live waiter, and a
+    waiter cancelled after it was handed one passes it on. The release is shielded so
+    that a cancellation landing in it cannot leave the connection counted as in use.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._permits = _Permits(self.max_connections)
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            await self._permits.acquire(self.timeout)
+        except TimeoutError as exc:
+            raise redis.ConnectionError("No connection available.") from exc
+        try:
+            connection = self.get_available_connection()
+        except BaseException:
+            self._permits.release()
+            raise
+        try:
+            await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
     async def release(self, connection: Any) -> None:
-        if not redis_internals.enabled(redis_internals.WAKE_ALL):
-            await super().release(connection)
-            return
         await asyncio.shield(self._release(connection))
 
     async def _release(self, connection: Any) -> None:
-        async with self._condition:
+        try:
             await aioredis.ConnectionPool.release(self, connection)
-            self._condition.notify_all()
+        finally:
+            self._permits.release()
 
 
 class BlockingSentinelConnectionPool(aiosentinel.SentinelConnectionPool, BoundedConnectionPool):

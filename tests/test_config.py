@@ -225,6 +225,47 @@ def test_sync_client_is_bounded_too(redis_url):
         client.close()
 
 
+async def test_the_pool_serves_a_crowd_in_order_and_loses_no_permit(redis_url):
+    """2,000 checkouts on 2 connections, some cancelled or timed out while they wait: the rest
+    all run, first come first served, and the pool ends with both permits free."""
+    from streampai.redisconf import BoundedConnectionPool
+
+    pool = BoundedConnectionPool.from_url(redis_url, max_connections=2, timeout=5.0)
+    order: list[int] = []
+
+    async def use(i: int) -> None:
+        connection = await pool.get_connection()
+        try:
+            order.append(i)
+            await connection.send_command("PING")
+            assert await connection.read_response() in (b"PONG", "PONG")
+        finally:
+            await pool.release(connection)
+
+    try:
+        tasks = [asyncio.create_task(use(i)) for i in range(2000)]
+        await asyncio.sleep(0)
+        for task in tasks[100:200]:
+            task.cancel()  # some give up while waiting
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        assert sum(isinstance(r, asyncio.CancelledError) for r in done) == 100
+        expected = [i for i in range(2000) if not 100 <= i < 200]
+        # First come, first served: only the two holding a connection at once may swap.
+        assert sorted(order) == expected
+        assert max(abs(order.index(i) - k) for k, i in enumerate(expected)) <= 1
+        assert len(pool._in_use_connections) == 0
+        short = BoundedConnectionPool.from_url(redis_url, max_connections=1, timeout=0.2)
+        held = await short.get_connection()
+        with pytest.raises(redis.ConnectionError, match="No connection available"):
+            await short.get_connection()  # times out ...
+        await short.release(held)
+        again = await asyncio.wait_for(short.get_connection(), 1.0)  # ... and leaked no permit
+        await short.release(again)
+        await short.disconnect()
+    finally:
+        await pool.disconnect()
+
+
 @pytest.mark.parametrize("fixed", [True, False], ids=["ours", "redis-py"])
 async def test_a_cancelled_waiter_does_not_strand_the_others(redis_url, fixed):
     """A waiter notified and then cancelled must not keep the next waiter asleep until its timeout."""
