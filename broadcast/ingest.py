@@ -39,7 +39,7 @@ from streampai.logredact import MASK, register
 RTMP_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
 
 # The callbacks' path carries callback_secret(): masked in every log line (daphne's access log too).
-register(r"(/broadcast/ingest/)[^/\s\"']+", rf"\g<1>{MASK}")
+register(r"(/broadcast/ingest/)[^/\s\"']+", rf"\g<1>{MASK}", "/broadcast/ingest/")
 APP = "live"
 
 

@@ -15,7 +15,7 @@ What is masked (each secret keeps what identifies it, loses what grants somethin
   access_token=<t>, key=<k>, ...  -> access_token=***, ...      query strings and forms
   Bearer <token>                  -> Bearer ***                 an Authorization value
 
-Add a form with ``register(pattern, replacement)`` next to the code that creates the
+Add a form with ``register(pattern, replacement, trigger)`` next to the code that creates the
 secret (at import time), rather than masking at each log call.
 """
 
@@ -27,28 +27,38 @@ import re
 MASK = "***"
 
 _PATTERNS: list[tuple[re.Pattern[str], str]] = []
+# Literal text that every secret's form contains: most lines (a worker logs 10,000 a
+# second at capacity) contain none of it, and are not run through each pattern.
+_TRIGGERS: set[str] = set()
 
 
-def register(pattern: str, replacement: str) -> None:
-    """Mask every match of ``pattern`` in log lines (``replacement`` may use groups)."""
+def register(pattern: str, replacement: str, *triggers: str) -> None:
+    """Mask every match of ``pattern`` in log lines (``replacement`` may use groups).
+    ``triggers``: literal strings, one of which is in every text that ``pattern`` matches."""
+    if not triggers:
+        raise ValueError("register() needs the literal text every match contains")
     _PATTERNS.append((re.compile(pattern), replacement))
+    _TRIGGERS.update(triggers)
 
 
 # A path segment / token: anything up to a separator a log line or URL would use.
 _SEGMENT = r"[^/\s\"'?#&]+"
-register(rf"(/hooks/alerts/{_SEGMENT}/){_SEGMENT}", rf"\g<1>{MASK}")
-register(rf"(/live/){_SEGMENT}", rf"\g<1>{MASK}")
-register(rf"(rtmps?://[^/\s\"']+/{_SEGMENT}/){_SEGMENT}", rf"\g<1>{MASK}")
-register(r"(oauth:)[A-Za-z0-9_\-.]+", rf"\g<1>{MASK}")
+register(rf"(/hooks/alerts/{_SEGMENT}/){_SEGMENT}", rf"\g<1>{MASK}", "/hooks/alerts/")
+register(rf"(/live/){_SEGMENT}", rf"\g<1>{MASK}", "/live/")
+register(rf"(rtmps?://[^/\s\"']+/{_SEGMENT}/){_SEGMENT}", rf"\g<1>{MASK}", "://")
+register(r"(oauth:)[A-Za-z0-9_\-.]+", rf"\g<1>{MASK}", "oauth:")
 register(
     r"(?i)\b(access_token|refresh_token|client_secret|stream_?key|streamkey|key|token|secret|password)"
     r"=[^&\s\"']+",
     rf"\g<1>={MASK}",
+    "=",
 )
-register(r"(?i)(\bBearer\s+)[A-Za-z0-9_\-.~+/=]+", rf"\g<1>{MASK}")
+register(r"(?i)(\bBearer\s+)[A-Za-z0-9_\-.~+/=]+", rf"\g<1>{MASK}", "earer", "EARER")
 
 
 def redact(text: str) -> str:
+    if not any(trigger in text for trigger in _TRIGGERS):
+        return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
