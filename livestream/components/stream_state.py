@@ -55,6 +55,7 @@ from redis.exceptions import RedisError
 
 from livestream import keys
 from livestream.components.base import CommandError, Component
+from livestream.components.emitter import sticky_data, sticky_field
 from livestream.conf import get_settings
 from livestream.ownership import fencing
 from livestream.redis import get_redis, run_script
@@ -148,6 +149,14 @@ class StreamStateServer(Component):
         fields = await get_redis().hgetall(self.key)
         return {str(k): str(v) for k, v in fields.items()}
 
+    async def _load_and_kept(self) -> tuple[dict[str, str], dict[str, Any] | None]:
+        """The state HASH and the ``state`` event tabs are sent at connect, in one round trip."""
+        async with get_redis().pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.key)
+            pipe.hget(keys.sticky(self.user_id), sticky_field("StreamStateServer", "state"))
+            fields, frame = await pipe.execute()
+        return {str(k): str(v) for k, v in fields.items()}, sticky_data(frame)
+
     async def run(self) -> None:
         _servers[self.user_id] = self
         try:
@@ -157,13 +166,16 @@ class StreamStateServer(Component):
                 del _servers[self.user_id]
 
     async def _serve(self) -> None:
-        fields = await self._retrying(self._load)
+        fields, kept = await self._retrying(self._load_and_kept)
         self.state = fields.get("state", OFFLINE)
         if fields and self.state != OFFLINE:
             logger.info("[UserStreamManager:%s] StreamStateServer resumed %s", self.user_id, self.state)
         # The state at start, sticky: open tabs show it and each tab that connects later gets
         # it right after it connects, also for a user who never went live ("offline", no stamps).
-        await self._retrying(partial(self.emit, "state", snapshot(fields), sticky=True))
+        # Kept already (the last run sent it, nothing changed since): not sent again, so a
+        # worker starting 10,000 managers does not publish 10,000 events nobody needs.
+        if kept != snapshot(fields):
+            await self._retrying(partial(self.emit, "state", snapshot(fields), sticky=True))
         # The first pass uses the read above (a start is one HGETALL, not two). It skips the
         # clear() too: a command that changed the state since that read has set _changed,
         # and the wait below returns at once to read again.
