@@ -74,6 +74,8 @@ class User:
     async def open(self, base_url: str) -> None:
         self.tab = tab = await Tab.open(base_url, self.session)
         await tab.until(lambda: tab.named(CM, "ingest") and _input(tab), 30, "ingest")
+        await _ok(tab, CM, "create_key")  # as the Stream page does when it has no key yet
+        await tab.until(lambda: _ingest(tab)["key_masked"], 30, "ingest key")
         self.key = (await _ok(tab, CM, "show_key"))["key"]
         self.server = _ingest(tab)["server_url"]
 

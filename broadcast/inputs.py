@@ -128,7 +128,11 @@ async def set_input(user_id: str, connected: bool, *, client: aioredis.Redis | N
 
 
 async def get_input(user_id: str, *, client: aioredis.Redis | None = None) -> InputState:
-    fields = text_map(await (client or get_redis()).hgetall(keys.broadcast_input(user_id)))
+    return parse_input(text_map(await (client or get_redis()).hgetall(keys.broadcast_input(user_id))))
+
+
+def parse_input(fields: dict[str, str]) -> InputState:
+    """An InputState from the fields of ``keys.broadcast_input(user)`` (HGETALL's reply)."""
     since = fields.get("since")
     return InputState(
         fields.get("state") == CONNECTED, float(since) if since else None, fields.get("ref") or None

@@ -18,6 +18,12 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def account_pk(user_id: str) -> int | None:
+    """The auth user's primary key that ``user_id`` names, or None when it cannot name one
+    (presence ids are strings: a load generator's "w17" has no rows, and is no error)."""
+    return int(user_id) if user_id.isdigit() and len(user_id) < 19 else None
+
+
 def new_stream_key() -> str:
     """A fresh ingest key: 32 random bytes, url-safe (RTMP stream names allow [A-Za-z0-9_-])."""
     return "sp_" + pysecrets.token_urlsafe(32)

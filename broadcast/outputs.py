@@ -41,10 +41,13 @@ def unregister_source(fn: Source) -> None:
 
 
 def _row_specs(user_id: str) -> list[OutputSpec]:
-    from broadcast.models import StreamOutput
+    from broadcast.models import StreamOutput, account_pk
 
+    pk = account_pk(user_id)
+    if pk is None:
+        return []
     specs = []
-    for row in StreamOutput.objects.filter(user_id=int(user_id)).order_by("id"):
+    for row in StreamOutput.objects.filter(user_id=pk).order_by("id"):
         try:
             key, enabled = row.key, row.enabled
         except secrets.SecretError:
@@ -58,6 +61,10 @@ def _row_specs(user_id: str) -> list[OutputSpec]:
 
 async def row_outputs(user_id: str) -> list[OutputSpec]:
     """The user's StreamOutput rows as specs (keys decrypted), read on the broadcast DB thread."""
+    from broadcast.models import account_pk
+
+    if account_pk(user_id) is None:
+        return []  # no account, no rows: not worth a trip to the DB thread
     return await run_db(lambda: _row_specs(user_id))
 
 

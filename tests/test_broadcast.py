@@ -38,6 +38,12 @@ def ingest_of(tab: Tab) -> dict | None:
     return found[-1] if found else None
 
 
+async def create_key(tab: Tab) -> dict:
+    """What the Stream page does when the ``ingest`` event has no key yet; the event with one."""
+    ok(await tab.command(CM, "create_key"))
+    return await tab.until(lambda: (ingest_of(tab) or {}).get("key_masked") and ingest_of(tab), 10, "a key")
+
+
 def input_of(tab: Tab) -> str | None:
     found = tab.named(CM, "input")
     return found[-1]["state"] if found else None
@@ -117,9 +123,16 @@ async def test_go_live_relays_to_every_enabled_output(tmp_path, migrated_db_temp
                 "ingest + input",
             )
             info = ingest_of(tab)
-            assert info["available"] and info["server_url"].startswith("rtmp://127.0.0.1:")
-            assert info["server_url"].endswith("/live") and info["key_masked"].startswith("••••")
+            assert info["available"] and info["key_masked"] is None, info  # made on demand, not at start
             assert input_of(tab) == "disconnected"
+        # The page asks for the ingest when it has none; two tabs asking make one key.
+        made = [await create_key(tab) for tab in tabs]
+        for tab in tabs:
+            info = await tab.until(
+                lambda t=tab: ingest_of(t)["key_masked"] and ingest_of(t), 5, "key on every tab"
+            )
+            assert info["server_url"].startswith("rtmp://127.0.0.1:") and info["server_url"].endswith("/live")
+            assert info["key_masked"].startswith("••••") and info["key_masked"] == made[0]["key_masked"]
         key = ok(await tabs[0].command(CM, "show_key"))["key"]
         assert key.endswith(ingest_of(tabs[0])["key_masked"][-4:])
 
@@ -264,6 +277,7 @@ async def live_stack(tmp_path, db, key_prefix, receivers, workers: int = 1, **en
 async def go_live(web, account, receivers, key: str | None = None) -> tuple[Tab, Publisher, str]:
     tab = await Tab.open(web.url, account.session)
     await tab.until(lambda: ingest_of(tab) and input_of(tab), 15, "ingest + input")
+    await create_key(tab)
     key = key or ok(await tab.command(CM, "show_key"))["key"]
     obs = await Publisher(ingest_url(tab, key)).start()
     await tab.until(lambda: input_of(tab) == "connected", 10, "input connected")
@@ -319,8 +333,8 @@ async def test_a_live_stream_keeps_its_manager(tmp_path, migrated_db_template, k
     try:
         # First a tab to learn the key, closed; its manager stops after the cleanup.
         tab = await Tab.open(web.url, account.session)
+        server = (await create_key(tab))["server_url"]
         key = ok(await tab.command(CM, "show_key"))["key"]
-        server = (await tab.until(lambda: ingest_of(tab), 10, "ingest"))["server_url"]
         await tab.close()
         await worker.log.wait_for(re.escape(logformats.MANAGER_STOPPED % uid) + "$", 15)
         mark = worker.log.mark()

@@ -3,7 +3,9 @@ error reasons, /stat parsing, output sources, the input state and the go_live gu
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from broadcast.relay import clean_reason
 from livestream import keys
 from livestream.components import stream_state
 from livestream.components.base import CommandError
-from livestream.components.cloudflare_manager import validate_output
+from livestream.components.cloudflare_manager import CloudflareManager, validate_output
 from livestream.redis import get_redis
 from streampai import secrets
 
@@ -226,3 +228,88 @@ async def test_a_streams_presence_keeps_the_manager_but_not_the_alerts_flowing()
     assert await queue.take("tok") == AWAY
     await PresenceStore().track("78", {"ref": "tab-1", "email": "", "joined_at": 0})
     assert (await queue.take("tok")).alert["id"] == "a1"
+
+
+async def _next_message(pubsub) -> dict:
+    """The next published message (a subscribe confirmation reads as None: skipped)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        if message is not None:
+            return json.loads(message["data"])
+    raise AssertionError("nothing published for 5 s")
+
+
+async def _events_until_marker(pubsub, channel: str) -> list[tuple[str, dict]]:
+    """The (event, data) published on ``channel`` before a marker this test publishes now."""
+    await get_redis().publish(channel, json.dumps({"type": "marker"}))
+    seen = []
+    while True:
+        body = await _next_message(pubsub)
+        if body["type"] == "marker":
+            return seen
+        frame = json.loads(body["frame"])
+        seen.append((frame["event"], frame["data"]))
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_managers_start_is_one_read_and_sends_only_what_changed(django_user_model):
+    """10,000 managers start in one worker: a start reads Redis once, sends an event only if
+    the kept one is stale, makes no ingest (create_key does, on demand) and reads no outputs
+    until something needs them; an idle manager has nothing due."""
+    from streampai.redisconf import redis_client
+
+    user = await django_user_model.objects.acreate(username="cheap", email="cheap@example.com")
+    uid = str(user.pk)
+    listener = redis_client(None)
+    pubsub = listener.pubsub()
+    await pubsub.subscribe(keys.control(uid))
+    try:
+        first = CloudflareManager(uid)
+        await first._start()
+        assert first._dirty.is_set()  # no outputs kept yet: read, and due to be sent
+        sender = asyncio.create_task(first._emit_outputs_loop())
+        events = await _wait_for_events(pubsub, keys.control(uid), {"ingest", "input", "outputs"})
+        sender.cancel()
+        assert events["ingest"]["key_masked"] is None and events["outputs"] == {"outputs": []}
+        assert events["input"]["state"] == "disconnected"
+        assert not await StreamIngest.objects.filter(user_id=user.pk).aexists()
+
+        again = CloudflareManager(uid)
+        await again._start()
+        assert await _events_until_marker(pubsub, keys.control(uid)) == []
+        assert not again._outputs_loaded and not again._dirty.is_set()
+        assert again._wait_for(time.monotonic() + 5, time.monotonic()) == float("inf")
+
+        masked = (await again.on_command("create_key", {}))["key_masked"]
+        assert masked.startswith("••••")
+        assert (await again.on_command("create_key", {}))["key_masked"] == masked  # idempotent
+        assert [e for e, _ in await _events_until_marker(pubsub, keys.control(uid))] == ["ingest", "ingest"]
+        assert await StreamIngest.objects.filter(user_id=user.pk).acount() == 1
+
+        assert "no input connected" in (await again.can_go_live() or "")
+        await inputs.set_input(uid, True)
+        await again._read_input()
+        assert "no output enabled" in (await again.can_go_live() or "") and again._outputs_loaded
+        assert again._wait_for(time.monotonic() + 5, time.monotonic()) <= 5  # active: polled
+    finally:
+        await pubsub.aclose()
+        await listener.aclose()
+
+
+async def _wait_for_events(pubsub, channel: str, names: set[str]) -> dict[str, dict]:
+    found: dict[str, dict] = {}
+    while not names <= set(found):
+        frame = json.loads((await _next_message(pubsub))["frame"])
+        found[frame["event"]] = frame["data"]
+    return found
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_presence_id_that_names_no_account_has_no_rows(django_user_model):
+    """A load generator's "w17": no outputs, no stored ingest, create_key refused clearly."""
+    manager = CloudflareManager("w17")
+    assert await outputs_for("w17") == []
+    assert await manager.backend.stored_ingest("w17") is None
+    with pytest.raises(Exception, match="no such user"):
+        await manager.backend.ingest("w17")

@@ -113,6 +113,18 @@ async def test_ingest_creates_one_live_input_and_stores_its_key_encrypted(api, b
     )
 
 
+async def test_stored_ingest_reads_the_database_only(api, backend):
+    """What every manager start reads: no API call, nothing created."""
+    user = await make_user()
+    assert await backend.stored_ingest(user) is None
+    assert await backend.stored_ingest("w17") is None  # a presence id that names no account
+    assert not api.calls()
+    made = await backend.ingest(user)
+    calls = len(api.calls())
+    assert await backend.stored_ingest(user) == made
+    assert len(api.calls()) == calls
+
+
 async def test_a_deleted_input_is_recreated(api, backend):
     user = await make_user()
     old = await backend.ingest(user)

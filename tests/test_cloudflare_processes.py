@@ -88,9 +88,12 @@ async def test_cloudflare_ingest_webhook_outputs_and_polling(tmp_path, migrated_
         worker = await start_worker_ready(stack)
         tab = await Tab.open(web.url, account.session)
 
-        # The Stream page's ingest is the user's Cloudflare live input (created on first use).
+        # The Stream page's ingest is the user's Cloudflare live input, created on first use: a
+        # manager's start makes no API call; the page asks (create_key) when it has no key.
         await tab.until(lambda: last(tab, "ingest") and input_of(tab), 15, "ingest + input")
-        info = last(tab, "ingest")
+        assert last(tab, "ingest")["key_masked"] is None and not api.inputs
+        ok(await tab.command(CM, "create_key"))
+        info = await tab.until(lambda: last(tab, "ingest")["key_masked"] and last(tab, "ingest"), 10, "key")
         assert info["available"] and info["backend"] == "cloudflare", info
         [uid] = api.inputs
         assert info["server_url"] == api.inputs[uid]["rtmps"]["url"]

@@ -9,7 +9,11 @@ Methods children must implement (as django.contrib.sessions.backends.base does):
     unavailable()                   why streaming cannot work here (a missing binary, no
                                     credentials), or None. Cheap, sync; the Stream page
                                     shows the reason and go_live is refused with it.
+    stored_ingest(user_id)          the user's input as stored here (the database only: no
+                                    API call, nothing created), or None. A manager's start
+                                    reads this; the input is created on demand (ingest)
     ingest(user_id)                 ensure the user's input exists; its server URL + key
+                                    (the Stream page asks for it: create_key, show_key)
     new_key(user_id)                a fresh key; the old one is refused from this call on
     input_connected(user_id)        is a publisher connected now? (polling fallback: the
                                     push path is broadcast.inputs.set_input)
@@ -88,6 +92,9 @@ class BroadcastBackend:
     name: str = "base"
 
     def unavailable(self) -> str | None:
+        raise NotImplementedError
+
+    async def stored_ingest(self, user_id: str) -> Ingest | None:
         raise NotImplementedError
 
     async def ingest(self, user_id: str) -> Ingest:

@@ -192,11 +192,25 @@ class CloudflareBackend(BroadcastBackend):
             return REFUSED_TOKEN
         return None
 
+    async def stored_ingest(self, user_id: str) -> Ingest | None:
+        """The input remembered in the database (no API call: every manager start reads it)."""
+        row = await _stored(user_id)
+        if row is None or not row.remote_id:
+            return None
+        try:
+            return Ingest(row.server_url, row.key)
+        except secrets.SecretError:  # SECRETS_KEY changed: create_key makes a new input
+            return None
+
     async def ingest(self, user_id: str) -> Ingest:
         """The user's live input (created on first use, recreated if Cloudflare lost it).
 
         When Cloudflare cannot be reached, the stored server URL and key are returned (they
         still work for OBS if the input still exists)."""
+        from broadcast.models import account_pk
+
+        if account_pk(user_id) is None:
+            raise BackendError("this account cannot stream (no such user)")
         async with self._st().lock(user_id):
             row = await _stored(user_id)
             if row is not None and row.remote_id:
@@ -409,9 +423,12 @@ class _Raced(Exception):
 
 
 async def _stored(user_id: str) -> Any:
-    from broadcast.models import StreamIngest
+    from broadcast.models import StreamIngest, account_pk
 
-    return await StreamIngest.objects.filter(user_id=int(user_id), backend=BACKEND).afirst()
+    pk = account_pk(user_id)
+    if pk is None:
+        return None
+    return await StreamIngest.objects.filter(user_id=pk, backend=BACKEND).afirst()
 
 
 async def _stored_ingest(user_id: str) -> Ingest:

@@ -24,7 +24,17 @@ from django.conf import settings
 
 from broadcast import ingest as nginx
 from broadcast import relay
-from broadcast.backends.base import FAILED, LIVE, OFF, STARTING, BroadcastBackend, Ingest, OutputSpec, Report
+from broadcast.backends.base import (
+    FAILED,
+    LIVE,
+    OFF,
+    STARTING,
+    BackendError,
+    BroadcastBackend,
+    Ingest,
+    OutputSpec,
+    Report,
+)
 from broadcast.db import run_db
 from livestream.conf import get_settings
 from livestream.tasks import retry_delay
@@ -62,6 +72,14 @@ class SelfHostedBackend(BroadcastBackend):
         conf = get_settings()
         return f"rtmp://{conf.RTMP_PUBLIC_HOST}:{conf.RTMP_PORT}/{nginx.APP}"
 
+    async def stored_ingest(self, user_id: str) -> Ingest | None:
+        from broadcast.models import account_pk
+
+        if account_pk(user_id) is None:
+            return None
+        key = await run_db(lambda: self._stored_key(user_id))
+        return Ingest(self.server_url(), key) if key else None
+
     async def ingest(self, user_id: str) -> Ingest:
         return Ingest(self.server_url(), await run_db(lambda: self._key(user_id, renew=False)))
 
@@ -70,17 +88,31 @@ class SelfHostedBackend(BroadcastBackend):
         await self._drop_publisher(user_id)
         return Ingest(self.server_url(), key)
 
+    def _stored_key(self, user_id: str) -> str | None:
+        """The user's key if they have a readable one; sync, on the broadcast DB thread."""
+        from broadcast.models import StreamIngest, account_pk
+
+        pk = account_pk(user_id)
+        row = StreamIngest.objects.filter(user_id=pk, backend=self.name).first() if pk else None
+        try:
+            return row.key if row is not None else None
+        except SecretError:  # unreadable (SECRETS_KEY changed): create_key replaces it
+            return None
+
     def _key(self, user_id: str, renew: bool) -> str:
         """The user's key (a new one if ``renew`` or none yet); sync, on the broadcast DB thread."""
-        from broadcast.models import StreamIngest, new_stream_key
+        from broadcast.models import StreamIngest, account_pk, new_stream_key
 
-        row = StreamIngest.objects.filter(user_id=int(user_id), backend=self.name).first()
+        pk = account_pk(user_id)
+        if pk is None:
+            raise BackendError("this account cannot stream (no such user)")
+        row = StreamIngest.objects.filter(user_id=pk, backend=self.name).first()
         if row is not None and not renew:
             try:
                 return row.key
             except SecretError:  # unreadable (SECRETS_KEY changed): a fresh key, as "New key" would
                 logger.warning("[broadcast] ingest key of user %s unreadable; replaced", user_id)
-        row = row or StreamIngest(user_id=int(user_id), backend=self.name)
+        row = row or StreamIngest(user_id=pk, backend=self.name)
         key = new_stream_key()
         row.set_key(key)
         row.save()

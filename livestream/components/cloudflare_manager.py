@@ -10,10 +10,18 @@ relays, or Cloudflare Stream). This component owns the per-user logic both share
     "input"   {"state": "connected" | "disconnected", "since"}
     "outputs" {"outputs": [{"id", "name", "enabled", "state", "error", "host"}]} (never a key)
 * commands: add_output {"name", "url", "key"} -> {"id"}; set_output {"id", "enabled"};
-  remove_output {"id"}; new_key -> {"key"}; show_key -> {"key"} (replies go to that tab only).
-* the input state: woken by broadcast.inputs.set_input (broadcast/listener.py), and polling
-  the backend every INPUT_POLL_INTERVAL in case a callback was lost (two polls must agree
-  before the stored state is corrected, so a poll racing a callback cannot flip it).
+  remove_output {"id"}; new_key -> {"key"}; show_key -> {"key"} (replies go to that tab only);
+  create_key -> {"key_masked"}: the user's ingest, made on demand (the Stream page sends it
+  when the ``ingest`` event has no key yet).
+* a start is cheap (10,000 of them share a worker): one Redis round trip reads the input,
+  the stream state and this component's sticky events; an event is sent again only if it
+  changed, the database is read only when no event is kept yet, and the outputs are read
+  when something needs them (a command, going live, a stream still running), not before.
+* the input state: woken by broadcast.inputs.set_input (broadcast/listener.py), and, while
+  the input is connected or the stream is not offline, polling the backend every
+  INPUT_POLL_INTERVAL in case a callback was lost (two polls must agree before the stored
+  state is corrected, so a poll racing a callback cannot flip it). An idle manager never
+  wakes by itself; go_live asks the backend once before refusing for want of an input.
 * going live: StreamStateServer asks ``can_go_live`` (input connected, an output enabled)
   and tells ``stream_state_changed``; while the stream is starting or live one
   ``backend.run_output`` task runs per enabled output; "ending" cancels them all (each
@@ -52,6 +60,7 @@ from broadcast.outputs import outputs_for
 from livestream import keys, logformats
 from livestream.components import stream_state
 from livestream.components.base import CommandError, Component
+from livestream.components.emitter import sticky_data, sticky_field
 from livestream.conf import get_settings
 from livestream.redis import get_redis
 from livestream.tasks import cancel_and_wait, retry_delay, stop_requested
@@ -94,6 +103,32 @@ def _text(args: dict[str, Any], name: str, limit: int, *, required: bool = True)
     return value
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What a manager's start reads, in one round trip."""
+
+    input: inputs.InputState
+    stream: str
+    kept: dict[str, dict[str, Any] | None]  # this component's sticky events' data, by event
+
+
+STICKY_EVENTS = ("ingest", "input", "outputs")
+
+
+async def read_snapshot(user_id: str) -> Snapshot:
+    fields = [sticky_field("CloudflareManager", event) for event in STICKY_EVENTS]
+    async with get_redis().pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.broadcast_input(user_id))
+        pipe.hget(keys.stream_state(user_id), "state")
+        pipe.hmget(keys.sticky(user_id), fields)
+        found, state, frames = await pipe.execute()
+    return Snapshot(
+        inputs.parse_input(found),
+        str(state) if state else stream_state.OFFLINE,
+        {event: sticky_data(frame) for event, frame in zip(STICKY_EVENTS, frames, strict=True)},
+    )
+
+
 def validate_output(args: dict[str, Any]) -> tuple[str, str, str]:
     """(name, url, key) of an add_output, or CommandError saying what is wrong."""
     unknown = set(args) - {"name", "url", "key"}
@@ -125,6 +160,7 @@ class CloudflareManager(Component):
         self._holding = False
         self._held_at = 0.0
         self._poll_disagreed = False
+        self._outputs_loaded = False  # read from the database in this run
         self._outputs_failures = 0
         self._outputs_retry_at: float | None = None  # the outputs could not be read: try again then
         self._ingest_failures = 0
@@ -146,10 +182,18 @@ class CloudflareManager(Component):
             emitter.cancel()
 
     async def _start(self) -> None:
-        await self._emit_ingest()
-        await self._reload_outputs()
-        self.stream = await self._stored_stream_state()
-        await self._read_input(initial=True)
+        snapshot = await read_snapshot(self.user_id)
+        self.stream = snapshot.stream
+        await self._restore_ingest(snapshot.kept["ingest"])
+        kept_outputs = snapshot.kept["outputs"]
+        if kept_outputs is None or self.stream in RUNNING_STATES or not _all_off(kept_outputs):
+            await self._reload_outputs()  # what the tabs are shown is not what is true now
+        if self._apply_input(snapshot.input):
+            logger.info(logformats.INPUT_CHANGED, self.user_id, inputs.CONNECTED)
+        if snapshot.kept["input"] != self._input_data():
+            await self._emit_input()
+        if snapshot.input.ref is None:
+            self._held_at = -1.0  # no stream presence left behind to release
 
     async def _serve(self, wake: asyncio.Event) -> None:
         """Start, then follow the input, the stream state and the outputs until cancelled.
@@ -164,8 +208,7 @@ class CloudflareManager(Component):
             except (RedisError, OSError) as exc:
                 failures = await self._redis_trouble(exc, failures)
         failures = 0
-        conf = get_settings()
-        next_poll = time.monotonic() + conf.INPUT_POLL_INTERVAL
+        next_poll = time.monotonic() + get_settings().INPUT_POLL_INTERVAL
         while True:
             try:
                 next_poll = await self._step(wake, next_poll)
@@ -184,33 +227,48 @@ class CloudflareManager(Component):
         await asyncio.sleep(retry_delay(failures, 0.25, 2.0))
         return failures
 
+    def _active(self) -> bool:
+        """Is there a stream to watch (a lost callback would matter)?"""
+        return self.input_connected or self.stream != stream_state.OFFLINE
+
     async def _step(self, wake: asyncio.Event, next_poll: float) -> float:
-        """One round: apply the state, wait for a change (or the next poll), read it."""
+        """One round: apply the state, wait for a change (or a deadline), read it. Only an
+        active stream, a presence hold or a retry sets a deadline: an idle manager sleeps
+        until woken."""
         conf = get_settings()
         if self._outputs_retry_at is not None and time.monotonic() >= self._outputs_retry_at:
             await self._reload_outputs()
         if self._ingest_retry_at is not None and time.monotonic() >= self._ingest_retry_at:
             await self._emit_ingest()
         await self._apply()
-        retries = [t for t in (self._outputs_retry_at, self._ingest_retry_at) if t is not None]
-        retry = min(retries) - time.monotonic() if retries else float("inf")
-        timeout = max(
-            0.05, min(next_poll - time.monotonic(), self._until_timeout(), conf.HEARTBEAT_INTERVAL, retry)
-        )
+        now = time.monotonic()
+        if not self._active():
+            next_poll = now + conf.INPUT_POLL_INTERVAL  # the first poll one interval after it starts
+        timeout = self._wait_for(next_poll, now)
         # A cancel that a client library reported as an error we caught (redis-py can)
         # would otherwise be lost until the wait's timeout.
         if stop_requested():
             raise asyncio.CancelledError
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):  # unlike 3.11's wait_for, never loses a cancel
+            # unlike 3.11's wait_for, asyncio.timeout never loses a cancel
+            async with asyncio.timeout(None if timeout == float("inf") else max(0.05, timeout)):
                 await self._wait_any(wake)
         if wake.is_set():
             wake.clear()
             await self._read_input()
-        if time.monotonic() >= next_poll:
+        if self._active() and time.monotonic() >= next_poll:
             next_poll = time.monotonic() + conf.INPUT_POLL_INTERVAL
             await self._poll()
         return next_poll
+
+    def _wait_for(self, next_poll: float, now: float) -> float:
+        """Seconds until something is due (inf: nothing; only a wake-up or a command moves it)."""
+        deadlines = [t for t in (self._outputs_retry_at, self._ingest_retry_at) if t is not None]
+        if self._active():
+            deadlines.append(next_poll)
+        if self._holding:
+            deadlines.append(self._held_at + get_settings().HEARTBEAT_INTERVAL)
+        return min(min((t - now for t in deadlines), default=float("inf")), self._until_timeout())
 
     async def _wait_any(self, wake: asyncio.Event) -> None:
         waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(self._wake.wait())]
@@ -223,10 +281,9 @@ class CloudflareManager(Component):
 
     # -- the ingest -------------------------------------------------------------
 
-    async def _emit_ingest(self, ingest: Ingest | None = None) -> None:
-        """The sticky ``ingest`` event: where OBS publishes (the key masked), or why it cannot."""
+    def _ingest_base(self) -> dict[str, Any]:
         reason = self.backend.unavailable()
-        data: dict[str, Any] = {
+        return {
             "available": reason is None,
             "reason": reason,
             "server_url": None,
@@ -234,10 +291,28 @@ class CloudflareManager(Component):
             "backend": self.backend.name,
             **self.backend.ingest_info(),
         }
-        if reason is None:
+
+    async def _restore_ingest(self, kept: dict[str, Any] | None) -> None:
+        """At start: the kept ``ingest`` event stands if nothing but the key and URL differ
+        (those change only through this component's commands, which send the event again);
+        otherwise read the stored ingest and send it."""
+        base = self._ingest_base()
+        same = ("server_url", "key_masked")
+        if kept is not None and {k: v for k, v in kept.items() if k not in same} == {
+            k: v for k, v in base.items() if k not in same
+        }:
+            return
+        await self._emit_ingest()
+
+    async def _emit_ingest(self, ingest: Ingest | None = None) -> None:
+        """The sticky ``ingest`` event: where OBS publishes (the key masked), or why it cannot.
+        Without ``ingest``, the stored one (none yet: no key, until create_key)."""
+        data = self._ingest_base()
+        if data["available"]:
             try:
-                ingest = ingest or await self.backend.ingest(self.user_id)
-                data.update(server_url=ingest.server_url, key_masked=secrets.mask(ingest.stream_key))
+                ingest = ingest or await self.backend.stored_ingest(self.user_id)
+                if ingest is not None:
+                    data.update(server_url=ingest.server_url, key_masked=secrets.mask(ingest.stream_key))
                 self._ingest_failures, self._ingest_retry_at = 0, None
             except Exception as exc:
                 if stop_requested():
@@ -256,23 +331,26 @@ class CloudflareManager(Component):
 
     # -- the input ---------------------------------------------------------------
 
-    async def _read_input(self, initial: bool = False) -> None:
-        state = await inputs.get_input(self.user_id)
+    def _input_data(self) -> dict[str, Any]:
+        return {
+            "state": inputs.CONNECTED if self.input_connected else inputs.DISCONNECTED,
+            "since": self.input_since,
+        }
+
+    def _apply_input(self, state: inputs.InputState) -> bool:
+        """Take the stored input state; True if connected-ness changed."""
         changed = state.connected != self.input_connected
         self.input_connected, self.input_since = state.connected, state.since
-        if changed or initial:
-            self.backend.input_state_changed(self.user_id, state.connected)
-            await self.emit(
-                "input",
-                {"state": inputs.CONNECTED if state.connected else inputs.DISCONNECTED, "since": state.since},
-                sticky=True,
-            )
-        if changed:
-            logger.info(
-                logformats.INPUT_CHANGED,
-                self.user_id,
-                inputs.CONNECTED if state.connected else inputs.DISCONNECTED,
-            )
+        self.backend.input_state_changed(self.user_id, state.connected)
+        return changed
+
+    async def _emit_input(self) -> None:
+        await self.emit("input", self._input_data(), sticky=True)
+
+    async def _read_input(self) -> None:
+        if self._apply_input(await inputs.get_input(self.user_id)):
+            await self._emit_input()
+            logger.info(logformats.INPUT_CHANGED, self.user_id, self._input_data()["state"])
 
     async def _poll(self) -> None:
         """The backend's view of the input; corrects the stored state when two polls in a row
@@ -295,6 +373,18 @@ class CloudflareManager(Component):
 
     # -- the stream ------------------------------------------------------------------
 
+    async def _poll_now(self) -> bool:
+        """Ask the backend right away (go_live found no input: a lost callback?); a publisher
+        it sees is recorded, and the wake-up that follows tells every tab."""
+        try:
+            connected = await self.backend.input_connected(self.user_id)
+        except Exception as exc:
+            logger.warning("[UserStreamManager:%s] input poll failed: %s", self.user_id, type(exc).__name__)
+            return False
+        if connected:
+            await inputs.set_input(self.user_id, True)
+        return connected
+
     async def _stored_stream_state(self) -> str:
         value = await get_redis().hget(keys.stream_state(self.user_id), "state")
         return str(value) if value else stream_state.OFFLINE
@@ -308,8 +398,9 @@ class CloudflareManager(Component):
         reason = self.backend.unavailable()
         if reason:
             return f"streaming is unavailable here: {reason}"
-        if not (await inputs.get_input(self.user_id)).connected:
+        if not (await inputs.get_input(self.user_id)).connected and not await self._poll_now():
             return "no input connected: start streaming from OBS to your ingest URL and stream key first"
+        await self._ensure_outputs()
         if not any(view.spec.enabled for view in self.outputs.values()):
             return "no output enabled: add an output (or enable one) first"
         return None
@@ -328,6 +419,8 @@ class CloudflareManager(Component):
             if await stream_state.end_stream(self.user_id, reason):
                 logger.info(logformats.STREAM_ENDED, self.user_id, reason)
             self.stream = await self._stored_stream_state()
+        if self.stream in RUNNING_STATES and not self._outputs_loaded:
+            await self._reload_outputs()
         wanted = {
             oid: view.spec
             for oid, view in self.outputs.items()
@@ -416,6 +509,7 @@ class CloudflareManager(Component):
             self._outputs_retry_at = time.monotonic() + delay
             return
         self._outputs_failures, self._outputs_retry_at = 0, None
+        self._outputs_loaded = True
         fresh: dict[str, OutputView] = {}
         for spec in specs:
             old = self.outputs.get(spec.id)
@@ -423,6 +517,10 @@ class CloudflareManager(Component):
         self.outputs = fresh
         self._dirty.set()
         self._wake.set()
+
+    async def _ensure_outputs(self) -> None:
+        if not self._outputs_loaded:
+            await self._reload_outputs()
 
     async def _emit_outputs_loop(self) -> None:
         """One ``outputs`` event per burst of changes (reports come from every relay)."""
@@ -442,6 +540,8 @@ class CloudflareManager(Component):
     # -- commands ----------------------------------------------------------------------------
 
     async def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        if name in ("add_output", "set_output", "remove_output"):
+            await self._ensure_outputs()
         if name == "add_output":
             out_name, url, key = validate_output(args)
             output_id = await run_db(lambda: self._add_output(out_name, url, key))
@@ -462,12 +562,16 @@ class CloudflareManager(Component):
             logger.info("[UserStreamManager:%s] output %s removed", self.user_id, output_id)
             await self._reload_outputs()
             return {"id": output_id}
-        if name in ("new_key", "show_key"):
+        if name in ("new_key", "show_key", "create_key"):
             if args:
                 raise CommandError(f"{name} takes no arguments")
             reason = self.backend.unavailable()
             if reason:
                 raise CommandError(f"streaming is unavailable here: {reason}")
+            if name == "create_key":
+                ingest = await self.backend.ingest(self.user_id)
+                await self._emit_ingest(ingest)
+                return {"key_masked": secrets.mask(ingest.stream_key)}
             if name == "new_key":
                 ingest = await self.backend.new_key(self.user_id)
                 logger.info(
@@ -512,3 +616,12 @@ class CloudflareManager(Component):
             "input": inputs.CONNECTED if self.input_connected else inputs.DISCONNECTED,
             "outputs": {oid: view.state for oid, view in self.outputs.items()},
         }
+
+
+def _all_off(kept: dict[str, Any]) -> bool:
+    """A kept ``outputs`` event showing no output running or failed (a run that ended
+    abruptly leaves "live" behind: then the outputs are read and sent again)."""
+    outputs = kept.get("outputs")
+    return isinstance(outputs, list) and all(
+        isinstance(o, dict) and o.get("state") == OFF and not o.get("error") for o in outputs
+    )

@@ -95,10 +95,26 @@ async def emit(
     ``data`` must be JSON-serializable (TypeError if not)."""
     frame = event_frame(component, event, data)
     message = _encode({"type": EVENT, "user_id": user_id, "frame": frame})
-    field = f"{component}:{event}" if sticky else ""
+    field = sticky_field(component, event) if sticky else ""
     keys_ = [keys.sticky(user_id), keys.control(user_id), keys.fence_token(user_id), keys.fence_refused()]
     args = (field, frame, message, fencing.arg(token))
     return int(await run_script(client or get_redis(), _EMIT, keys_, *args))
+
+
+def sticky_field(component: str, event: str) -> str:
+    """The field of ``keys.sticky(user)`` that keeps ``component``'s last ``event``."""
+    return f"{component}:{event}"
+
+
+def sticky_data(frame: str | bytes | None) -> dict[str, Any] | None:
+    """The ``data`` of a kept frame (what a tab that connects now is sent), or None."""
+    if not frame:
+        return None
+    try:
+        data = json.loads(frame).get("data")
+    except (ValueError, AttributeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 async def forget_sticky(

@@ -1,6 +1,8 @@
 // The Stream page's ingest and outputs: the CloudflareManager's sticky events ("ingest",
 // "input", "outputs"; livestream/components/cloudflare_manager.py) and its commands
-// (show_key, new_key, add_output, set_output, remove_output) through window.streampai.command.
+// (create_key, show_key, new_key, add_output, set_output, remove_output) through
+// window.streampai.command. A user's ingest is made on demand: when the "ingest" event has no
+// key yet, this page asks for one (create_key; idempotent, so two tabs asking is harmless).
 // The stream key is masked until "Show" (the key comes only in that command's reply, to this
 // tab); an output's key is never shown again after it is added.
 (function () {
@@ -19,6 +21,8 @@
   var masked = "–";
   var shown = false;
   var shownKey = "";
+  var hasKey = false;
+  var creating = false;
 
   function command(name, args) {
     showError("");
@@ -45,6 +49,7 @@
     el.unavailable.textContent = available ? "" : "Streaming is unavailable: " + (data.reason || "unknown reason");
     el.url.textContent = data.server_url || "–";
     masked = data.key_masked || "–";
+    hasKey = !!data.key_masked;
     // Still showing the key this tab asked for (a new key's reply may come before its event)?
     shown = !!shownKey && masked.slice(-4) === shownKey.slice(-4);
     el.obs.textContent = "";
@@ -54,6 +59,17 @@
       el.obs.appendChild(li);
     });
     render();
+    createKey();
+  }
+
+  // No key yet: make one (once at a time; again on the next event or reconnect if it failed).
+  function createKey() {
+    if (!connected || !available || hasKey || creating) { return; }
+    creating = true;
+    window.streampai.command("CloudflareManager", "create_key", {}).then(
+      function () { creating = false; },
+      function () { window.setTimeout(function () { creating = false; createKey(); }, 2000); }
+    );
   }
 
   function onInput(data) {
@@ -128,6 +144,7 @@
   document.addEventListener("streampai:connection", function (event) {
     connected = event.detail.state === "connected";
     render();
+    createKey();
   });
 
   el.show.addEventListener("click", function () {
