@@ -126,7 +126,7 @@ def fence(user_id: str, proc: asyncio.subprocess.Process) -> Callable[[], None]:
                 proc.kill()
 
     unregister = fencing.register_external_effect(user_id, kill)
-    if not fencing.may_act():
+    if not fencing.may_act(user_id):
         # The deadline passed while it started: the keeper may have stopped the others
         # before this one was registered.
         kill()
@@ -144,7 +144,7 @@ async def run_relay(user_id: str, source: str, spec: OutputSpec, on_live: Callab
     Cancelled: stops ffmpeg (SIGTERM, then SIGKILL after STOP_GRACE) before re-raising.
     Starts only while this worker may act for ``user_id`` (it waits until then)."""
     # The gate opens on the keeper's thread (a renewal that reached Redis): no event to await.
-    while not fencing.may_act():  # noqa: ASYNC110
+    while not fencing.may_act(user_id):  # noqa: ASYNC110
         await asyncio.sleep(MAY_ACT_POLL)
     proc = await asyncio.create_subprocess_exec(
         *relay_command(source, spec.target()),

@@ -188,6 +188,21 @@ def test_the_effects_gate_stops_effects_before_the_lease_can_lapse(settings):
     assert gate.expire(103.0) == 0  # each stop called once
 
 
+def test_a_user_whose_lease_was_taken_acts_no_more_until_granted_again():
+    """Between the renewal that saw the loss and the manager's stop, a relay's retry must not
+    start a second publisher: the user is closed here, the others are not."""
+    gate = fencing.EffectGate()
+    gate.renewed(100.0)
+    assert gate.open_for("3", 101.0) and gate.open_for("4", 101.0)
+    gate.lost(("3",))
+    assert not gate.open_for("3", 101.0) and gate.open_for("4", 101.0)
+    gate.register("3", lambda: None)
+    assert gate.lost(("3",)) == 1  # registered after the loss: stopped at the next one
+    gate.granted("3")  # a manager starts for 3 here again
+    assert gate.open_for("3", 101.0)
+    assert not gate.open_for("4", 102.6)  # the process-wide deadline still holds
+
+
 @pytest.mark.parametrize("margin", [0.0, 2.0, 5.0])
 def test_the_stop_margin_is_checked_at_start(margin):
     with pytest.raises(ImproperlyConfigured, match="EFFECT_STOP_MARGIN"):

@@ -58,7 +58,7 @@ class Component:
     def may_act(self) -> bool:
         """Whether an effect outside Redis may happen now (see fencing.may_act): ask right
         before each one, with no await in between."""
-        return fencing.may_act()
+        return fencing.may_act(self.user_id)
 
     def register_external_effect(self, stop: Callable[[], None]) -> Callable[[], None]:
         """See fencing.register_external_effect; returns the unregister function."""

@@ -28,9 +28,12 @@ their owner stops them strictly before its lease can have lapsed anywhere:
 ``register_external_effect(user_id, stop)`` gives the lease keeper thread (which renews
 whatever the worker's loop is doing) a ``stop`` to call, from that thread, once
 EFFECT_STOP_MARGIN is all that is left of the lease its last renewal bought
-(policy.effects_deadline), or at once when the lease is lost. ``may_act()`` says, right
+(policy.effects_deadline), or at once when the lease is lost. ``may_act(user)`` says, right
 before an action, whether that moment has passed: a worker frozen (SIGSTOP, a paused VM)
-and woken up after its lease lapsed sees it has, before anything else runs.
+and woken up after its lease lapsed sees it has, before anything else runs; and a user
+whose lease another worker took is closed here from the renewal that saw it until this
+worker is granted the user again (the manager being stopped meanwhile acts no more: a
+relay's retry in that window would be a second publisher on the stream key).
 """
 
 from __future__ import annotations
@@ -114,9 +117,19 @@ class EffectGate:
         self._effects: dict[int, tuple[str, Callable[[], None]]] = {}
         self._next = 0
         self._listeners: list[Callable[[float], None]] = []
+        # Users whose lease another worker holds now (written on the keeper's thread, read
+        # on the loop's: set operations are atomic under the GIL).
+        self._taken: set[str] = set()
 
     def open(self, now: float | None = None) -> bool:
         return (time.monotonic() if now is None else now) < self.deadline
+
+    def open_for(self, user_id: str, now: float | None = None) -> bool:
+        return user_id not in self._taken and self.open(now)
+
+    def granted(self, user_id: str) -> None:
+        """This worker holds ``user_id``'s lease again (a manager starts for them here)."""
+        self._taken.discard(user_id)
 
     def deadline_wall(self) -> float:
         """The deadline on the wall clock (unix seconds), for an effect in a child process
@@ -193,8 +206,12 @@ class EffectGate:
         return stopped
 
     def lost(self, user_ids: tuple[str, ...]) -> int:
-        """Leases held by another worker now: their users' effects stop at once."""
-        return self.stop(set(user_ids).__contains__) if user_ids else 0
+        """Leases held by another worker now: their users' effects stop at once, and none
+        starts again here until ``granted``."""
+        if not user_ids:
+            return 0
+        self._taken.update(user_ids)
+        return self.stop(set(user_ids).__contains__)
 
 
 GATE = EffectGate()
@@ -208,6 +225,7 @@ def register_external_effect(user_id: str, stop: Callable[[], None]) -> Callable
     return GATE.register(user_id, stop)
 
 
-def may_act() -> bool:
-    """False once this process' leases may have lapsed: no effect outside Redis now."""
-    return GATE.open()
+def may_act(user_id: str | None = None) -> bool:
+    """False once this process' leases may have lapsed, or (with ``user_id``) once another
+    worker holds that user's: no effect outside Redis now."""
+    return GATE.open() if user_id is None else GATE.open_for(user_id)

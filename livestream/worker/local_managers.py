@@ -24,7 +24,7 @@ from livestream import logformats
 from livestream.components import choices
 from livestream.components.user_manager import UserStreamManager, component_classes
 from livestream.observe import metrics
-from livestream.ownership import history
+from livestream.ownership import fencing, history
 from livestream.ownership.holds import release_hold
 from livestream.ownership.keeper import Renewal
 from livestream.ownership.leases import LeaseStore
@@ -59,6 +59,7 @@ class LocalManagers:
 
     def start(self, user_id: str) -> UserStreamManager:
         self.core.started(user_id)
+        fencing.GATE.granted(user_id)  # a lease lost earlier is ours again
         token = self.leases.tokens.get(user_id)  # of the grant that made us its owner
         manager = self.managers[user_id] = UserStreamManager(
             user_id,
