@@ -11,6 +11,7 @@ and says so, rather than stopping a process or failing silently.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -43,3 +44,23 @@ def missing_features(requirements: Requirements) -> dict[str, str]:
 def describe(off: dict[str, str]) -> str:
     """The switched-off features for the one warning line."""
     return "; ".join(f"{feature} ({why})" for feature, why in off.items())
+
+
+class InternalsCheck:
+    """An adapter's ``check()`` and ``enabled(feature)``: its REQUIREMENTS looked for once
+    (again with ``force``), and ONE warning line naming what is switched off and why."""
+
+    def __init__(self, requirements: Requirements, logger: logging.Logger, adapter: str, cause: str) -> None:
+        self.requirements, self.logger, self.adapter, self.cause = requirements, logger, adapter, cause
+        self._off: dict[str, str] | None = None  # feature -> why; None until checked
+
+    def check(self, *, force: bool = False) -> dict[str, str]:
+        if self._off is not None and not force:
+            return self._off
+        off = self._off = missing_features(self.requirements)
+        if off:
+            self.logger.warning("%s: switched off %s (%s)", self.adapter, describe(off), self.cause)
+        return off
+
+    def enabled(self, feature: str) -> bool:
+        return feature not in self.check()

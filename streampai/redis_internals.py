@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from streampai.internals import Requirements, describe, missing_features
+from streampai.internals import InternalsCheck, Requirements
 
 logger = logging.getLogger("streampai.redis")
 
@@ -81,23 +81,9 @@ REQUIREMENTS: Requirements = {
     CONNECTION_NAMES: [("redis-py BlockingConnectionPool", _blocking_pool, "connection_kwargs")],
 }
 
-_off: dict[str, str] | None = None
-
-
-def check(*, force: bool = False) -> dict[str, str]:
-    """Look for every attribute of REQUIREMENTS once; log one line naming what is switched off."""
-    global _off
-    if _off is not None and not force:
-        return _off
-    off = missing_features(REQUIREMENTS)
-    _off = off
-    if off:
-        logger.warning(
-            "redis adapter: switched off %s (redis-py/channels-redis differ from the pinned versions)",
-            describe(off),
-        )
-    return off
-
-
-def enabled(feature: str) -> bool:
-    return feature not in check()
+_CHECK = InternalsCheck(
+    REQUIREMENTS, logger, "redis adapter", "redis-py/channels-redis differ from the pinned versions"
+)
+# Look for every attribute of REQUIREMENTS once; log one line naming what is switched off.
+check = _CHECK.check
+enabled = _CHECK.enabled

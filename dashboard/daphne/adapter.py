@@ -31,7 +31,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from streampai.internals import SKIP, Requirements, describe, missing_features
+from streampai.internals import SKIP, InternalsCheck, Requirements
 
 logger = logging.getLogger("dashboard.daphne")
 
@@ -114,26 +114,12 @@ REQUIREMENTS: Requirements = {
     ],
 }
 
-_off: dict[str, str] | None = None  # feature -> why; None until check() ran
-
-
-def check(*, force: bool = False) -> dict[str, str]:
-    """Look for every attribute of REQUIREMENTS once; log one line naming what is switched off."""
-    global _off
-    if _off is not None and not force:
-        return _off
-    off = missing_features(REQUIREMENTS)
-    _off = off
-    if off:
-        logger.warning(
-            "daphne adapter: switched off %s (daphne/autobahn/Twisted differ from the pinned versions)",
-            describe(off),
-        )
-    return off
-
-
-def enabled(feature: str) -> bool:
-    return feature not in check()
+_CHECK = InternalsCheck(
+    REQUIREMENTS, logger, "daphne adapter", "daphne/autobahn/Twisted differ from the pinned versions"
+)
+# Look for every attribute of REQUIREMENTS once; log one line naming what is switched off.
+check = _CHECK.check
+enabled = _CHECK.enabled
 
 
 # -- the socket's protocol ------------------------------------------------------
