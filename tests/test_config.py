@@ -300,3 +300,34 @@ async def test_a_cancelled_waiter_does_not_strand_the_others(redis_url, fixed):
             assert time.monotonic() - started > 1.5
     finally:
         await pool.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("env", "port"),
+    [
+        ({}, 1935),
+        ({"RTMP_PORT": "19350"}, 19350),
+        ({"RTMP_PORT": "19350", "LIVESTREAM_RTMP_PORT": "19999"}, 19999),
+    ],
+    ids=["default", "RTMP_PORT", "LIVESTREAM_RTMP_PORT wins"],
+)
+def test_the_ingest_port_comes_from_RTMP_PORT_as_daphnes_from_PORT(env, port):
+    """Issue 18: `make run` takes the ingest's port from RTMP_PORT (the settings read it at import)."""
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("RTMP_PORT", "LIVESTREAM_RTMP_PORT")}
+    code = (
+        "import django; django.setup(); from livestream.conf import get_settings; "
+        "print(get_settings().RTMP_PORT)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**clean, "DJANGO_SETTINGS_MODULE": "streampai.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.split()[-1] == str(port)
