@@ -8,7 +8,9 @@ clear line. A Redis that is merely down at start is waited for.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
+import sys
 import time
 import uuid
 
@@ -313,10 +315,6 @@ async def test_a_cancelled_waiter_does_not_strand_the_others(redis_url, fixed):
 )
 def test_the_ingest_port_comes_from_RTMP_PORT_as_daphnes_from_PORT(env, port):
     """Issue 18: `make run` takes the ingest's port from RTMP_PORT (the settings read it at import)."""
-    import os
-    import subprocess
-    import sys
-
     clean = {k: v for k, v in os.environ.items() if k not in ("RTMP_PORT", "LIVESTREAM_RTMP_PORT")}
     code = (
         "import django; django.setup(); from livestream.conf import get_settings; "
