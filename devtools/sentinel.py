@@ -104,24 +104,27 @@ class SentinelSetup:
         return server
 
     def _data_server(self, name: str, *extra: str) -> Server:
+        """A data server started from a config file of its own, as in production: the
+        sentinels' CONFIG REWRITE keeps a role they gave it (a restart with the original
+        ``replicaof`` would come back as the replica of a replica)."""
         port = free_port()
         workdir = self.directory / name
         workdir.mkdir(exist_ok=True)
         public = port
+        lines = [
+            f"port {port}", "bind 127.0.0.1", 'save ""',
+            f"appendonly {'yes' if self.proxied else 'no'}", "appendfsync always",
+            f"dir {workdir}", f"logfile {self.directory / f'{name}.log'}",
+            *extra,
+        ]  # fmt: skip
         if self.proxied:
             proxy = TcpProxy(free_port(), port).start()
             self.proxies.append(proxy)
             public = proxy.listen_port
-            extra = (*extra, "--replica-announce-ip", "127.0.0.1", "--replica-announce-port", str(public))
-        return self._spawn(
-            name,
-            port,
-            "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "yes" if self.proxied else "no", "--appendfsync", "always",
-            "--dir", str(workdir), "--logfile", str(self.directory / f"{name}.log"),
-            *extra,
-            public_port=public,
-        )  # fmt: skip
+            lines += ["replica-announce-ip 127.0.0.1", f"replica-announce-port {public}"]
+        conf = self.directory / f"{name}.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return self._spawn(name, port, str(conf), public_port=public)
 
     def by_public_port(self, port: int | None) -> Server | None:
         return next((s for s in self.servers[:2] if s.public_port == port), None)
@@ -129,7 +132,7 @@ class SentinelSetup:
     def start(self, timeout: float = 30) -> SentinelSetup:
         primary = self._data_server("primary")
         wait_ping(primary, timeout)
-        replica = self._data_server("replica", "--replicaof", "127.0.0.1", str(primary.public_port))
+        replica = self._data_server("replica", f"replicaof 127.0.0.1 {primary.public_port}")
         wait_ping(replica, timeout)
         for i in range(3):
             port = free_port()
