@@ -27,6 +27,9 @@ Every step is one Lua script (one round trip, atomic):
                      current owner (a superseded instance gets SUPERSEDED, never an alert;
                      with no owner recorded, Redis lost its data and the taker owns again);
                      AWAY, nothing taken, while the user has no connection in presence.
+                     Under Sentinel the same round trip WAITs for a replica to have the
+                     take (run_script_replicated): a failover cannot then give an alert
+                     already shown back to the queue, to be shown again.
   ack(alert_id)      the in-flight alert was emitted (or its emit failed): clear the slot,
                      count it as delivered (or not).
 
@@ -48,7 +51,7 @@ import redis.asyncio as aioredis
 from livestream import keys
 from livestream.conf import get_settings
 from livestream.ownership import fencing
-from livestream.redis import get_redis, run_script, script
+from livestream.redis import get_redis, run_script, run_script_replicated, script
 
 Alert = dict[str, Any]
 
@@ -153,6 +156,9 @@ class Taken:
     alert: Alert | None
     queued: int
     previous: Alert | None = None
+    # Whether a replica had the take before it returned (None: the master has none). A
+    # take a failover lost would show the alert again (livestream/redis.py REPLICA_WAIT).
+    replicated: bool | None = None
 
 
 class AlertQueue:
@@ -192,7 +198,7 @@ class AlertQueue:
         open tab."""
         presence = keys.presence_user(get_settings().TOPIC, self.user_id)
         fence_keys = fence.keys() if fence else [keys.fence_token(self.user_id), keys.fence_refused()]
-        alert, queued, previous = await run_script(
+        (alert, queued, previous), replicated = await run_script_replicated(
             self.redis,
             _TAKE,
             [self._key("owner"), self._key("queue"), self._key("inflight"), presence, *fence_keys],
@@ -205,7 +211,12 @@ class AlertQueue:
             return SUPERSEDED
         if alert and _text(alert) in (SUPERSEDED, AWAY):
             return _text(alert)
-        return Taken(_decode(alert) if alert else None, int(queued), _decode(previous) if previous else None)
+        return Taken(
+            _decode(alert) if alert else None,
+            int(queued),
+            _decode(previous) if previous else None,
+            replicated,
+        )
 
     async def ack(self, alert_id: str, delivered: bool = True, fence: fencing.Fence | None = None) -> int:
         """Clear the in-flight slot (if it still holds ``alert_id``), count it if ``delivered``;

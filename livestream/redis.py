@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -68,6 +69,54 @@ async def run_script(client: aioredis.Redis, lua: Script, keys: list[str], *args
         return await client.evalsha(lua.sha, len(keys), *keys, *args)
     except NoScriptError:
         return await client.eval(lua.source, len(keys), *keys, *args)
+
+
+# -- writes that must survive a failover -----------------------------------------------
+# Redis replicates asynchronously: a write the master acknowledged can be missing on the
+# replica Sentinel promotes. For the few writes whose loss would repeat an effect (an alert
+# taken from the queue and then shown: lost, it would be shown again), the script is
+# followed by WAIT on the same connection, in the same round trip.
+
+# How long such a write waits for a replica (seconds); past it the effect goes ahead
+# (availability first) and the caller counts it.
+REPLICA_WAIT = 0.25
+# How long the number of replicas the master reports is reused (seconds).
+REPLICAS_CHECK_INTERVAL = 5.0
+_replicas: weakref.WeakKeyDictionary[Any, tuple[float, int]] = weakref.WeakKeyDictionary()
+
+
+async def connected_replicas(client: aioredis.Redis) -> int:
+    """The replicas the master has (INFO replication), per pool, re-read every
+    REPLICAS_CHECK_INTERVAL."""
+    pool = client.connection_pool
+    checked = _replicas.get(pool)
+    now = time.monotonic()
+    if checked is None or now - checked[0] >= REPLICAS_CHECK_INTERVAL:
+        info = await client.info("replication")
+        checked = _replicas[pool] = (now, int(info.get("connected_slaves", 0) or 0))
+    return checked[1]
+
+
+async def run_script_replicated(
+    client: aioredis.Redis, lua: Script, keys: list[str], *args: Any
+) -> tuple[Any, bool | None]:
+    """``run_script``, then WAIT for one replica on the same connection (one round trip):
+    (its result, whether a replica has it; None when the master has no replica)."""
+    if await connected_replicas(client) == 0:
+        return await run_script(client, lua, keys, *args), None
+    for attempt in (1, 2):
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.evalsha(lua.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", 1, int(REPLICA_WAIT * 1000))
+            try:
+                result, acked = await pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await client.script_load(lua.source)
+                continue
+        return result, int(acked) >= 1
+    raise AssertionError("unreachable")
 
 
 # -- replies as the app's clients return them -------------------------------------

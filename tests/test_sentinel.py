@@ -8,6 +8,7 @@ redis-server, tests/sentinel.py), daphne and two runworkers with
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 
@@ -196,3 +197,28 @@ async def test_master_lost_managers_run_again_and_cleanups_fire(
         await observer.aclose()
     finally:
         stack.stop_all()
+
+
+async def test_an_alert_take_waits_for_a_replica_under_sentinel(sentinel_setup, redis_url):
+    """A take a failover could lose would show the alert twice: under Sentinel it returns only
+    once a replica has it (or says it had to go ahead without one); alone, it does not wait."""
+    from livestream.redis import get_redis, run_script_replicated, script
+
+    lua = script("test.replicated_incr", "return redis.call('INCR', KEYS[1])")
+    client = redis_client(sentinel_setup.url())
+    try:
+        assert await run_script_replicated(client, lua, ["n"]) == (1, True)
+        await client.script_flush()  # NOSCRIPT inside the pipeline: loaded, run again
+        assert await run_script_replicated(client, lua, ["n"]) == (2, True)
+        assert int(sentinel_setup.replica.client().get("n")) == 2  # there when it returned
+        sentinel_setup.replica.process.send_signal(signal.SIGSTOP)  # a replica that stops acking
+        try:
+            started = time.monotonic()
+            assert await run_script_replicated(client, lua, ["n"]) == (3, False)
+            assert 0.2 <= time.monotonic() - started < 2.0  # REPLICA_WAIT, then availability first
+        finally:
+            sentinel_setup.replica.process.send_signal(signal.SIGCONT)
+    finally:
+        await client.aclose()
+    alone = get_redis()  # the suite's private Redis has no replica: no WAIT
+    assert (await run_script_replicated(alone, lua, [f"alone:{uuid.uuid4().hex}"]))[1] is None

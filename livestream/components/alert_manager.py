@@ -31,6 +31,8 @@ in the few milliseconds between taking an alert and emitting it.
    and it is logged with its id and counted in status() as ``lost_in_flight``. The
    window is one or two Redis round trips per alert, against seconds of display
    wait, so after a kill -9 every alert still queued is delivered exactly once.
+   Under Sentinel a take is acknowledged by a replica before the emit (alerts/queue.py),
+   so a failover cannot put an alert already shown back into the queue.
 4. An emit that raises (Redis unreachable) is treated the same way: logged, counted,
    not retried. A take whose reply was lost, or an ack that failed, leaves the alert
    in flight; the owner's next take finds it there and logs it the same way. Redis
@@ -82,6 +84,7 @@ class AlertManager(Component):
         self.delivered = 0  # all time, for this user (kept in Redis)
         self.lost_in_flight = 0  # by this instance: see rule 3
         self.emit_failed = 0
+        self.unreplicated = 0  # takes no replica had within REPLICA_WAIT (shown all the same)
         self.superseded = False
 
     def status(self) -> dict[str, Any]:
@@ -90,6 +93,7 @@ class AlertManager(Component):
             "delivered": self.delivered,
             "lost_in_flight": self.lost_in_flight,
             "emit_failed": self.emit_failed,
+            "unreplicated": self.unreplicated,
         }
 
     async def run(self) -> None:
@@ -172,6 +176,14 @@ class AlertManager(Component):
         alert = taken.alert
         if alert is None:
             return None
+        if taken.replicated is False:
+            # Availability first: shown all the same, but a failover now could show it twice.
+            self.unreplicated += 1
+            logger.warning(
+                "[UserStreamManager:%s] AlertManager: alert %s taken without a replica's acknowledgement",
+                self.user_id,
+                _alert_id(alert),
+            )
         emitted = True
         try:
             await self.emit("alert", alert)
