@@ -62,14 +62,35 @@ AWAY = "away"
 # The script's answer to a stale lease token (take returns SUPERSEDED for it).
 _FENCED = "fenced"
 
+# KEYS: queue, wake channel, the alert id's marker. ARGV: alert, cap, user, marker TTL.
+# The marker makes a push idempotent: redis-py sends a command again after a connection
+# error, also when the first one ran (its reply was lost), and the alert must not be
+# queued twice.
 _PUSH = script(
     "alerts.push",
     """
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return redis.call('LLEN', KEYS[1]) end
 local n = redis.call('LLEN', KEYS[1])
-if n >= tonumber(ARGV[2]) then return -1 end
+if n >= tonumber(ARGV[2]) then redis.call('DEL', KEYS[3]); return -1 end
 n = redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('PUBLISH', KEYS[2], ARGV[3])
 return n
+""",
+)
+# How long a pushed alert's id is remembered against a repeated push (seconds).
+PUSHED_TTL = 3600
+
+# KEYS: inflight. ARGV: alert id. Rewrites the in-flight slot if it still holds the alert:
+# a write after the take, so a replica that acknowledges it has the take too.
+_TOUCH = script(
+    "alerts.touch",
+    """
+local current = redis.call('GET', KEYS[1])
+if current and cjson.decode(current)['id'] == ARGV[1] then
+  redis.call('SET', KEYS[1], current)
+  return 1
+end
+return 0
 """,
 )
 
@@ -167,6 +188,7 @@ class AlertQueue:
     def __init__(self, user_id: str, client: aioredis.Redis | None = None) -> None:
         self.user_id = user_id
         self._client = client
+        self.replicated: bool | None = None  # of the last push
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -176,16 +198,30 @@ class AlertQueue:
         return keys.alerts(self.user_id, part)
 
     async def push(self, alert: Alert, cap: int) -> int | None:
-        """Queue ``alert`` (it carries its id) and wake the manager; the new length, or None if full."""
-        length = await run_script(
+        """Queue ``alert`` (it carries its id; a second push of the id is a no-op) and wake
+        the manager; the new length, or None if full. ``self.replicated`` then says whether
+        a replica has it (None: the master has none)."""
+        length, self.replicated = await run_script_replicated(
             self.redis,
             _PUSH,
-            [self._key("queue"), keys.alerts_wake()],
+            [self._key("queue"), keys.alerts_wake(), self._key(f"pushed:{alert['id']}")],
             _encode(alert),
             cap,
             self.user_id,
+            PUSHED_TTL,
         )
         return None if int(length) < 0 else int(length)
+
+    async def confirm(self, alert_id: str) -> str:
+        """After a take no replica acknowledged in time, ask again (a write after the take,
+        then WAIT): "replicated" (or the master has no replica any more), "waiting" (not
+        yet), or "gone" (the alert is no longer in flight: another instance claimed)."""
+        touched, replicated = await run_script_replicated(
+            self.redis, _TOUCH, [self._key("inflight")], alert_id
+        )
+        if not int(touched):
+            return "gone"
+        return "waiting" if replicated is False else "replicated"
 
     async def claim(self, token: str, fence: int | None = None) -> Claimed:
         """Become the only instance that may take (see claim_many; this is one of them)."""

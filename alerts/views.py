@@ -96,7 +96,8 @@ async def webhook(request: HttpRequest, user_id: str, secret: str) -> HttpRespon
         return _error(400, str(exc))
     alert = {"id": secrets.token_hex(8), **alert, "queued_at": round(time.time(), 3)}
     try:
-        queued = await AlertQueue(pk).push(alert, get_settings().ALERT_QUEUE_CAP)
+        queue = AlertQueue(pk)
+        queued = await queue.push(alert, get_settings().ALERT_QUEUE_CAP)
     except Exception as exc:
         # A Redis error says what failed; anything else is named by its type only (its
         # text could quote the alert).
@@ -111,6 +112,11 @@ async def webhook(request: HttpRequest, user_id: str, secret: str) -> HttpRespon
     logger.info(
         "[alerts] queued alert %s (%s) for user %s: %d waiting", alert["id"], alert["kind"], pk, queued
     )
+    if queue.replicated is False:  # accepted all the same: refusing would have it sent twice
+        logger.warning(
+            "[alerts] alert %s queued without a replica's acknowledgement: a failover now would lose it",
+            alert["id"],
+        )
     return JsonResponse({"id": alert["id"], "queued": queued}, status=202)
 
 

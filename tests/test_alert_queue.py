@@ -45,6 +45,27 @@ async def test_push_take_ack_in_order_each_once():
     assert taken.queued == 0
 
 
+async def test_a_push_sent_again_queues_the_alert_once():
+    """redis-py sends a command again after a connection error, also when the first ran."""
+    queue = AlertQueue("7")
+    assert await queue.push(alert(1), cap=10) == 1
+    assert await queue.push(alert(1), cap=10) == 1  # the same id: nothing more queued
+    assert await queue.push(alert(2), cap=10) == 2
+    assert [a["id"] for a in await queue.pending()] == ["a1", "a2"]
+    assert queue.replicated is None  # the suite's Redis has no replica: no WAIT
+
+
+async def test_a_take_is_confirmed_only_while_in_flight():
+    queue = AlertQueue("7")
+    await queue.push(alert(1), cap=10)
+    await queue.claim("tok")
+    taken = await queue.take("tok")
+    assert await queue.confirm("a1") == "replicated"  # no replica: nothing to wait for
+    assert await queue.confirm("a9") == "gone"
+    await queue.ack(taken.alert["id"])
+    assert await queue.confirm("a1") == "gone"
+
+
 async def test_cap_refuses_when_full_and_users_are_separate():
     queue, other = AlertQueue("7"), AlertQueue("8")
     assert [await queue.push(alert(n), cap=2) for n in (1, 2, 3)] == [1, 2, None]

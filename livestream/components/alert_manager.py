@@ -176,14 +176,8 @@ class AlertManager(Component):
         alert = taken.alert
         if alert is None:
             return None
-        if taken.replicated is False:
-            # Availability first: shown all the same, but a failover now could show it twice.
-            self.unreplicated += 1
-            logger.warning(
-                "[UserStreamManager:%s] AlertManager: alert %s taken without a replica's acknowledgement",
-                self.user_id,
-                _alert_id(alert),
-            )
+        if taken.replicated is False and not await self._confirmed(_alert_id(alert)):
+            return alert  # left in flight: the next take or claim reports it lost, with its reason
         emitted = True
         try:
             await self.emit("alert", alert)
@@ -200,6 +194,25 @@ class AlertManager(Component):
         if delivered >= 0:  # -1: our lease token is stale (logged once by the fence)
             self.delivered = delivered
         return alert
+
+    async def _confirmed(self, alert_id: str) -> bool:
+        """A take no replica acknowledged within REPLICA_WAIT: shown only once one does (a
+        failover could otherwise put it back into the queue, to be shown twice). Asked
+        again (each ask waits up to REPLICA_WAIT) until a replica has it, the master has
+        none any more (nothing to lose it to), or the alert left the slot (superseded):
+        a lagging replica delays alerts, it never repeats or drops one. A stop meanwhile
+        cancels the step after STEP_TIMEOUT: the alert stays in flight and the next owner
+        reports it lost, with its reason."""
+        self.unreplicated += 1
+        logger.warning(
+            "[UserStreamManager:%s] AlertManager: alert %s waits for a replica's acknowledgement",
+            self.user_id,
+            alert_id,
+        )
+        while True:
+            confirmed = await self.queue.confirm(alert_id)
+            if confirmed != "waiting":
+                return confirmed == "replicated"
 
     def _lost(self, alert: Alert, why: str) -> None:
         self.lost_in_flight += 1
