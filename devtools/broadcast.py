@@ -322,6 +322,10 @@ class Receiver:
                 ffmpeg(),
                 "-hide_banner",
                 "-nostdin",
+                # No progress line: it is rewritten with "\r", never ended with a newline, and
+                # after ~4.5 minutes it outgrew the line reader below, which ended the receiver
+                # (the first 10-minute broadcast bench "lost" the second half of its frames).
+                "-nostats",
                 "-listen",
                 "1",
                 "-i",
