@@ -84,7 +84,7 @@ class AlertManager(Component):
         self.delivered = 0  # all time, for this user (kept in Redis)
         self.lost_in_flight = 0  # by this instance: see rule 3
         self.emit_failed = 0
-        self.unreplicated = 0  # takes no replica had within REPLICA_WAIT (shown all the same)
+        self.unreplicated = 0  # takes no replica had within REPLICA_WAIT (held until one does)
         self.superseded = False
 
     def status(self) -> dict[str, Any]:
@@ -198,8 +198,8 @@ class AlertManager(Component):
     async def _confirmed(self, alert_id: str) -> bool:
         """A take no replica acknowledged within REPLICA_WAIT: shown only once one does (a
         failover could otherwise put it back into the queue, to be shown twice). Asked
-        again (each ask waits up to REPLICA_WAIT) until a replica has it, the master has
-        none any more (nothing to lose it to), or the alert left the slot (superseded):
+        again (each ask waits up to REPLICA_WAIT) until a replica has it (without Sentinel:
+        or the master reports none any more), or the alert left the slot (superseded):
         a lagging replica delays alerts, it never repeats or drops one. A stop meanwhile
         cancels the step after STEP_TIMEOUT: the alert stays in flight and the next owner
         reports it lost, with its reason."""
