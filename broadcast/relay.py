@@ -201,6 +201,10 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
     try:
         await asyncio.wait_for(asyncio.shield(proc.wait()), STOP_GRACE)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
+        pass
+    finally:
+        # Past the grace, or cancelled again while waiting (keep_cancelling): never left running.
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    await proc.wait()

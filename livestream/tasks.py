@@ -56,15 +56,48 @@ class Backoff:
         self.failures = 0
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], timeout: float) -> set[asyncio.Task[Any]]:
-    """Cancel ``tasks`` and wait for them at most ``timeout``; returns those still running."""
+async def cancel_and_wait(
+    tasks: Iterable[asyncio.Task[Any]], timeout: float, keep_trying: bool = False
+) -> set[asyncio.Task[Any]]:
+    """Cancel ``tasks`` and wait for them at most ``timeout``; returns those still running.
+    With ``keep_trying``, those are cancelled again every ``timeout`` until they end
+    (``keep_cancelling``): for tasks that act while they run, not at a process's exit."""
     running = [task for task in tasks if not task.done()]
     for task in running:
         task.cancel()
     if not running:
         return set()
     _, stuck = await asyncio.wait(running, timeout=timeout)
+    if stuck and keep_trying:
+        keep_cancelling(stuck, max(timeout, 0.1))
     return stuck
+
+
+_reapers: set[asyncio.Task[None]] = set()
+
+
+def keep_cancelling(tasks: Iterable[asyncio.Task[Any]], every: float) -> None:
+    """Cancel ``tasks`` again every ``every`` seconds, in the background, until they end.
+
+    On Python 3.11 a cancellation can be lost: ``asyncio.wait_for`` returns the result when
+    its inner call finished just as the cancel landed, and redis-py sends every command
+    through it. A component's loop that lost its one cancel then ran on: in the fourth
+    30-minute nemesis run an abandoned component kept acting for 12 minutes after its stop.
+    Another cancel lands elsewhere (a sleep, the next command) and ends it."""
+    pending = {task for task in tasks if not task.done()}
+    if not pending:
+        return
+
+    async def reap() -> None:
+        left = pending
+        while left:
+            for task in left:
+                task.cancel()
+            _, left = await asyncio.wait(left, timeout=every)
+
+    reaper = asyncio.get_running_loop().create_task(reap(), name="keep-cancelling")
+    _reapers.add(reaper)
+    reaper.add_done_callback(_reapers.discard)
 
 
 def describe(tasks: Iterable[asyncio.Task[Any]]) -> str:

@@ -85,6 +85,46 @@ async def test_stop_stops_every_component():
     assert [c.component.ticks for c in manager.children] == ticks
 
 
+class LosesOneCancel(Component):
+    """Acts every 20 ms while may_act(); loses its first cancellation, as Python 3.11's
+    asyncio.wait_for does when its inner call finished just as the cancel landed (redis-py
+    sends every command through it): the fourth 30-minute nemesis run."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(user_id)
+        self.effects: list[float] = []
+        self.lost = 0
+
+    async def run(self) -> None:
+        while True:
+            if self.may_act():
+                self.effects.append(asyncio.get_running_loop().time())
+            try:
+                await asyncio.sleep(0.02)
+            except asyncio.CancelledError:
+                if self.lost:
+                    raise
+                self.lost += 1
+
+
+async def test_a_component_that_lost_its_cancellation_stops_acting_and_is_ended(caplog):
+    manager = UserStreamManager("9", [LosesOneCancel])
+    manager.start()
+    child = manager.children[0]
+    await wait_until(lambda: child.component is not None and len(child.component.effects) > 2, 2, "acting")
+    component = child.component
+    task = child._task
+    await manager.stop()  # SHUTDOWN_TIMEOUT 0.2 s: abandoned, then cancelled again
+    stopped_at = asyncio.get_running_loop().time()
+    assert component.lost == 1
+    assert "[UserStreamManager:9] LosesOneCancel ignored cancellation for 0.2s; abandoned" in caplog.text
+    assert not component.may_act()
+    assert not [t for t in component.effects if t > stopped_at - 0.2]  # none after stop() began
+    assert task is not None
+    await wait_until(task.done, 2, "the abandoned run ended by a later cancel")
+    assert task.cancelled()
+
+
 async def test_a_crashing_component_is_restarted_without_touching_the_others(caplog):
     manager = UserStreamManager("7", [Steady, CrashOnce])
     manager.start()

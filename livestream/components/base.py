@@ -42,6 +42,8 @@ class Component:
     # The fencing token of the lease grant this run belongs to; None outside a worker
     # (tests, tools): nothing is checked then.
     token: int | None = None
+    # Set by its supervisor when the run is asked to end: may_act() is False from then on.
+    stopped: bool = False
     _fence: fencing.Fence | None = None
 
     def __init__(self, user_id: str) -> None:
@@ -57,8 +59,10 @@ class Component:
 
     def may_act(self) -> bool:
         """Whether an effect outside Redis may happen now (see fencing.may_act): ask right
-        before each one, with no await in between."""
-        return fencing.may_act(self.user_id)
+        before each one, with no await in between. Never once this instance was asked to
+        stop (``stopped``, set by its supervisor): a run whose cancellation was lost (see
+        livestream.tasks.keep_cancelling) must not act beside the next one."""
+        return not self.stopped and fencing.may_act(self.user_id)
 
     def register_external_effect(self, stop: Callable[[], None]) -> Callable[[], None]:
         """See fencing.register_external_effect; returns the unregister function."""

@@ -485,7 +485,7 @@ class CloudflareManager(Component):
         tasks = [self.relays.pop(oid) for oid in ids if oid in self.relays]
         for oid in ids:
             self._relay_specs.pop(oid, None)
-        stuck = await cancel_and_wait(tasks, END_WAIT)
+        stuck = await cancel_and_wait(tasks, END_WAIT, keep_trying=True)
         if stuck:
             logger.error(
                 "[UserStreamManager:%s] %d outputs did not stop in %ss", self.user_id, len(stuck), END_WAIT

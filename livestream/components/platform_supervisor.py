@@ -208,7 +208,7 @@ class PlatformSupervisor(Component):
 
     async def _stop(self, children: list[Child]) -> None:
         tasks = [child.task for child in children if child.task is not None]
-        await cancel_and_wait(tasks, get_settings().SHUTDOWN_TIMEOUT / 2)
+        await cancel_and_wait(tasks, get_settings().SHUTDOWN_TIMEOUT / 2, keep_trying=True)
         for child in children:
             logger.info(logformats.PLATFORM_STOPPED, self.user_id, child.conn.public_id)
 

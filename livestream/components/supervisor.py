@@ -52,6 +52,7 @@ class ComponentSupervisor:
         self.component: Component | None = None
         self._crashes: deque[float] = deque()
         self._task: asyncio.Task[None] | None = None
+        self.stopped = False  # asked to stop: no new instance, and the current one may not act
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name=f"{self.name}:{self.user_id}")
@@ -62,7 +63,7 @@ class ComponentSupervisor:
 
     async def _supervise(self) -> None:
         conf = get_settings()
-        while True:
+        while not self.stopped:
             self.component = self.component_class(self.user_id)
             self.component.token = self.token  # before run(): its writes are fenced with it
             self.state = State.RUNNING
@@ -108,17 +109,26 @@ class ComponentSupervisor:
 
     def cancel(self) -> None:
         """Cancel at once, without waiting (stop() waits); for fencing, where every step counts."""
+        self._stopping()
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
+    def _stopping(self) -> None:
+        """From now on the component may not act (Component.may_act), even if it outlives
+        its cancellation."""
+        self.stopped = True
+        if self.component is not None:
+            self.component.stopped = True
+
     async def stop(self) -> None:
+        self._stopping()
         task = self._task
         if task is None or task.done():
             if self.state != State.FAILED:
                 self.state = State.STOPPED
             return
         timeout = get_settings().SHUTDOWN_TIMEOUT
-        if await cancel_and_wait([task], timeout):
+        if await cancel_and_wait([task], timeout, keep_trying=True):
             logger.error(
                 "[UserStreamManager:%s] %s ignored cancellation for %ss; abandoned",
                 self.user_id,
