@@ -14,7 +14,8 @@ from django.test import AsyncClient, AsyncRequestFactory
 from broadcast import ingest, inputs, views
 from broadcast.backends import get_backend
 from broadcast.backends.base import OutputSpec
-from broadcast.backends.selfhosted import SelfHostedBackend, publishing
+from broadcast.backends.selfhosted import SelfHostedBackend
+from broadcast.ingest_control import publishing
 from broadcast.models import StreamIngest, StreamOutput, key_hash
 from broadcast.outputs import outputs_for, register_source, unregister_source
 from broadcast.relay import clean_reason
@@ -313,3 +314,34 @@ async def test_a_presence_id_that_names_no_account_has_no_rows(django_user_model
     assert await manager.backend.stored_ingest("w17") is None
     with pytest.raises(Exception, match="no such user"):
         await manager.backend.ingest("w17")
+
+
+async def test_one_stat_request_answers_every_users_poll(tmp_path, monkeypatch):
+    """Twenty live users' polls at once: one /stat on the ingest's socket, one HTTP client."""
+    from broadcast import ingest_control
+
+    sock, requests = tmp_path / "control.sock", []
+    body = b"<rtmp><server><application><live><stream><name>u7</name><publishing/></stream></live></application></server></rtmp>"
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            if line.startswith(b"GET "):
+                requests.append(line.split()[1])
+            if line == b"\r\n":
+                await asyncio.sleep(0.05)  # the ingest takes a moment: the polls pile up meanwhile
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(serve, path=str(sock))
+    try:
+        answers = await asyncio.gather(*(ingest_control.publishing_now(sock) for _ in range(20)))
+        assert answers == [{"u7"}] * 20
+        assert requests == [b"/stat"]
+        monkeypatch.setattr(ingest_control, "STAT_MAX_AGE", 0.0)
+        assert await ingest_control.publishing_now(sock) == {"u7"}
+        assert requests == [b"/stat", b"/stat"]
+        assert len(ingest_control._control().clients) == 1
+    finally:
+        server.close()
+        await ingest_control._control().clients[sock].aclose()

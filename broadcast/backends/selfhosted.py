@@ -3,7 +3,8 @@
 * ``ingest``/``new_key``: a StreamIngest row per user (backend "selfhosted"); the key is
   random, stored encrypted and looked up by its hash when nginx asks (broadcast/views.py).
   ``new_key`` also drops a publisher still using the old key (nginx's /control).
-* ``input_connected``: nginx's /stat (over its private unix socket) lists the publishers.
+* ``input_connected``: nginx's /stat (over its private unix socket) lists the publishers
+  (broadcast/ingest_control.py: one request answers every user's poll in a worker).
 * ``run_output``: one relay at a time per output, from ``rtmp://127.0.0.1:<RTMP_PORT>/live/u<id>``
   (nginx lets only this machine play) to the output; while the input is gone it waits
   ("starting") and starts again as soon as it is back; a relay that fails is retried with
@@ -17,13 +18,11 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from xml.etree import ElementTree
 
-import httpx
 from django.conf import settings
 
 from broadcast import ingest as nginx
-from broadcast import relay
+from broadcast import ingest_control, relay
 from broadcast.backends.base import (
     FAILED,
     LIVE,
@@ -118,28 +117,16 @@ class SelfHostedBackend(BroadcastBackend):
         row.save()
         return key
 
-    async def _control(self, path: str) -> httpx.Response | None:
-        sock = nginx.control_socket(ingest_dir())
-        if not sock.exists():
-            return None
-        try:
-            async with httpx.AsyncClient(
-                transport=httpx.AsyncHTTPTransport(uds=str(sock)), timeout=2.0
-            ) as client:
-                return await client.get("http://ingest" + path)
-        except httpx.HTTPError as exc:
-            logger.warning("[broadcast] ingest control %s failed: %r", path.split("?")[0], type(exc).__name__)
-            return None
-
     async def _drop_publisher(self, user_id: str) -> None:
         """Disconnect whoever publishes the user's stream (its key was just replaced)."""
-        await self._control(f"/control/drop/publisher?app={nginx.APP}&name={nginx.stream_name(user_id)}")
+        await ingest_control.request(
+            nginx.control_socket(ingest_dir()),
+            f"/control/drop/publisher?app={nginx.APP}&name={nginx.stream_name(user_id)}",
+        )
 
     async def input_connected(self, user_id: str) -> bool:
-        response = await self._control("/stat")
-        if response is None or response.status_code != 200:
-            return False
-        return nginx.stream_name(user_id) in publishing(response.text)
+        names = await ingest_control.publishing_now(nginx.control_socket(ingest_dir()))
+        return names is not None and nginx.stream_name(user_id) in names
 
     def input_state_changed(self, user_id: str, connected: bool) -> None:
         event = self._inputs.setdefault(user_id, asyncio.Event())
@@ -173,17 +160,3 @@ class SelfHostedBackend(BroadcastBackend):
                 await asyncio.sleep(delay)
         finally:
             report(OFF, None)
-
-
-def publishing(stat_xml: str) -> set[str]:
-    """Names of the streams with a publisher, from nginx-rtmp's /stat XML."""
-    try:
-        root = ElementTree.fromstring(stat_xml)
-    except ElementTree.ParseError:
-        return set()
-    names = set()
-    for stream in root.iter("stream"):
-        name = stream.findtext("name")
-        if name and stream.find("publishing") is not None:
-            names.add(name)
-    return names
