@@ -110,7 +110,10 @@ def make_clip(
     command.remove("-re")
     for name in ("testsrc2", "sine"):  # bounded inputs
         index = next(i for i, arg in enumerate(command) if arg.startswith(name))
-        command[index] += f":duration={seconds}"
+        # The sound a little shorter than the picture: -stream_loop shifts each loop by the
+        # longer stream's end, and a longer sound left a whole frame's gap in the video at each
+        # loop (62 ms between two frames; now 54: the video's start offset, under FrameSequence's bar).
+        command[index] += f":duration={seconds if name == 'testsrc2' else seconds - 0.1}"
     subprocess.run(command, check=True, timeout=300)
     return path
 
@@ -189,15 +192,42 @@ def framecrc_args() -> list[str]:
     return ["-map", "0:v", "-c", "copy", "-f", "framecrc", "-flush_packets", "1", "pipe:1"]
 
 
+class FrameSequence:
+    """Frames counted, and the frames missing from their timestamp sequence (``gaps``: a
+    decode timestamp that jumps by more than 1.75 frame intervals; one lost frame makes 2,
+    make_clip's loop point 1.6): lost, not merely late."""
+
+    def __init__(self, fps: float = 30.0) -> None:
+        self.frames = 0
+        self.gaps = 0
+        self._frame_ms = 1000.0 / fps
+        self._last_dts: int | None = None
+
+    def add(self, dts_ms: int) -> None:
+        # RTMP's timestamps are milliseconds: 30 fps steps by 33 or 34.
+        self.frames += 1
+        last, self._last_dts = self._last_dts, dts_ms
+        if last is not None and dts_ms - last > 1.75 * self._frame_ms:
+            self.gaps += round((dts_ms - last) / self._frame_ms) - 1
+
+    def restart(self) -> None:
+        """A new publisher: its timestamps start afresh (a reconnect's gap is not counted)."""
+        self._last_dts = None
+
+
 class FrameLog:
-    """Arrival times of video packets, by (size, crc)."""
+    """Arrival times of video packets, by (size, crc), and their sequence (``sequence``)."""
 
     def __init__(self, keep: bool = False) -> None:
         self.keep = keep
         self.arrivals: dict[tuple[str, str], float] = {}
-        self.frames = 0
+        self.sequence = FrameSequence()
         self.first_frame_at: float | None = None
         self.last_frame_at: float | None = None
+
+    @property
+    def frames(self) -> int:
+        return self.sequence.frames
 
     def line(self, raw: bytes) -> bool:
         if raw.startswith(b"#"):
@@ -206,7 +236,7 @@ class FrameLog:
         if len(parts) < 6:
             return False
         now = time.time()
-        self.frames += 1
+        self.sequence.add(int(parts[1]))
         self.first_frame_at = self.first_frame_at or now
         self.last_frame_at = now
         if self.keep:
@@ -357,6 +387,7 @@ class Receiver:
     async def _read_frames(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         first = True
+        self.log.sequence.restart()
         async for raw in proc.stdout:
             if self.log.line(raw) and first:
                 first = False
