@@ -297,7 +297,6 @@ class Receiver:
     app: str = "app"
     stream: str = "k"
     keep: bool = False  # keep every frame's arrival (latency, frames lost)
-    proxy: bool = True  # False: relays reach ffmpeg directly (no connection count; cheaper)
     connections: list[Connection] = field(default_factory=list)
     sessions: int = 0
     resolution: tuple[int, int] | None = None
@@ -321,12 +320,11 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"rtmp://127.0.0.1:{self.port if self.proxy else self._backend_port}/{self.app}"
+        return f"rtmp://127.0.0.1:{self.port}/{self.app}"
 
     async def start(self) -> Receiver:
         self._loop_task = asyncio.create_task(self._listen_loop())
-        if self.proxy:
-            self._server = await asyncio.start_server(self._proxy, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._proxy, "127.0.0.1", self.port)
         return self
 
     async def stop(self) -> None:
