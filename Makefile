@@ -47,9 +47,12 @@ system-deps:
 run: install system-deps
 	$(BIN)/python -m streampai.devstack
 
-## make test: the whole suite (starts its own private redis-server).
+## make test: the whole suite, in TEST_WORKERS pytest-xdist processes (each starts its own private
+## redis-server). Most tests wait on real processes and timers, so 3 fit on 2 cores
+## (the README has the timings); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
 test: install-dev system-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 ## make test-fast: no processes, no browser, no redis-server (well under 30 s).
 test-fast: install-dev

@@ -47,8 +47,15 @@ REDIS_FREE = {
 _private: EmbeddedRedis | None = None  # ours, started at the end of collection if needed
 
 
+def _xdist_controller(config: pytest.Config) -> bool:
+    """True in pytest-xdist's controlling process: it runs no test, so it starts no Redis."""
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _private
+    if _xdist_controller(config):
+        return  # each xdist worker starts its own redis-server (REDIS_URL must not leak to them)
     url = os.environ.get("REDIS_URL")
     if not url:
         _private = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="streampai-test-")))
@@ -63,6 +70,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The minute-long tests go out first, so that xdist's workers end together (a long test
+    # handed out last would run alone at the end). The sort is stable: the rest keep their order.
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
     for item in items:
         module = getattr(item, "module", None)
         name = getattr(module, "__name__", "").rpartition(".")[2]

@@ -260,12 +260,12 @@ async def test_a_frozen_owners_external_effect_never_overlaps_the_new_owners(
         other = next(proc for proc in workers if proc is not owner)
         await asyncio.sleep(0.3)
         owner.signal(signal.SIGSTOP)
+        mark = owner.log.mark()  # before SIGCONT: the woken owner may log its stop at once
         try:
             await wait_for_writer(other.popen.pid, timeout=15)  # taken over
             await asyncio.sleep(0.5)
         finally:
             owner.signal(signal.SIGCONT)
-        mark = owner.log.mark()
         await owner.log.wait_for(r"UserStreamManager stopped", timeout=10, after=mark)
         await asyncio.sleep(1.0)  # the new owner keeps acting; the old one must not
         lines = writers()

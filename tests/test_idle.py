@@ -21,6 +21,7 @@ pytestmark = pytest.mark.processes
 IDLE_SECONDS = 62
 
 
+@pytest.mark.long
 async def test_socket_and_worker_stay_up_for_a_minute_idle(tmp_path, migrated_db_template, key_prefix):
     stack = Stack(tmp_path, migrated_db_template, key_prefix)
     try:

@@ -38,6 +38,7 @@ def test_the_checker_finds_an_old_tokens_effect_after_a_newer_ones():
 
 
 @pytest.mark.processes
+@pytest.mark.long
 def test_a_two_minute_nemesis_run_finds_nothing(tmp_path):
     report = asyncio.run(nemesis.main(seed=1, minutes=2, directory=tmp_path))
     print(report)

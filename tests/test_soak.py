@@ -232,6 +232,7 @@ def stack(tmp_path, migrated_db_template, key_prefix):
     stack.stop_all()
 
 
+@pytest.mark.long
 async def test_churn_soak(stack):
     await run_soak(stack, seconds=60, n_users=200, chaos=False)
 
