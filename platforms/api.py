@@ -12,9 +12,8 @@ from typing import Any
 
 import httpx
 
+from platforms import outbound
 from platforms.tokens import Credentials, Revoked, ensure_fresh, mark_revoked, oauth_app, refresh
-
-TIMEOUT = 10.0
 
 
 class ApiError(Exception):
@@ -54,24 +53,19 @@ async def request(
 ) -> httpx.Response:
     """``method url`` with the connection's token; returns any non-401/429 response."""
     await ensure_fresh(creds)
-    own = client is None
-    client = client or httpx.AsyncClient(timeout=TIMEOUT)
-    try:
-        for attempt in (1, 2):
-            response = await client.request(method, url, headers=_headers(creds), **kwargs)
-            if response.status_code == 401:
-                if attempt == 1 and creds.refresh_token:
-                    await refresh(creds, force=True)
-                    continue
-                await mark_revoked(creds.pk, "access revoked: the token was refused")
-                raise Revoked("the token was refused")
-            if response.status_code == 429:
-                raise RateLimited(retry_after(response))
-            return response
-        raise AssertionError("unreachable")
-    finally:
-        if own:
-            await client.aclose()
+    client = client or outbound.client()
+    for attempt in (1, 2):
+        response = await client.request(method, url, headers=_headers(creds), **kwargs)
+        if response.status_code == 401:
+            if attempt == 1 and creds.refresh_token:
+                await refresh(creds, force=True)
+                continue
+            await mark_revoked(creds.pk, "access revoked: the token was refused")
+            raise Revoked("the token was refused")
+        if response.status_code == 429:
+            raise RateLimited(retry_after(response))
+        return response
+    raise AssertionError("unreachable")
 
 
 def error_reason(response: httpx.Response) -> str:

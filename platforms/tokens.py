@@ -30,6 +30,7 @@ from django.conf import settings
 from livestream import keys
 from livestream.conf import get_settings
 from livestream.redis import get_redis, run_script, script
+from platforms import outbound
 from streampai import secrets
 
 logger = logging.getLogger("livestream.platforms")
@@ -165,8 +166,7 @@ async def _refresh_now(creds: Credentials, refresh_token: str) -> None:
         "client_id": client_id,
         "client_secret": client_secret,
     }
-    async with httpx.AsyncClient(timeout=10) as client:
-        response = await client.post(token_url(creds.platform), data=form)
+    response = await outbound.client().post(token_url(creds.platform), data=form)
     if response.status_code in (400, 401):
         body = _json(response)
         reason = str(

@@ -134,6 +134,28 @@ async def test_helix_429_is_rate_limited_with_the_reset_time(twitch):
     assert await helix.stream_key(creds(row)) == twitch_contract.STREAM_KEY
 
 
+async def test_a_workers_platform_calls_share_one_kept_connection(twitch, yt):
+    """Every platform call of an event loop goes through one kept client (platforms/outbound.py):
+    a client made per call built an SSL context (the CA bundle read) on the loop each time, and
+    opened a new connection. Five stream-key reads, a refresh and a YouTube call: one connection
+    to each server."""
+    row = await make_connection("twitch", "access-0", "refresh-0", 3600)
+    for _ in range(5):
+        assert await helix.stream_key(creds(row)) == twitch_contract.STREAM_KEY
+    await tokens.refresh(creds(row), force=True)
+    assert await helix.stream_key(creds(await reload(row))) == twitch_contract.STREAM_KEY
+    yt_row = await make_connection("youtube", "ya29.old", "1//refresh", 3600)
+    await youtube.ingestion(creds(yt_row))
+    await youtube.ingestion(creds(yt_row))
+    with twitch.lock:
+        twitch_peers = {request.peer for request in twitch.requests}
+        count = len(twitch.requests)
+    with yt.lock:
+        yt_peers = {request.peer for request in yt.requests}
+    assert count == 13 and len(twitch_peers) == 1, (count, twitch_peers)
+    assert len(yt_peers) == 1, yt_peers
+
+
 async def test_helix_channel_update_sends_title_and_category(twitch):
     row = await make_connection("twitch", "access-0", "refresh-0", expires_in=None)
     await helix.update_channel(creds(row), "Building a chat client", "Science & Technology")

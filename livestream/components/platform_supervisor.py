@@ -41,7 +41,6 @@ import time
 from collections import deque
 from typing import Any
 
-import httpx
 from redis.exceptions import RedisError
 
 from livestream import logformats
@@ -315,6 +314,7 @@ class PlatformSupervisor(Component):
         """Send the stream's title and category to every enabled connection that has them (the
         page sends it with "Go live"): Twitch's channel title and category, the title of
         YouTube's active broadcast (YouTube broadcasts have no category)."""
+        from platforms import outbound
         from platforms.twitch import helix
         from platforms.youtube import api as youtube
 
@@ -341,8 +341,7 @@ class PlatformSupervisor(Component):
                 if platform == "twitch":
                     await helix.update_channel(child.client.creds, title.strip(), category.strip())
                 else:
-                    async with httpx.AsyncClient(timeout=10) as http:
-                        await youtube.update_title(child.client.creds, http, title.strip())
+                    await youtube.update_title(child.client.creds, outbound.client(), title.strip())
                 results[child.conn.public_id] = {"ok": True}
             except Exception as exc:  # one platform's refusal does not stop the others
                 failed.append(f"{child.conn.public_id}: {exc}")

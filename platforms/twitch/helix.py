@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from livestream.conf import get_settings
+from platforms import outbound
 from platforms.api import ApiError, error_reason, request
 from platforms.tokens import Credentials
 
@@ -36,27 +37,27 @@ async def broadcaster_id(creds: Credentials, client: httpx.AsyncClient) -> str:
 
 
 async def stream_key(creds: Credentials) -> str:
-    async with httpx.AsyncClient(timeout=10) as client:
-        bid = await broadcaster_id(creds, client)
-        response = await request(
-            creds, "GET", _url("/streams/key"), client=client, params={"broadcaster_id": bid}
-        )
-        return str(_first(response, "stream key")["stream_key"])
+    client = outbound.client()
+    bid = await broadcaster_id(creds, client)
+    response = await request(
+        creds, "GET", _url("/streams/key"), client=client, params={"broadcaster_id": bid}
+    )
+    return str(_first(response, "stream key")["stream_key"])
 
 
 async def update_channel(creds: Credentials, title: str, category: str) -> None:
-    async with httpx.AsyncClient(timeout=10) as client:
-        bid = await broadcaster_id(creds, client)
-        body: dict[str, str] = {}
-        if title:
-            body["title"] = title
-        if category:
-            response = await request(creds, "GET", _url("/games"), client=client, params={"name": category})
-            body["game_id"] = str(_first(response, f"category {category!r}")["id"])
-        if not body:
-            return
-        response = await request(
-            creds, "PATCH", _url("/channels"), client=client, params={"broadcaster_id": bid}, json=body
-        )
-        if response.status_code >= 400:
-            raise ApiError(f"Twitch channel update: {error_reason(response)}")
+    client = outbound.client()
+    bid = await broadcaster_id(creds, client)
+    body: dict[str, str] = {}
+    if title:
+        body["title"] = title
+    if category:
+        response = await request(creds, "GET", _url("/games"), client=client, params={"name": category})
+        body["game_id"] = str(_first(response, f"category {category!r}")["id"])
+    if not body:
+        return
+    response = await request(
+        creds, "PATCH", _url("/channels"), client=client, params={"broadcaster_id": bid}, json=body
+    )
+    if response.status_code >= 400:
+        raise ApiError(f"Twitch channel update: {error_reason(response)}")

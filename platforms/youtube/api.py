@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from livestream.conf import get_settings
+from platforms import outbound
 from platforms.api import ApiError, error_reason, request
 from platforms.tokens import Credentials
 
@@ -84,11 +85,11 @@ async def update_title(creds: Credentials, client: httpx.AsyncClient, title: str
 
 async def ingestion(creds: Credentials) -> tuple[str, str]:
     """(RTMP server URL, stream name) of the user's live stream."""
-    async with httpx.AsyncClient(timeout=10) as client:
-        params = {"part": "cdn", "mine": "true"}
-        body = _body(
-            await request(creds, "GET", _url("/liveStreams"), client=client, params=params), "live streams"
-        )
+    client = outbound.client()
+    params = {"part": "cdn", "mine": "true"}
+    body = _body(
+        await request(creds, "GET", _url("/liveStreams"), client=client, params=params), "live streams"
+    )
     for item in body.get("items") or []:
         info = (item.get("cdn") or {}).get("ingestionInfo") or {}
         if info.get("ingestionAddress") and info.get("streamName"):

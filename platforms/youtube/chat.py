@@ -19,6 +19,7 @@ import httpx
 
 from livestream import keys
 from livestream.redis import get_redis, text
+from platforms import outbound
 from platforms.api import ApiError, RateLimited, Waiting
 from platforms.clients import ChatSink, Connected, Connection, PlatformClient
 from platforms.youtube import api
@@ -82,41 +83,39 @@ class YouTubeClient(PlatformClient):
         self.http: httpx.AsyncClient | None = None
 
     async def session(self, connected: Connected) -> None:
-        async with httpx.AsyncClient(timeout=10) as http:
-            self.chat_id = await api.active_chat_id(self.creds, http)
-            if self.chat_id is None:
-                raise Waiting("waiting for a live broadcast")
-            self.http = http
-            try:
-                saved = await saved_page(self.conn.pk)
-                page: dict[str, Any]
-                if saved:  # continue where the last owner stopped: this page's lines are new
-                    page = {"nextPageToken": saved, "pollingIntervalMillis": 0}
-                else:
-                    page = await api.messages(self.creds, http, self.chat_id, None)
-                    await save_page(self.conn.pk, page.get("nextPageToken"))
-                self.connected = True
-                await connected()
-                while True:
-                    interval = page.get("pollingIntervalMillis")
-                    wait = float(5000 if interval is None else interval) / 1000
-                    await asyncio.sleep(min(max(wait, MIN_POLL), MAX_POLL))
-                    try:
-                        next_page = await api.messages(
-                            self.creds, http, self.chat_id, page.get("nextPageToken")
-                        )
-                    except RateLimited as exc:
-                        await asyncio.sleep(exc.retry_after)
-                        continue
-                    await save_page(self.conn.pk, next_page.get("nextPageToken"))
-                    for item in next_page.get("items") or []:
-                        data = chat_data(self.conn.channel, item)
-                        if data is not None:
-                            await self.on_chat(data)
-                    page = next_page
-            finally:
-                self.connected = False
-                self.http = None
+        http = outbound.client()
+        self.chat_id = await api.active_chat_id(self.creds, http)
+        if self.chat_id is None:
+            raise Waiting("waiting for a live broadcast")
+        self.http = http
+        try:
+            saved = await saved_page(self.conn.pk)
+            page: dict[str, Any]
+            if saved:  # continue where the last owner stopped: this page's lines are new
+                page = {"nextPageToken": saved, "pollingIntervalMillis": 0}
+            else:
+                page = await api.messages(self.creds, http, self.chat_id, None)
+                await save_page(self.conn.pk, page.get("nextPageToken"))
+            self.connected = True
+            await connected()
+            while True:
+                interval = page.get("pollingIntervalMillis")
+                wait = float(5000 if interval is None else interval) / 1000
+                await asyncio.sleep(min(max(wait, MIN_POLL), MAX_POLL))
+                try:
+                    next_page = await api.messages(self.creds, http, self.chat_id, page.get("nextPageToken"))
+                except RateLimited as exc:
+                    await asyncio.sleep(exc.retry_after)
+                    continue
+                await save_page(self.conn.pk, next_page.get("nextPageToken"))
+                for item in next_page.get("items") or []:
+                    data = chat_data(self.conn.channel, item)
+                    if data is not None:
+                        await self.on_chat(data)
+                page = next_page
+        finally:
+            self.connected = False
+            self.http = None
 
     async def send(self, text: str) -> dict[str, Any]:
         if self.http is None or self.chat_id is None:

@@ -1,5 +1,7 @@
 """A stdlib HTTP server in a thread, for contract servers: routes by (method, path), keeps
-every request, and can be told to answer the next calls of a route with an error."""
+every request (and the client's address: which connection it came on), and can be told to
+answer the next calls of a route with an error. It speaks HTTP/1.1 with keep-alive, as the
+real APIs do."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ class Request:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    peer: tuple[str, int] = ("", 0)  # the client's address: one per TCP connection
 
     def json(self) -> Any:
         return json.loads(self.body or b"null")
@@ -47,6 +50,8 @@ class ContractServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive (every reply has a Content-Length)
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -59,6 +64,7 @@ class ContractServer:
                     {k: v[0] for k, v in parse_qs(parts.query).items()},
                     {k.lower(): v for k, v in self.headers.items()},
                     self.rfile.read(length) if length else b"",
+                    self.client_address,
                 )
                 reply = server.dispatch(request)
                 payload = b"" if reply.body is None else json.dumps(reply.body).encode()
