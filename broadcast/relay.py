@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from broadcast.backends.base import OutputSpec
+from broadcast.backends.base import MayAct, OutputSpec
 from broadcast.procs import set_pdeathsig
 from broadcast.warden import WARDEN
 from livestream.ownership import fencing
@@ -113,7 +113,7 @@ def clean_reason(line: str, spec: OutputSpec) -> str:
     return line[:200] or "relay exited"
 
 
-def fence(user_id: str, proc: asyncio.subprocess.Process) -> Callable[[], None]:
+def fence(user_id: str, proc: asyncio.subprocess.Process, may_act: MayAct) -> Callable[[], None]:
     """Have the relay killed before ``user_id``'s lease can lapse (the keeper thread, and the
     warden when the worker is frozen); returns what to call once it has ended."""
     relay_id = WARDEN.add(proc.pid)
@@ -126,7 +126,7 @@ def fence(user_id: str, proc: asyncio.subprocess.Process) -> Callable[[], None]:
                 proc.kill()
 
     unregister = fencing.register_external_effect(user_id, kill)
-    if not fencing.may_act(user_id):
+    if not may_act():
         # The deadline passed while it started: the keeper may have stopped the others
         # before this one was registered.
         kill()
@@ -139,12 +139,18 @@ def fence(user_id: str, proc: asyncio.subprocess.Process) -> Callable[[], None]:
     return ended
 
 
-async def run_relay(user_id: str, source: str, spec: OutputSpec, on_live: Callable[[], None]) -> RelayExit:
+async def run_relay(
+    user_id: str, source: str, spec: OutputSpec, on_live: Callable[[], None], may_act: MayAct | None = None
+) -> RelayExit:
     """Relay ``source`` to ``spec`` until ffmpeg exits; ``on_live()`` once frames flow.
     Cancelled: stops ffmpeg (SIGTERM, then SIGKILL after STOP_GRACE) before re-raising.
-    Starts only while this worker may act for ``user_id`` (it waits until then)."""
+    Starts only while ``may_act()`` (default: this worker may act for ``user_id``); it waits
+    until then. The CloudflareManager passes its own, which stays false once it was stopped:
+    a relay task whose cancel was lost then never starts a second publisher beside the next
+    run's relay (it waits, doing nothing, until livestream.tasks.keep_cancelling ends it)."""
+    gate = may_act or (lambda: fencing.may_act(user_id))
     # The gate opens on the keeper's thread (a renewal that reached Redis): no event to await.
-    while not fencing.may_act(user_id):  # noqa: ASYNC110
+    while not gate():  # noqa: ASYNC110
         await asyncio.sleep(MAY_ACT_POLL)
     proc = await asyncio.create_subprocess_exec(
         *relay_command(source, spec.target()),
@@ -153,7 +159,7 @@ async def run_relay(user_id: str, source: str, spec: OutputSpec, on_live: Callab
         stderr=asyncio.subprocess.PIPE,
         preexec_fn=_die_with_parent,
     )
-    ended = fence(user_id, proc)
+    ended = fence(user_id, proc, gate)
     errors: deque[str] = deque(maxlen=5)
     frames = 0
     live_at: float | None = None

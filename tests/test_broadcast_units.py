@@ -19,6 +19,7 @@ from broadcast.ingest_control import publishing
 from broadcast.models import StreamIngest, StreamOutput, key_hash
 from broadcast.outputs import outputs_for, register_source, unregister_source
 from broadcast.relay import clean_reason
+from devtools.processes import free_port, wait_until
 from livestream import keys
 from livestream.components import stream_state
 from livestream.components.base import CommandError
@@ -345,3 +346,35 @@ async def test_one_stat_request_answers_every_users_poll(tmp_path, monkeypatch):
     finally:
         server.close()
         await ingest_control._control().clients[sock].aclose()
+
+
+async def test_a_relay_starts_ffmpeg_only_through_its_components_gate():
+    """The CloudflareManager hands its own may_act to the relays: once it was stopped that stays
+    false, so a relay task whose cancel was lost (livestream.tasks.keep_cancelling) waits and
+    starts no second publisher beside the next run's relay. Opened, the same relay runs ffmpeg
+    (here to an ingest that refuses it: it exits with a reason)."""
+    import psutil
+
+    from broadcast import relay
+
+    asked = 0
+    gate_open = False
+
+    def gate() -> bool:
+        nonlocal asked
+        asked += 1
+        return gate_open
+
+    def ffmpegs() -> list[psutil.Process]:
+        return [child for child in psutil.Process().children() if "ffmpeg" in child.name()]
+
+    closed = free_port()  # nothing listens there
+    spec = OutputSpec(id="1", name="A", url=f"rtmp://127.0.0.1:{closed}/app", key="out-key", enabled=True)
+    task = asyncio.create_task(
+        relay.run_relay("7", f"rtmp://127.0.0.1:{closed}/live/u7", spec, lambda: None, gate)
+    )
+    await wait_until(lambda: asked >= 5, 5, "the gate asked five times")
+    assert not task.done() and ffmpegs() == []
+    gate_open = True
+    result = await asyncio.wait_for(task, 20)
+    assert result.returncode != 0 and result.frames == 0, result

@@ -17,14 +17,18 @@ Methods children must implement (as django.contrib.sessions.backends.base does):
     new_key(user_id)                a fresh key; the old one is refused from this call on
     input_connected(user_id)        is a publisher connected now? (polling fallback: the
                                     push path is broadcast.inputs.set_input)
-    run_output(user_id, spec, report)
+    run_output(user_id, spec, report, may_act)
                                     runs until cancelled: sends the user's ingest on to
                                     ``spec`` without re-encoding; calls report(state, error)
                                     with state in off/starting/live/failed (error: a short
                                     reason without secrets, for failed); retries with
                                     backoff by itself (livestream.tasks.retry_delay); when
                                     cancelled it stops the output before returning (the
-                                    caller waits up to 2 s).
+                                    caller waits up to 2 s). Starts an effect outside
+                                    Redis (a relay) only while ``may_act()`` (the calling
+                                    component's: false for good once it was stopped, even
+                                    if a lost cancel leaves this running; default: the
+                                    worker's fence for the user).
 
 Optional (defaults here):
 
@@ -51,6 +55,7 @@ OUTPUT_STATES = (OFF, STARTING, LIVE, FAILED)
 
 # report(state, error): error is None unless state is FAILED.
 Report = Callable[[str, str | None], None]
+MayAct = Callable[[], bool]
 
 
 class BackendError(RuntimeError):
@@ -106,7 +111,9 @@ class BroadcastBackend:
     async def input_connected(self, user_id: str) -> bool:
         raise NotImplementedError
 
-    async def run_output(self, user_id: str, spec: OutputSpec, report: Report) -> None:
+    async def run_output(
+        self, user_id: str, spec: OutputSpec, report: Report, may_act: MayAct | None = None
+    ) -> None:
         raise NotImplementedError
 
     # -- optional -------------------------------------------------------------

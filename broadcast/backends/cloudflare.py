@@ -65,6 +65,7 @@ from broadcast.backends.base import (
     BackendError,
     BroadcastBackend,
     Ingest,
+    MayAct,
     OutputSpec,
     Report,
 )
@@ -288,8 +289,13 @@ class CloudflareBackend(BroadcastBackend):
             state.known[user_id] = connected
             state.notify(user_id)
 
-    async def run_output(self, user_id: str, spec: OutputSpec, report: Report) -> None:
-        """Keeps a live output for ``spec`` on the user's input until cancelled, then removes it."""
+    async def run_output(
+        self, user_id: str, spec: OutputSpec, report: Report, may_act: MayAct | None = None
+    ) -> None:
+        """Keeps a live output for ``spec`` on the user's input until cancelled, then removes it.
+        ``may_act`` is unused: Cloudflare, not this process, publishes to the destination,
+        and a later run of the user's manager adopts the output it finds there for the same
+        destination (``ensure``)."""
         run = _OutputRun(self, user_id, spec, report)
         try:
             await run.loop()

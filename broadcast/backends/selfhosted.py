@@ -31,6 +31,7 @@ from broadcast.backends.base import (
     BackendError,
     BroadcastBackend,
     Ingest,
+    MayAct,
     OutputSpec,
     Report,
 )
@@ -138,7 +139,9 @@ class SelfHostedBackend(BroadcastBackend):
     def _input(self, user_id: str) -> asyncio.Event:
         return self._inputs.setdefault(user_id, asyncio.Event())
 
-    async def run_output(self, user_id: str, spec: OutputSpec, report: Report) -> None:
+    async def run_output(
+        self, user_id: str, spec: OutputSpec, report: Report, may_act: MayAct | None = None
+    ) -> None:
         conf = get_settings()
         source = nginx.play_url(user_id, conf.RTMP_PORT)
         failures = 0
@@ -147,7 +150,7 @@ class SelfHostedBackend(BroadcastBackend):
                 report(STARTING, None)
                 await self._input(user_id).wait()
                 started = time.monotonic()
-                result = await relay.run_relay(user_id, source, spec, lambda: report(LIVE, None))
+                result = await relay.run_relay(user_id, source, spec, lambda: report(LIVE, None), may_act)
                 if result.live_for >= HEALTHY_AFTER or time.monotonic() - started >= HEALTHY_AFTER:
                     failures = 0
                 await asyncio.sleep(INPUT_SETTLE)

@@ -457,7 +457,9 @@ class CloudflareManager(Component):
         failures = 0
         while True:
             try:
-                await self.backend.run_output(self.user_id, spec, lambda s, e: self._report(spec.id, s, e))
+                await self.backend.run_output(
+                    self.user_id, spec, lambda s, e: self._report(spec.id, s, e), self.may_act
+                )
                 return
             except asyncio.CancelledError:
                 raise
