@@ -52,7 +52,7 @@ run: install system-deps
 ## (the README has the timings); TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 3
 test: install-dev system-deps
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ## make test-fast: no processes, no browser, no redis-server (well under 30 s).
 test-fast: install-dev

@@ -69,11 +69,17 @@ def pytest_configure(config: pytest.Config) -> None:
     import streampai.asgi  # noqa: F401
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # The minute-long tests go out first, so that xdist's workers end together (a long test
     # handed out last would run alone at the end). The sort is stable: the rest keep their order.
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
     for item in items:
+        # The tests that load the machine (floods, bursts, the nemesis) check how it copes with
+        # that load; beside each other on two cores, each would carry the other's too.
+        # --dist loadgroup runs one group's tests one after another on one xdist worker.
+        if item.get_closest_marker("cpu_heavy"):
+            item.add_marker(pytest.mark.xdist_group("cpu_heavy"))
         module = getattr(item, "module", None)
         name = getattr(module, "__name__", "").rpartition(".")[2]
         needs = name not in REDIS_FREE and getattr(module, "NEEDS_REDIS", True)

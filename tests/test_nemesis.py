@@ -39,6 +39,7 @@ def test_the_checker_finds_an_old_tokens_effect_after_a_newer_ones():
 
 @pytest.mark.processes
 @pytest.mark.long
+@pytest.mark.cpu_heavy
 def test_a_two_minute_nemesis_run_finds_nothing(tmp_path):
     report = asyncio.run(nemesis.main(seed=1, minutes=2, directory=tmp_path))
     print(report)

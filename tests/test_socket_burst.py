@@ -51,6 +51,7 @@ async def daphne_redis_connections(aredis, pid: int) -> int:
     return sum(1 for c in clients if c.get("name", "").startswith(f"dashboard:{pid}:"))
 
 
+@pytest.mark.cpu_heavy
 async def test_three_bursts_of_2000_sockets_leave_no_ghost_and_no_leak(
     tmp_path, migrated_db_template, key_prefix, aredis
 ):

@@ -56,6 +56,7 @@ async def round_trips(ws, n: int) -> list[float]:
     return out
 
 
+@pytest.mark.cpu_heavy
 async def test_a_frame_flood_does_not_slow_another_users_pings(tmp_path, migrated_db_template, key_prefix):
     stack = Stack(tmp_path, migrated_db_template, key_prefix)
     try:
@@ -99,6 +100,7 @@ async def test_a_frame_flood_does_not_slow_another_users_pings(tmp_path, migrate
         stack.stop_all()
 
 
+@pytest.mark.cpu_heavy
 async def test_a_handshake_storm_is_accepted_or_refused_quickly_and_cleanly(
     tmp_path, migrated_db_template, key_prefix
 ):

@@ -61,6 +61,7 @@ def meta(ref: str) -> dict:
     return {"email": f"{ref}@example.com", "joined_at": int(time.time()), "ref": ref}
 
 
+@pytest.mark.cpu_heavy
 async def test_a_flood_of_12000_joins_starts_every_user_once_without_a_fence(stack):
     worker = stack.start_worker()
     await worker.log.wait_for(r"\[PresenceManager\] worker \S+ started", timeout=20)
