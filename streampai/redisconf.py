@@ -265,6 +265,12 @@ def _max_connections() -> int:
     return get_settings().REDIS_MAX_CONNECTIONS
 
 
+def no_retry() -> Any:
+    """A Retry that retries nothing (asyncio), for a connection whose owner must see every
+    loss itself (the dashboard hub's pub/sub: it logs the loss and re-subscribes)."""
+    return aioretry.Retry(NoBackoff(), 0)
+
+
 def async_pool(target: RedisTarget, **overrides: Any) -> aioredis.ConnectionPool:
     """A bounded, waiting asyncio pool for ``target`` (a new one each call)."""
     base = {**connection_options(), "retry": _retry()}

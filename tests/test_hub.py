@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import re
 
 from dashboard.ws.hub import Hub
 from devtools.processes import wait_until
@@ -68,5 +71,32 @@ async def test_a_handler_that_fails_after_waiting_is_logged_and_the_socket_still
             await aredis.publish(channel, json.dumps({"type": "manager", "n": n}))
         await wait_until(lambda: failing.got == [1, 2], 3, "the messages after the failure")
         assert "[hub] handler on_manager failed" in caplog.text and "send failed" in caplog.text
+    finally:
+        await hub.aclose()
+
+
+async def test_a_lost_pubsub_connection_is_logged_once_and_its_channels_subscribed_again(
+    aredis, key_prefix, caplog
+):
+    """Redis closes the hub's connection (as a restart does) while Redis itself stays up:
+    redis-py's own retry would reconnect and re-subscribe unseen; the hub logs the loss and
+    the return once each, and a message published after it reaches the socket."""
+    hub = Hub({"manager": "on_manager"})
+    channel = f"{key_prefix}:test:hub-lost"
+    socket = Quick()
+    try:
+        await hub.join(socket, [channel])
+        name = f"dashboard:{os.getpid()}:pubsub"
+        listed = [c for c in await aredis.client_list() if c.get("name") == name]
+        assert len(listed) == 1, listed
+        caplog.set_level(logging.WARNING, logger="dashboard.hub")
+        await aredis.client_kill_filter(_id=listed[0]["id"])
+        back = r"\[hub\] Redis pub/sub back after"
+        await wait_until(lambda: re.search(back, caplog.text), 5, "the hub logged its return")
+        assert len(re.findall(r"\[hub\] Redis pub/sub connection lost", caplog.text)) == 1, caplog.text
+        assert len(re.findall(back, caplog.text)) == 1, caplog.text
+        await wait_until(lambda: channel in hub.subscribed(), 5, "the channel subscribed again")
+        await aredis.publish(channel, json.dumps({"type": "manager", "n": 7}))
+        await wait_until(lambda: socket.got == [7], 5, "a message published after it reached the socket")
     finally:
         await hub.aclose()

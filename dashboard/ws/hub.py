@@ -148,11 +148,18 @@ class Hub:
             self._tasks = [asyncio.ensure_future(self._run())]
 
     async def _run(self) -> None:
+        from streampai.redisconf import no_retry
+
         backoff = 0.1
         lost_at: float | None = None
         while True:
             try:
-                self._client = named_client("pubsub", health_check_interval=HEALTH_CHECK_INTERVAL)
+                # No redis-py retry here: it would reconnect and re-subscribe by itself after a
+                # short outage, unseen (no log line, and the hub's own bookkeeping of what is
+                # subscribed on this connection skipped). Every loss comes through this loop.
+                self._client = named_client(
+                    "pubsub", health_check_interval=HEALTH_CHECK_INTERVAL, retry=no_retry()
+                )
                 self._pubsub = self._client.pubsub()
                 # An initial PING proves the connection (and gets the pubsub connection made).
                 await self._pubsub.connect()
