@@ -106,8 +106,8 @@ HUB_HANDLERS = {
     "component.event": "hub_component_event",
     "component.reply": "hub_component_reply",
 }
-# Component events held for a socket between its track and its accept, at most
-# (more in those milliseconds is a burst: its sticky state is what the tab needs).
+# Pushes held for a socket between its track and its accept, at most (more in those
+# milliseconds is a burst: its sticky state and the next status push are what the tab needs).
 EARLY_EVENTS = 100
 
 
@@ -121,8 +121,11 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     handed_off = False  # SIGTERM: dashboard/daphne/shutdown.py untracked it with the hand-off delay
     commands: SocketCommands | None = None
     too_slow = False  # over EVENT_SEND_BUFFER: being closed, no more events
-    # Component events that arrived before the accept (None once accepted: sent at once).
-    early_events: list[str] | None = None
+    # Pushes that arrived before the accept, sent right after it (None once accepted: sent at
+    # once): (True, a component event frame) or (False, a status push's raw text). The track
+    # tells the worker of the join, so its answer (a "sessions" count, sent on a change only)
+    # can come back before the accept; daphne drops a send to a socket not yet accepted.
+    early_events: list[tuple[bool, str]] | None = None
     # Where pushes are sent once accepted: daphne's own send when under daphne. The session
     # and admission wrappers around ``base_send`` act only on the handshake's messages, and a
     # live tab gets a push a second: skipping them is a measurable share of daphne's CPU.
@@ -258,8 +261,10 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             revocation.sweeper().add(session_key, self)
         # The component state first (read by the track), then what arrived since: in order.
         early, self.early_events = self.early_events or [], None
-        for frame in (*(change.sticky if change is not None else ()), *early):
+        for frame in change.sticky if change is not None else ():
             await self._push_event(frame)
+        for is_event, text in early:
+            await (self._push_event(text) if is_event else self._forward(text))
 
     # -- client frames -----------------------------------------------------
 
@@ -334,22 +339,28 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     # -- hub messages (see HUB_HANDLERS; awaited by the hub: never block) -----
 
     async def hub_manager(self, event: dict[str, Any], raw: str) -> None:
-        if self.live and self._is_mine(event):
+        if self.live and self._is_mine(event) and not self._held(False, raw):
             await self._forward(raw)
 
     async def hub_sessions(self, event: dict[str, Any], raw: str) -> None:
-        if self.live and self._is_mine(event) and isinstance(event.get("sessions"), int):
+        sessions = event.get("sessions")
+        if self.live and self._is_mine(event) and isinstance(sessions, int) and not self._held(False, raw):
             await self._forward(raw)
+
+    def _held(self, is_event: bool, text: str) -> bool:
+        """Tracked, not accepted yet: hold it (up to EARLY_EVENTS) for right after the accept."""
+        if self.early_events is None:
+            return False
+        if len(self.early_events) < EARLY_EVENTS:
+            self.early_events.append((is_event, text))
+        return True
 
     async def hub_component_event(self, event: dict[str, Any], raw: str) -> None:
         frame = event.get("frame")
         if not isinstance(frame, str) or not self._is_mine(event):
             return
-        if self.early_events is not None:  # tracked, not accepted yet: sent right after the accept
-            if len(self.early_events) < EARLY_EVENTS:
-                self.early_events.append(frame)
-            return
-        await self._push_event(frame)
+        if not self._held(True, frame):
+            await self._push_event(frame)
 
     async def hub_component_reply(self, event: dict[str, Any], raw: str) -> None:
         # Every socket of the user hears every reply; only the sender's token matches.

@@ -332,3 +332,53 @@ async def test_the_hub_subscribes_each_channel_once_however_its_sockets_come_and
         assert hub.subscribed() == {f"c{i}" for i in range(50, 100)}
     finally:
         writer.cancel()
+
+
+async def test_a_status_push_that_beats_the_accept_is_sent_right_after_it(monkeypatch, aredis):
+    """The track tells the worker of the join, and its answer (a "sessions" count, sent only
+    when the count changes) can reach daphne's hub before this socket is accepted: daphne
+    drops a send to a socket not yet accepted, and a second tab never learnt it was the
+    second. Here the push arrives during the track; it must come right after the accept."""
+    from dashboard.consumers import HUB_HANDLERS
+    from dashboard.ws.hub import get_hub
+    from dashboard.ws.tracker import get_tracker
+    from livestream.pushes import channels as push
+
+    user_id, session = await session_for("early@example.com")
+    delivered = asyncio.Event()
+
+    class Probe:  # another local socket of the user: delivered in the same pass as the new one
+        async def hub_sessions(self, event: dict, raw: str) -> None:
+            delivered.set()
+
+    probe = Probe()
+    hub = get_hub(HUB_HANDLERS)
+    await hub.join(probe, [push.user_channel(user_id)])
+    tracker = get_tracker()
+    real_track = tracker.track
+    sent = json.dumps({"type": "sessions", "user_id": user_id, "sessions": 2})
+
+    async def track_answered_at_once(uid: str, meta: dict):
+        change = await real_track(uid, meta)
+        await aredis.publish(push.user_channel(uid), sent)
+        await asyncio.wait_for(delivered.wait(), 3)
+        return change
+
+    monkeypatch.setattr(tracker, "track", track_answered_at_once)
+    ws = WebsocketCommunicator(
+        application,
+        "/ws/presence/?live=1",
+        headers=[
+            (b"host", b"localhost"),
+            (b"origin", b"http://localhost"),
+            (b"cookie", f"sessionid={session}".encode()),
+        ],
+    )
+    connected, _ = await ws.connect()
+    assert connected
+    first = await next_output(
+        ws, lambda output: json.loads(output.get("text") or "{}").get("type") == "sessions"
+    )
+    assert json.loads(first["text"]) == json.loads(sent)
+    await ws.disconnect()
+    hub.leave(probe, [push.user_channel(user_id)])
