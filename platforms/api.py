@@ -48,12 +48,11 @@ def _headers(creds: Credentials) -> dict[str, str]:
     return headers
 
 
-async def request(
-    creds: Credentials, method: str, url: str, *, client: httpx.AsyncClient | None = None, **kwargs: Any
-) -> httpx.Response:
-    """``method url`` with the connection's token; returns any non-401/429 response."""
+async def request(creds: Credentials, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """``method url`` with the connection's token, on this event loop's one platform client
+    (platforms/outbound.py); returns any non-401/429 response."""
     await ensure_fresh(creds)
-    client = client or outbound.client()
+    client = outbound.client()
     for attempt in (1, 2):
         response = await client.request(method, url, headers=_headers(creds), **kwargs)
         if response.status_code == 401:

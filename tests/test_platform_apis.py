@@ -164,18 +164,14 @@ async def test_helix_channel_update_sends_title_and_category(twitch):
 
 
 async def test_youtube_title_update_keeps_the_rest_of_the_snippet(yt):
-    import httpx
-
     row = await make_connection("youtube", "ya29.old", "1//refresh", expires_in=None)
-    async with httpx.AsyncClient() as http:
-        await youtube.update_title(creds(row), http, "Building a chat client")
+    await youtube.update_title(creds(row), "Building a chat client")
     assert yt.broadcast_snippet["title"] == "Building a chat client"
     assert yt.broadcast_snippet["scheduledStartTime"] == "2026-12-06T18:00:00Z"  # sent back as read
     assert yt.broadcast_snippet["description"] == "my stream"
     yt.live = False
-    async with httpx.AsyncClient() as http:
-        with pytest.raises(youtube.ApiError, match="no active live broadcast"):
-            await youtube.update_title(creds(row), http, "x")
+    with pytest.raises(youtube.ApiError, match="no active live broadcast"):
+        await youtube.update_title(creds(row), "x")
 
 
 async def test_youtube_chat_polls_at_the_interval_with_the_page_token_and_sends(yt):

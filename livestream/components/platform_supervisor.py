@@ -314,7 +314,6 @@ class PlatformSupervisor(Component):
         """Send the stream's title and category to every enabled connection that has them (the
         page sends it with "Go live"): Twitch's channel title and category, the title of
         YouTube's active broadcast (YouTube broadcasts have no category)."""
-        from platforms import outbound
         from platforms.twitch import helix
         from platforms.youtube import api as youtube
 
@@ -341,7 +340,7 @@ class PlatformSupervisor(Component):
                 if platform == "twitch":
                     await helix.update_channel(child.client.creds, title.strip(), category.strip())
                 else:
-                    await youtube.update_title(child.client.creds, outbound.client(), title.strip())
+                    await youtube.update_title(child.client.creds, title.strip())
                 results[child.conn.public_id] = {"ok": True}
             except Exception as exc:  # one platform's refusal does not stop the others
                 failed.append(f"{child.conn.public_id}: {exc}")

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 
 from livestream.conf import get_settings
-from platforms import outbound
 from platforms.api import ApiError, error_reason, request
 from platforms.tokens import Credentials
 
@@ -32,32 +31,26 @@ def _first(response: httpx.Response, what: str) -> dict[str, Any]:
     return data[0]
 
 
-async def broadcaster_id(creds: Credentials, client: httpx.AsyncClient) -> str:
-    return str(_first(await request(creds, "GET", _url("/users"), client=client), "user")["id"])
+async def broadcaster_id(creds: Credentials) -> str:
+    return str(_first(await request(creds, "GET", _url("/users")), "user")["id"])
 
 
 async def stream_key(creds: Credentials) -> str:
-    client = outbound.client()
-    bid = await broadcaster_id(creds, client)
-    response = await request(
-        creds, "GET", _url("/streams/key"), client=client, params={"broadcaster_id": bid}
-    )
+    bid = await broadcaster_id(creds)
+    response = await request(creds, "GET", _url("/streams/key"), params={"broadcaster_id": bid})
     return str(_first(response, "stream key")["stream_key"])
 
 
 async def update_channel(creds: Credentials, title: str, category: str) -> None:
-    client = outbound.client()
-    bid = await broadcaster_id(creds, client)
+    bid = await broadcaster_id(creds)
     body: dict[str, str] = {}
     if title:
         body["title"] = title
     if category:
-        response = await request(creds, "GET", _url("/games"), client=client, params={"name": category})
+        response = await request(creds, "GET", _url("/games"), params={"name": category})
         body["game_id"] = str(_first(response, f"category {category!r}")["id"])
     if not body:
         return
-    response = await request(
-        creds, "PATCH", _url("/channels"), client=client, params={"broadcaster_id": bid}, json=body
-    )
+    response = await request(creds, "PATCH", _url("/channels"), params={"broadcaster_id": bid}, json=body)
     if response.status_code >= 400:
         raise ApiError(f"Twitch channel update: {error_reason(response)}")

@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 
 from livestream.conf import get_settings
-from platforms import outbound
 from platforms.api import ApiError, error_reason, request
 from platforms.tokens import Credentials
 
@@ -47,29 +46,27 @@ def _body(response: httpx.Response, what: str) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-async def active_broadcast(creds: Credentials, client: httpx.AsyncClient) -> dict[str, Any] | None:
+async def active_broadcast(creds: Credentials) -> dict[str, Any] | None:
     """The channel's active live broadcast (``id``, ``snippet``), or None."""
     params = {"part": "snippet", "broadcastStatus": "active", "broadcastType": "all"}
-    body = _body(
-        await request(creds, "GET", _url("/liveBroadcasts"), client=client, params=params), "broadcasts"
-    )
+    body = _body(await request(creds, "GET", _url("/liveBroadcasts"), params=params), "broadcasts")
     for item in body.get("items") or []:
         if isinstance(item, dict) and item.get("id"):
             return item
     return None
 
 
-async def active_chat_id(creds: Credentials, client: httpx.AsyncClient) -> str | None:
-    broadcast = await active_broadcast(creds, client)
+async def active_chat_id(creds: Credentials) -> str | None:
+    broadcast = await active_broadcast(creds)
     chat_id = ((broadcast or {}).get("snippet") or {}).get("liveChatId")
     return str(chat_id) if chat_id else None
 
 
-async def update_title(creds: Credentials, client: httpx.AsyncClient, title: str) -> None:
+async def update_title(creds: Credentials, title: str) -> None:
     """Set the active broadcast's title. YouTube replaces the whole snippet on update, so the
     rest of it (scheduled start, description) is sent back as read. YouTube broadcasts have no
     category (a video's is set elsewhere): the page's category goes to Twitch only."""
-    broadcast = await active_broadcast(creds, client)
+    broadcast = await active_broadcast(creds)
     if broadcast is None:
         raise ApiError("YouTube: no active live broadcast to set the title of")
     old = broadcast.get("snippet") or {}
@@ -77,19 +74,14 @@ async def update_title(creds: Credentials, client: httpx.AsyncClient, title: str
     if old.get("description"):
         snippet["description"] = old["description"]
     body = {"id": broadcast["id"], "snippet": snippet}
-    response = await request(
-        creds, "PUT", _url("/liveBroadcasts"), client=client, params={"part": "snippet"}, json=body
-    )
+    response = await request(creds, "PUT", _url("/liveBroadcasts"), params={"part": "snippet"}, json=body)
     _body(response, "title")
 
 
 async def ingestion(creds: Credentials) -> tuple[str, str]:
     """(RTMP server URL, stream name) of the user's live stream."""
-    client = outbound.client()
     params = {"part": "cdn", "mine": "true"}
-    body = _body(
-        await request(creds, "GET", _url("/liveStreams"), client=client, params=params), "live streams"
-    )
+    body = _body(await request(creds, "GET", _url("/liveStreams"), params=params), "live streams")
     for item in body.get("items") or []:
         info = (item.get("cdn") or {}).get("ingestionInfo") or {}
         if info.get("ingestionAddress") and info.get("streamName"):
@@ -97,18 +89,14 @@ async def ingestion(creds: Credentials) -> tuple[str, str]:
     raise ApiError("YouTube: no live stream set up on the channel")
 
 
-async def messages(
-    creds: Credentials, client: httpx.AsyncClient, chat_id: str, page_token: str | None
-) -> dict[str, Any]:
+async def messages(creds: Credentials, chat_id: str, page_token: str | None) -> dict[str, Any]:
     params = {"liveChatId": chat_id, "part": "snippet,authorDetails"}
     if page_token:
         params["pageToken"] = page_token
-    return _body(
-        await request(creds, "GET", _url("/liveChat/messages"), client=client, params=params), "chat"
-    )
+    return _body(await request(creds, "GET", _url("/liveChat/messages"), params=params), "chat")
 
 
-async def insert(creds: Credentials, client: httpx.AsyncClient, chat_id: str, text: str) -> dict[str, Any]:
+async def insert(creds: Credentials, chat_id: str, text: str) -> dict[str, Any]:
     body = {
         "snippet": {
             "liveChatId": chat_id,
@@ -116,7 +104,5 @@ async def insert(creds: Credentials, client: httpx.AsyncClient, chat_id: str, te
             "textMessageDetails": {"messageText": text},
         }
     }
-    response = await request(
-        creds, "POST", _url("/liveChat/messages"), client=client, params={"part": "snippet"}, json=body
-    )
+    response = await request(creds, "POST", _url("/liveChat/messages"), params={"part": "snippet"}, json=body)
     return _body(response, "send")

@@ -15,11 +15,8 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-import httpx
-
 from livestream import keys
 from livestream.redis import get_redis, text
-from platforms import outbound
 from platforms.api import ApiError, RateLimited, Waiting
 from platforms.clients import ChatSink, Connected, Connection, PlatformClient
 from platforms.youtube import api
@@ -79,22 +76,20 @@ class YouTubeClient(PlatformClient):
 
     def __init__(self, conn: Connection, on_chat: ChatSink) -> None:
         super().__init__(conn, on_chat)
-        self.chat_id: str | None = None
-        self.http: httpx.AsyncClient | None = None
+        self.chat_id: str | None = None  # while a session polls: its live chat (send() needs it)
 
     async def session(self, connected: Connected) -> None:
-        http = outbound.client()
-        self.chat_id = await api.active_chat_id(self.creds, http)
-        if self.chat_id is None:
+        chat_id = await api.active_chat_id(self.creds)
+        if chat_id is None:
             raise Waiting("waiting for a live broadcast")
-        self.http = http
+        self.chat_id = chat_id
         try:
             saved = await saved_page(self.conn.pk)
             page: dict[str, Any]
             if saved:  # continue where the last owner stopped: this page's lines are new
                 page = {"nextPageToken": saved, "pollingIntervalMillis": 0}
             else:
-                page = await api.messages(self.creds, http, self.chat_id, None)
+                page = await api.messages(self.creds, chat_id, None)
                 await save_page(self.conn.pk, page.get("nextPageToken"))
             self.connected = True
             await connected()
@@ -103,7 +98,7 @@ class YouTubeClient(PlatformClient):
                 wait = float(5000 if interval is None else interval) / 1000
                 await asyncio.sleep(min(max(wait, MIN_POLL), MAX_POLL))
                 try:
-                    next_page = await api.messages(self.creds, http, self.chat_id, page.get("nextPageToken"))
+                    next_page = await api.messages(self.creds, chat_id, page.get("nextPageToken"))
                 except RateLimited as exc:
                     await asyncio.sleep(exc.retry_after)
                     continue
@@ -115,13 +110,13 @@ class YouTubeClient(PlatformClient):
                 page = next_page
         finally:
             self.connected = False
-            self.http = None
+            self.chat_id = None
 
     async def send(self, text: str) -> dict[str, Any]:
-        if self.http is None or self.chat_id is None:
+        if self.chat_id is None:
             raise ConnectionError("not connected")
         try:
-            sent = await api.insert(self.creds, self.http, self.chat_id, text)
+            sent = await api.insert(self.creds, self.chat_id, text)
         except ApiError as exc:
             raise ConnectionError(str(exc)) from exc
         # The message comes back in the next poll, like everyone else's: not emitted here.
