@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from livestream.components.base import CommandError, Component
 
@@ -44,6 +44,30 @@ class Stubborn(Component):
                 await asyncio.sleep(0.2)
             except asyncio.CancelledError:
                 logger.info("[UserStreamManager:%s] Stubborn ignoring cancellation", self.user_id)
+
+
+class Stuck(Component):
+    """Goes on running for STUCK_FOR after its first cancellation, as a component does whose
+    Redis call waits out a failover; counts its instances running at once (``most``)."""
+
+    STUCK_FOR = 0.5
+    running: ClassVar[int] = 0
+    most: ClassVar[int] = 0
+
+    async def run(self) -> None:
+        Stuck.running += 1
+        Stuck.most = max(Stuck.most, Stuck.running)
+        loop = asyncio.get_running_loop()
+        stuck_until: float | None = None
+        try:
+            while stuck_until is None or loop.time() < stuck_until:
+                try:
+                    await asyncio.sleep(0.01)
+                except asyncio.CancelledError:
+                    stuck_until = stuck_until or loop.time() + self.STUCK_FOR
+            raise asyncio.CancelledError  # the cancellation, taken at last
+        finally:
+            Stuck.running -= 1
 
 
 class Echo(Component):

@@ -10,6 +10,6 @@ from streampai.settings import LIVESTREAM
 
 TEST_COMPONENTS = {
     name: f"tests.components.{name}"
-    for name in ("Crasher", "SlowCrasher", "Stubborn", "Echo", "ExternalAppender")
+    for name in ("Crasher", "SlowCrasher", "Stubborn", "Stuck", "Echo", "ExternalAppender")
 }
 LIVESTREAM["EXTRA_COMPONENTS"] = TEST_COMPONENTS

@@ -92,6 +92,7 @@ async def restart(local: LocalManagers, publish: Publish, user_id: str, by: str)
             logger.info("[PresenceManager] staff %s: no manager of %s to restart", by, user_id)
             return
         await local.stop(user_id, release=False)
+        await local.stopped(user_id)  # one stopped by a fence just before, too
         if not await local.leases.acquire(user_id):
             logger.warning("[PresenceManager] staff %s: %s is run by another worker now", by, user_id)
             return

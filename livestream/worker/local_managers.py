@@ -11,6 +11,11 @@ interleaving. Starting and stopping log the worker's lines
 and push the status to the user's tabs (livestream/pushes/status.py). ``apply``
 performs one Action of the pure core; ``renewed`` and ``fence`` turn a renewal
 round or a renewal that failed for too long into such actions.
+
+A user's next manager here starts only once their last one here has stopped
+(``stopped``): a component may take up to SHUTDOWN_TIMEOUT to end (one stuck in
+a Redis call during a failover), and two managers of one user must never run at
+once, not even in one process. Only the waiting start waits, not other users'.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ class LocalManagers:
         self.status = StatusPusher(self.managers)  # live dashboards
         self.series = metrics.WorkerSeries()  # join-to-running and restarts, written each tick
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Per user, one future per manager taken out of ``managers`` that has not stopped yet.
+        self._stopping: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiting_starts: set[str] = set()  # users whose start waits for such a stop
         self._components = component_classes()
 
     def lock(self, user_id: str) -> asyncio.Lock:
@@ -77,21 +85,80 @@ class LocalManagers:
     async def start_many(self, user_ids: list[str], received: float) -> None:
         """A manager for each of ``user_ids`` (whose lease we hold) not running yet."""
         for i, user_id in enumerate(user_ids, 1):
-            if user_id not in self.managers and not self.lock(user_id).locked():
-                manager = self.start(user_id)
-                manager.on_running = lambda: self.series.observe_join(time.monotonic() - received)
+            if user_id in self.managers or self.lock(user_id).locked():
+                pass  # running, or whoever holds the lock starts or stops them
+            elif self.stopping(user_id):
+                if user_id not in self._waiting_starts:
+                    self._waiting_starts.add(user_id)
+                    self.scope.spawn(self._start_once_stopped(user_id, received), f"start:{user_id}")
+            else:
+                self._start_timed(user_id, received)
             if i % START_CHUNK == 0:
                 await asyncio.sleep(0)
 
+    def _start_timed(self, user_id: str, received: float) -> None:
+        manager = self.start(user_id)
+        manager.on_running = lambda: self.series.observe_join(time.monotonic() - received)
+
+    async def _start_once_stopped(self, user_id: str, received: float) -> None:
+        try:
+            await self.stopped(user_id)
+            async with self.lock(user_id):
+                if user_id not in self.managers:
+                    self._start_timed(user_id, received)
+        finally:
+            self._waiting_starts.discard(user_id)
+
+    def stopping(self, user_id: str) -> bool:
+        """A manager of ``user_id`` was taken out of ``managers`` and has not stopped yet."""
+        return user_id in self._stopping
+
+    async def stopped(self, user_id: str) -> None:
+        """Until every manager of ``user_id`` taken out of ``managers`` has stopped."""
+        while pending := self._stopping.get(user_id):
+            await asyncio.wait(pending)
+
+    async def all_stopped(self) -> None:
+        await asyncio.gather(*(self.stopped(user_id) for user_id in list(self._stopping)))
+
     async def stop(self, user_id: str, *, release: bool) -> None:
+        taken = self._take(user_id)
+        if taken is not None:
+            await self._end(user_id, *taken, release=release)
+
+    def stop_soon(self, user_id: str, why: str) -> None:
+        """Cancel the user's manager now, before any of its components acts again, and stop
+        it in the background (a fence, a lease lost): out of ``managers`` at once."""
+        taken = self._take(user_id)
+        if taken is not None:
+            taken[0].cancel()
+            self.scope.spawn(self._end(user_id, *taken, release=False), f"{why}:{user_id}")
+
+    def _take(self, user_id: str) -> tuple[UserStreamManager, asyncio.Future[None]] | None:
         manager = self.managers.pop(user_id, None)
         if manager is None:
-            return
-        self.status.announce(user_id, "stopping", manager)
-        await manager.stop()
-        self.status.announce(user_id, "stopped", manager)
-        logger.info(logformats.MANAGER_STOPPED, user_id)
-        history.record("run", event="stop", user=user_id, worker=self.leases.worker_id, token=manager.token)
+            return None
+        done = asyncio.get_running_loop().create_future()
+        self._stopping.setdefault(user_id, []).append(done)
+        return manager, done
+
+    async def _end(
+        self, user_id: str, manager: UserStreamManager, done: asyncio.Future[None], *, release: bool
+    ) -> None:
+        try:
+            self.status.announce(user_id, "stopping", manager)
+            await manager.stop()
+            self.status.announce(user_id, "stopped", manager)
+            logger.info(logformats.MANAGER_STOPPED, user_id)
+            history.record(
+                "run", event="stop", user=user_id, worker=self.leases.worker_id, token=manager.token
+            )
+        finally:
+            done.set_result(None)
+            pending = self._stopping[user_id]
+            pending.remove(done)
+            if not pending:
+                del self._stopping[user_id]
         if release:
             self.leases.tokens.pop(user_id, None)
             try:
@@ -119,6 +186,7 @@ class LocalManagers:
                 self.leases.tokens.pop(user_id, None)
                 return
             if not released:
+                await self.stopped(user_id)
                 self.start(user_id)
             else:
                 self.leases.tokens.pop(user_id, None)
@@ -137,7 +205,7 @@ class LocalManagers:
                     logger.warning(
                         "[PresenceManager] lease of %s taken by another worker; stopping here", user_id
                     )
-                self.scope.spawn(self.stop(user_id, release=False), f"{why}:{user_id}")
+                self.stop_soon(user_id, why)
             case Release(user_id):
                 self.leases.tokens.pop(user_id, None)
                 await self.leases.release(user_id)
@@ -163,17 +231,25 @@ class LocalManagers:
     async def _resume(self, user_ids: list[str]) -> None:
         """Fenced users whose leases are ours again: run them again now rather than after someone's claim."""
         for user_id in user_ids:
-            async with self.lock(user_id):
-                if user_id not in self.managers:
-                    try:
-                        present = await self.store.sessions(user_id) > 0
-                    except Exception as exc:  # Redis away again: still fenced, offered at the next renewal
-                        logger.warning("[PresenceManager] fenced %s not resumed yet: %r", user_id, exc)
-                        continue
-                    try:
-                        await self.apply(self.core.resume(user_id, present, time.monotonic()))
-                    except Exception as exc:  # a Release that did not reach Redis: the lease lapses
-                        logger.warning("[PresenceManager] lease of %s not released: %r", user_id, exc)
+            if self.stopping(user_id):  # its fenced manager is still stopping: resumed apart, after it
+                self.scope.spawn(self._resume_one(user_id), f"resume:{user_id}")
+            else:
+                await self._resume_one(user_id)
+
+    async def _resume_one(self, user_id: str) -> None:
+        await self.stopped(user_id)
+        async with self.lock(user_id):
+            if user_id in self.managers:
+                return
+            try:
+                present = await self.store.sessions(user_id) > 0
+            except Exception as exc:  # Redis away again: still fenced, offered at the next renewal
+                logger.warning("[PresenceManager] fenced %s not resumed yet: %r", user_id, exc)
+                return
+            try:
+                await self.apply(self.core.resume(user_id, present, time.monotonic()))
+            except Exception as exc:  # a Release that did not reach Redis: the lease lapses
+                logger.warning("[PresenceManager] lease of %s not released: %r", user_id, exc)
 
     def fence(self, last_renewal: float) -> None:
         """Unable to renew: stop everything before our leases can expire and be claimed."""
@@ -182,5 +258,4 @@ class LocalManagers:
             return
         logger.warning(logformats.FENCE, now - last_renewal, len(self.managers))
         for action in self.core.fence(list(self.managers), last_renewal, now):
-            self.managers[action.user_id].cancel()  # now: a worker waking from a freeze must not act first
-            self.scope.spawn(self.apply(action), "fence")
+            self.stop_soon(action.user_id, "fence")  # now: a worker waking from a freeze must not act first

@@ -131,6 +131,7 @@ class PresenceManager:
         await asyncio.to_thread(self.keeper.stop)
         users = list(self.local.managers)
         await asyncio.gather(*(self.local.stop(u, release=True) for u in users))
+        await self.local.all_stopped()  # those a fence or a lost lease was stopping meanwhile
         await self.local.status.flush()
         try:
             await self.leases.leave()
