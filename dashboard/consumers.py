@@ -425,7 +425,8 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     async def close_for_restart(self, spread: float = 2.0) -> None:
         """Close with 1012 (service restart) and "spread=<s>": reconnect within s seconds.
-        Sent on daphne's protocol: daphne's API allows only 1000 and 3000-4999."""
+        Sent on daphne's protocol: daphne's API allows only 1000 and 3000-4999. The
+        caller ends the connection if the tab does not answer (adapter.end_closing)."""
         self.closing = True
         if not close_for_restart(self._protocol(), SERVICE_RESTART, f"spread={spread:.1f}".encode()):
             # Not under daphne (tests' communicator), or the adapter switched it off.

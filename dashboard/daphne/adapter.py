@@ -63,6 +63,13 @@ def _autobahn_ws() -> Any:
     return WebSocketProtocol
 
 
+def _autobahn_options() -> Any:
+    """The options each autobahn connection copies from its factory, as attributes."""
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    return type("options", (), dict.fromkeys(WebSocketProtocol.CONFIG_ATTRS_COMMON))
+
+
 def _autobahn_module() -> Any:
     from autobahn.websocket import protocol
 
@@ -103,6 +110,8 @@ REQUIREMENTS: Requirements = {
     RESTART_CLOSE: [
         ("autobahn WebSocketProtocol", _autobahn_ws, "sendCloseFrame"),
         ("autobahn WebSocketProtocol", _autobahn_ws, "STATE_CLOSED"),
+        ("autobahn connection options", _autobahn_options, "closeHandshakeTimeout"),
+        ("twisted FileDescriptor", _file_descriptor, "loseConnection"),
     ],
     LAZY_LOG: [
         ("autobahn.websocket.protocol", _autobahn_module, "pformat"),
@@ -188,11 +197,25 @@ def small_receive_buffer(protocol: Any) -> None:
 
 
 def close_for_restart(protocol: Any, code: int, reason: bytes) -> bool:
-    """Send a close frame with ``code`` on the protocol itself; False if not possible here."""
+    """Send a close frame with ``code`` on the protocol itself; False if not possible here.
+
+    autobahn drops a connection whose peer has not answered its close within
+    closeHandshakeTimeout (1 s) with an RST, and an RST throws away what was not sent
+    yet: a busy client could see its socket reset without the close frame (1006, not
+    1012). So autobahn's timer is off for this close; the caller ends the connections
+    still closing when it has waited enough (``end_closing``: a FIN, behind the frame)."""
     if protocol is None or not enabled(RESTART_CLOSE) or not hasattr(protocol, "sendCloseFrame"):
         return False
+    protocol.closeHandshakeTimeout = 0
     protocol.sendCloseFrame(code=code, reasonUtf8=reason, isReply=False)
     return True
+
+
+def end_closing(protocol: Any) -> None:
+    """Close the connection after what was written to it (FIN, not RST), if it is still open."""
+    transport = getattr(protocol, "transport", None)
+    if transport is not None and enabled(RESTART_CLOSE) and not is_closed(protocol):
+        transport.loseConnection()
 
 
 def is_closed(protocol: Any) -> bool:

@@ -22,8 +22,10 @@ trigger of our own (Twisted waits for it before stopping the loop) hands them of
      cancels the pending cleanup; a tab already back leaves no cleanup to cancel);
      a tab that does not come back stops its manager CLEANUP_TIMEOUT +
      HANDOFF_GRACE after the deploy;
-  4. it waits (at most 2 s) for the closing handshakes, so the close frames leave
-     before the process does.
+  4. it waits (at most CLOSE_WAIT, 2 s) for the closing handshakes, so the close
+     frames leave before the process does, then ends the connections of the tabs
+     that did not answer with a FIN behind their close frame (never an RST, which
+     would throw away a frame not sent yet).
 
 A consumer that daphne does cancel meanwhile skips its own untrack (it is
 ``handed_off``). Untrack is idempotent either way.
@@ -38,7 +40,7 @@ import time
 import weakref
 from typing import Any
 
-from dashboard.daphne.adapter import is_closed
+from dashboard.daphne.adapter import end_closing, is_closed
 from livestream.conf import get_settings
 
 logger = logging.getLogger("dashboard.shutdown")
@@ -56,6 +58,8 @@ def handoff_delay() -> float:
 # few sockets, longer for many, so the daphnes left take them at HANDOFF_RECONNECT_RATE
 # instead of refusing a wave that would come back, backing off, for much longer.
 MIN_SPREAD, MAX_SPREAD = 2.0, 30.0
+# How long the tabs have to answer the close once the untracks are done (seconds).
+CLOSE_WAIT = 2.0
 
 
 def reconnect_spread(sockets: int) -> float:
@@ -95,6 +99,24 @@ def _hand_off_all() -> Any:
     return defer.Deferred.fromFuture(asyncio.ensure_future(hand_off(consumers, pairs)))
 
 
+async def _closing_handshakes(consumers: list[Any], deadline: float) -> None:
+    """Wait until ``deadline`` for the tabs to answer the close; end the others with a FIN
+    behind their close frame (the process exits next, and daphne would only drop them)."""
+    while time.monotonic() < deadline:
+        if all(is_closed(c._protocol()) for c in consumers):
+            return
+        await asyncio.sleep(0.02)
+    late = [c for c in consumers if not is_closed(c._protocol())]
+    for consumer in late:
+        end_closing(consumer._protocol())
+    logger.info(
+        "[PresenceConsumer] hand-off: %d sockets did not answer the close within %.1fs; closed after it",
+        len(late),
+        CLOSE_WAIT,
+    )
+    await asyncio.sleep(0.05)  # the FINs go out
+
+
 def take_refs(consumers: list[Any]) -> list[tuple[str, str]]:
     """Mark ``consumers`` handed off and take their (user id, ref) to untrack here."""
     pairs = []
@@ -127,11 +149,16 @@ async def hand_off(consumers: list[Any], pairs: list[tuple[str, str]]) -> None:
     # another daphne before its untrack here only leaves its user one connection more
     # for a moment (and the untrack then schedules no cleanup).
     spread = reconnect_spread(len(consumers))
+    failed: list[Exception] = []
     for consumer in consumers:
         try:
             await consumer.close_for_restart(spread)
-        except Exception as exc:
-            logger.debug("[PresenceConsumer] close on shutdown failed: %r", exc)
+        except Exception as exc:  # that tab sees the connection drop instead, and reconnects all the same
+            failed.append(exc)
+    if failed:
+        logger.warning(
+            "[PresenceConsumer] hand-off: %d sockets not closed with 1012 (first: %r)", len(failed), failed[0]
+        )
     store = tracker.store()
     for start in range(0, len(pairs), BATCH):
         batch = pairs[start : start + BATCH]
@@ -144,11 +171,7 @@ async def hand_off(consumers: list[Any], pairs: list[tuple[str, str]]) -> None:
                     "[PresenceConsumer] hand-off untrack failed (attempt %d): %r", attempt + 1, exc
                 )
                 await asyncio.sleep(0.2)
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
-        if all(is_closed(c._protocol()) for c in consumers):
-            break
-        await asyncio.sleep(0.02)
+    await _closing_handshakes(consumers, time.monotonic() + CLOSE_WAIT)
     logger.info(
         "[PresenceConsumer] handed off %d sockets in %.2fs", len(consumers), time.monotonic() - started
     )
