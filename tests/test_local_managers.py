@@ -52,7 +52,7 @@ async def test_a_fenced_user_resumes_only_once_their_fenced_manager_has_stopped(
     pm, user = stuck_worker, "41"
     await present(pm, user)
     pm.local.start(user)
-    await wait_until(lambda: runs(pm, user), 2, "Stuck running")
+    await wait_until(lambda: runs(pm, user), 5, "Stuck running")
 
     pm.local.fence(last_renewal=time.monotonic() - 60)  # no renewal for a minute: fence now
     assert user not in pm.local.managers
@@ -68,7 +68,7 @@ async def test_a_fenced_user_resumes_only_once_their_fenced_manager_has_stopped(
 async def test_a_join_while_the_last_manager_stops_starts_the_next_one_after_it(stuck_worker, caplog):
     pm, user = stuck_worker, "42"
     pm.local.start(user)
-    await wait_until(lambda: runs(pm, user), 2, "Stuck running")
+    await wait_until(lambda: runs(pm, user), 5, "Stuck running")
 
     pm.local.stop_soon(user, "lost")  # its lease was taken; then given back to us by a join
     await pm.local.start_many([user, user], time.monotonic())
@@ -85,7 +85,7 @@ async def test_a_join_while_the_last_manager_stops_starts_the_next_one_after_it(
 async def test_another_users_start_does_not_wait_for_a_stuck_stop(stuck_worker):
     pm = stuck_worker
     pm.local.start("43")
-    await wait_until(lambda: runs(pm, "43"), 2, "Stuck running")
+    await wait_until(lambda: runs(pm, "43"), 5, "Stuck running")
     pm.local.stop_soon("43", "lost")
     await pm.local.start_many(["44"], time.monotonic())
     try:
