@@ -30,13 +30,18 @@ def session_for(email: str) -> tuple[str, str]:
     return str(user.pk), client.cookies["sessionid"].value
 
 
-def communicator(session: str | None, origin: str | None = "http://localhost", host: str = "localhost"):
+def communicator(
+    session: str | None,
+    origin: str | None = "http://localhost",
+    host: str = "localhost",
+    path: str = "/ws/presence/",
+):
     headers = [(b"host", host.encode())]
     if origin is not None:
         headers.append((b"origin", origin.encode()))
     if session:
         headers.append((b"cookie", f"sessionid={session}".encode()))
-    return WebsocketCommunicator(application, "/ws/presence/", headers=headers)
+    return WebsocketCommunicator(application, path, headers=headers)
 
 
 async def worker_inbox() -> list[dict]:
@@ -365,15 +370,7 @@ async def test_a_status_push_that_beats_the_accept_is_sent_right_after_it(monkey
         return change
 
     monkeypatch.setattr(tracker, "track", track_answered_at_once)
-    ws = WebsocketCommunicator(
-        application,
-        "/ws/presence/?live=1",
-        headers=[
-            (b"host", b"localhost"),
-            (b"origin", b"http://localhost"),
-            (b"cookie", f"sessionid={session}".encode()),
-        ],
-    )
+    ws = communicator(session, path="/ws/presence/?live=1")
     connected, _ = await ws.connect()
     assert connected
     first = await next_output(
