@@ -102,13 +102,14 @@ def _hand_off_all() -> Any:
 async def _closing_handshakes(consumers: list[Any], deadline: float) -> None:
     """Wait until ``deadline`` for the tabs to answer the close; end the others with a FIN
     behind their close frame (the process exits next, and daphne would only drop them)."""
+    protocols = [c._protocol() for c in consumers]  # found once, not on every poll
     while time.monotonic() < deadline:
-        if all(is_closed(c._protocol()) for c in consumers):
+        if all(is_closed(p) for p in protocols):
             return
         await asyncio.sleep(0.02)
-    late = [c for c in consumers if not is_closed(c._protocol())]
-    for consumer in late:
-        end_closing(consumer._protocol())
+    late = [p for p in protocols if not is_closed(p)]
+    for protocol in late:
+        end_closing(protocol)
     logger.info(
         "[PresenceConsumer] hand-off: %d sockets did not answer the close within %.1fs; closed after it",
         len(late),
